@@ -1,0 +1,44 @@
+# bnfold task runner. `make serve` and `make test` are the two set-up commands of the README; each creates
+# the virtualenv it needs (.venv) on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+REPOSITORY ?= model_repository
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The CPU build of torch lies on some machines' disk; use it when it is there.
+PIP_LOCAL := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: serve test lint typecheck pytest repository bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(PIP_LOCAL) -e '.[dev]'
+	touch $@
+
+## Build the default model repository from the zoo (reused when already built), then serve it.
+serve: repository
+	$(BIN)/bnfold serve --repository $(REPOSITORY) --host $(HOST) --port $(PORT)
+
+repository: $(BIN)/.installed
+	$(BIN)/bnfold build-default --out $(REPOSITORY)
+
+## The whole test suite: lint, format check, type check, tests.
+test: lint typecheck pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check folding models service tests bench
+	$(BIN)/ruff format --check folding models service tests bench
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+pytest: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) $(REPOSITORY) .mypy_cache .ruff_cache .pytest_cache .hypothesis
