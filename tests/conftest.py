@@ -1,0 +1,1 @@
+"""Root test configuration. Shared fixtures live in plugin modules listed here."""
