@@ -77,7 +77,6 @@ def compose(first: ScaleShift, second: ScaleShift) -> ScaleShift:
     return ScaleShift(scale=second.scale * first.scale, shift=second.scale * first.shift + second.shift)
 
 
-
 def scale_output_channels(weight: F64, scale: F64, *, transposed: bool = False, groups: int = 1) -> F64:
     """W' = W · s along the output-channel axis of a producer's weight, in float64.
 

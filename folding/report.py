@@ -90,9 +90,7 @@ class FoldReport:
     @property
     def folded(self) -> int:
         """How many BatchNorms were merged into a neighbouring layer's weights."""
-        return sum(
-            entry.action in (Action.FOLDED_INTO_PREVIOUS, Action.FOLDED_INTO_NEXT) for entry in self.entries
-        )
+        return sum(entry.action in (Action.FOLDED_INTO_PREVIOUS, Action.FOLDED_INTO_NEXT) for entry in self.entries)
 
     def counts(self) -> dict[str, int]:
         counter = Counter(entry.action.value for entry in self.entries)
