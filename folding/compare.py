@@ -70,7 +70,7 @@ def discrepancy(candidate: ArrayLike, reference: ArrayLike) -> Discrepancy:
         return Discrepancy(0.0, 0.0, 0.0, ())
     diff = np.abs(a - b)
     diff = np.where(np.isnan(diff) & ~(np.isnan(a) & np.isnan(b)), np.inf, diff)
-    diff = np.nan_to_num(diff, nan=0.0)
+    diff = np.nan_to_num(diff, nan=0.0, posinf=np.inf)
     flat_index = int(np.argmax(diff))
     where = tuple(int(i) for i in np.unravel_index(flat_index, a.shape))
     max_abs = float(diff.reshape(-1)[flat_index])
