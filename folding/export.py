@@ -1,0 +1,149 @@
+"""Export a PyTorch model to ONNX with its BatchNorm layers kept, and count ops in an ONNX graph.
+
+The dynamo exporter is used with `optimize=False`: with `optimize=True` (and with the legacy exporter in
+eval mode) Conv + BatchNormalization is fused behind the caller's back, and the "unfolded" reference would
+no longer contain the BN it is meant to prove equivalent to. Axis 0 of every input and output is a dynamic
+batch dimension named "batch".
+
+The result is deterministic (the same model gives a byte-identical proto): the exporter's per-node
+metadata that records source file paths and line numbers is removed, the rest is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from folding.errors import FoldingError
+
+BATCH_DIM = "batch"
+# Node metadata that embeds source paths / line numbers: machine-dependent, so it is dropped.
+_VOLATILE_METADATA = frozenset({"pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node"})
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int | None = None,
+) -> onnx.ModelProto:
+    """Export `model` (in eval mode) to an ONNX ModelProto that keeps every BatchNormalization node.
+
+    Raises FoldingError with a one-line cause and fix when the model is in training mode, the names do
+    not match the inputs, the exporter fails, or the result is not a valid ONNX model with a dynamic
+    batch axis on every input and output.
+    """
+    _check_arguments(model, example_inputs, input_names, output_names)
+    program = _run_exporter(model, example_inputs, input_names, output_names, opset)
+    proto = program.model_proto
+    _drop_volatile_metadata(proto)
+    _check_dynamic_batch(proto)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:  # checker raises several exception types
+        raise FoldingError(
+            f"the exported ONNX model is invalid ({_first_line(error)}); try another opset with opset=…"
+        ) from error
+    return proto
+
+
+def count_op(model: onnx.ModelProto, op_type: str = "BatchNormalization") -> int:
+    """Number of nodes of `op_type` (default domain) in the main graph, its subgraphs and local functions."""
+    total = _count_in_nodes(model.graph.node, op_type)
+    for function in model.functions:
+        total += _count_in_nodes(function.node, op_type)
+    return total
+
+
+def _count_in_nodes(nodes: Iterable[onnx.NodeProto], op_type: str) -> int:
+    count = 0
+    for node in nodes:
+        if node.op_type == op_type and node.domain in ("", "ai.onnx"):
+            count += 1
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                count += _count_in_nodes(attribute.g.node, op_type)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                count += sum(_count_in_nodes(graph.node, op_type) for graph in attribute.graphs)
+    return count
+
+
+def _check_arguments(
+    model: nn.Module, example_inputs: tuple[Tensor, ...], input_names: list[str], output_names: list[str]
+) -> None:
+    if not isinstance(model, nn.Module):
+        raise FoldingError(f"export_onnx needs a torch.nn.Module, got {type(model).__name__}")
+    training = [name or "<root>" for name, module in model.named_modules() if module.training]
+    if training:
+        raise FoldingError(
+            f"module {training[0]!r} is in training mode, so its BatchNorm output would not match the export; "
+            "call model.eval() before export_onnx"
+        )
+    if not isinstance(example_inputs, tuple) or not all(isinstance(t, Tensor) for t in example_inputs):
+        raise FoldingError("example_inputs must be a tuple of tensors, e.g. (torch.randn(2, 3, 32, 32),)")
+    if len(input_names) != len(example_inputs):
+        raise FoldingError(
+            f"{len(input_names)} input_names for {len(example_inputs)} example inputs; give one name per input"
+        )
+    if any(t.dim() == 0 for t in example_inputs):
+        raise FoldingError("an example input is a scalar; every input needs a leading batch axis")
+    if len(set(input_names) | set(output_names)) != len(input_names) + len(output_names):
+        raise FoldingError(f"input and output names must be distinct: {input_names} / {output_names}")
+
+
+def _run_exporter(
+    model: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    opset: int | None,
+) -> torch.onnx.ONNXProgram:
+    batch = torch.export.Dim(BATCH_DIM)
+    dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+    try:
+        program = torch.onnx.export(
+            model,
+            example_inputs,
+            dynamo=True,
+            optimize=False,  # True would fuse Conv + BatchNormalization
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            verbose=False,
+        )
+    except Exception as error:  # the exporter raises many unrelated types; all mean "cannot capture"
+        raise FoldingError(
+            f"torch.onnx.export could not capture {type(model).__name__} ({_first_line(error)}); make forward "
+            "traceable by torch.export (no data-dependent Python control flow) and check the example inputs"
+        ) from error
+    if program is None or program.model_proto is None:
+        raise FoldingError("torch.onnx.export returned no model; upgrade torch or report the model")
+    return program
+
+
+def _drop_volatile_metadata(proto: onnx.ModelProto) -> None:
+    for node in proto.graph.node:
+        kept = [entry for entry in node.metadata_props if entry.key not in _VOLATILE_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+
+
+def _check_dynamic_batch(proto: onnx.ModelProto) -> None:
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if not dims or not dims[0].dim_param:
+            raise FoldingError(
+                f"ONNX {value.name!r} has no dynamic batch axis 0; the model must keep the batch axis "
+                "first in every input and output (no reduction or reshape over the batch)"
+            )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
