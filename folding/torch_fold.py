@@ -1,0 +1,79 @@
+"""`fold(model, example_inputs)`: fold every BatchNorm of a PyTorch model it can, and report each one.
+
+Pipeline: deep-copy the model → capture it with torch.fx → run it once on the example inputs, recording
+each BN's output (the reference) → for each BN in graph order fold it into the previous layer, else into
+the next, else lower it to a per-channel scale/shift (or keep it) → run the folded graph → measure each BN's
+output against its replacement's, and the model output end to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import fx, nn
+
+from folding.report import FoldEntry, FoldReport
+from folding.torch_batchnorm import describe_batchnorm, is_batchnorm_node
+from folding.torch_capture import capture, normalise_inputs, private_copy
+from folding.torch_measure import Recording, max_abs_error, output_error, record
+from folding.torch_plan import Outcome, decide
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """The folded model (a torch.fx GraphModule named like the original class) and its fold report."""
+
+    model: fx.GraphModule
+    report: FoldReport
+
+
+def fold(model: nn.Module, example_inputs: object, *, lower_unfoldable: bool = True) -> FoldResult:
+    """Fold the BatchNorms of `model` (eval mode expected) into neighbouring Conv/ConvTranspose/Linear layers.
+
+    example_inputs: a tuple of tensors, one per forward argument (a bare tensor is accepted too); they fix
+    nothing about shapes, the folded model accepts other batch sizes. lower_unfoldable: a BN with running
+    statistics but no foldable neighbour becomes a ChannelScaleShift (y = s·x + t per channel) when True
+    (the default), or is kept as a BatchNorm when False; either way the report gives the reason.
+    The caller's model is never modified. Raises FoldingError when the model cannot be captured or run.
+    """
+    inputs = normalise_inputs(example_inputs)
+    graph_module = capture(private_copy(model))
+    batchnorms = [node for node in graph_module.graph.nodes if is_batchnorm_node(graph_module, node)]
+    keep = {node.name for node in batchnorms} | {user.name for node in batchnorms for user in node.users}
+    reference = record(graph_module, inputs, keep)
+    outcomes = _fold_all(graph_module, batchnorms, reference.ndims, lower_unfoldable)
+    graph_module.graph.lint()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    folded = record(graph_module, inputs, {outcome.replacement for outcome in outcomes})
+    return FoldResult(graph_module, _report(outcomes, reference, folded))
+
+
+def _fold_all(
+    graph_module: fx.GraphModule, batchnorms: list[fx.Node], ndims: dict[str, int], lower_unfoldable: bool
+) -> list[Outcome]:
+    """Decide every BN in graph order; a later fold into a node re-points earlier entries' references."""
+    names: set[str] = set()
+    outcomes: list[Outcome] = []
+    for node in batchnorms:
+        site = describe_batchnorm(graph_module, node, names)
+        outcome = decide(graph_module, site, ndims, lower_unfoldable)
+        for earlier in outcomes:  # e.g. conv → bn1 → bn2: bn1's output now exists only as bn2's output
+            if earlier.replacement == outcome.replacement and earlier.action.removes_batchnorm:
+                earlier.reference = outcome.reference
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _report(outcomes: list[Outcome], reference: Recording, folded: Recording) -> FoldReport:
+    entries = [
+        FoldEntry(
+            bn=outcome.bn,
+            action=outcome.action,
+            target=outcome.target,
+            reason=outcome.reason,
+            max_error=max_abs_error(folded.values.get(outcome.replacement), reference.values.get(outcome.reference)),
+        )
+        for outcome in outcomes
+    ]
+    return FoldReport(entries=entries, max_output_error=output_error(folded.output, reference.output))

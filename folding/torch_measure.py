@@ -1,0 +1,95 @@
+"""Run a GraphModule node by node on the example inputs and keep what the fold report measures.
+
+Both the unfolded and the folded graph run under the same RNG seed with no autograd, so dropout in a
+model left in training mode draws the same masks in both. Buffers a training-mode BN would update are
+restored afterwards: measuring never changes the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, fx
+from torch.utils import _pytree
+
+from folding.compare import discrepancy
+from folding.errors import FoldingError
+
+
+@dataclass
+class Recording:
+    """The graph's output, the kept nodes' values (by node name) and every tensor node's ndim."""
+
+    output: Any
+    values: dict[str, Tensor] = field(default_factory=dict)
+    ndims: dict[str, int] = field(default_factory=dict)
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, graph_module: fx.GraphModule, keep: set[str], recording: Recording) -> None:
+        super().__init__(graph_module)
+        self.keep, self.recording = keep, recording
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, Tensor):
+            self.recording.ndims[n.name] = result.dim()
+            if n.name in self.keep:  # cloned: a later in-place op (ReLU(inplace=True)) would overwrite it
+                self.recording.values[n.name] = result.detach().clone()
+        return result
+
+
+@contextmanager
+def _untouched(graph_module: fx.GraphModule) -> Iterator[None]:
+    """Restore the buffers of training-mode modules (BN running statistics) on exit."""
+    saved = [
+        (buffer, buffer.detach().clone())
+        for module in graph_module.modules()
+        if module.training
+        for buffer in module.buffers(recurse=False)
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def record(graph_module: fx.GraphModule, inputs: tuple[Tensor, ...], keep: set[str]) -> Recording:
+    """Run the graph on `inputs`, keeping the values of the nodes named in `keep`."""
+    recording = Recording(output=None)
+    try:
+        with torch.no_grad(), _untouched(graph_module), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            recording.output = _Recorder(graph_module, keep, recording).run(*inputs)
+    except Exception as error:  # the user's forward can raise anything on unsuitable inputs
+        first_line = (str(error).strip().splitlines() or ["no message"])[0]
+        raise FoldingError(
+            f"the model fails on example_inputs ({type(error).__name__}: {first_line}); "
+            "pass example inputs of the shape and dtype its forward expects"
+        ) from None
+    return recording
+
+
+def max_abs_error(candidate: Tensor | None, reference: Tensor | None) -> float | None:
+    """max |candidate − reference| in float64 (None when either is missing or the shapes differ)."""
+    if candidate is None or reference is None or candidate.shape != reference.shape:
+        return None
+    return discrepancy(_numpy(candidate), _numpy(reference)).max_abs
+
+
+def output_error(candidate: Any, reference: Any) -> float | None:
+    """The largest max-abs error over all tensor leaves of two (nested) model outputs."""
+    pairs = zip(_pytree.tree_leaves(candidate), _pytree.tree_leaves(reference), strict=False)
+    errors = [max_abs_error(a, b) for a, b in pairs if isinstance(a, Tensor) and isinstance(b, Tensor)]
+    known = [error for error in errors if error is not None]
+    return max(known) if known else None
+
+
+def _numpy(tensor: Tensor) -> Any:
+    return tensor.detach().to("cpu", torch.float64).numpy()

@@ -1,0 +1,96 @@
+"""Decide and apply the fate of one BatchNorm: fold into the previous layer, else into the next, else lower
+(or keep), always with a reason when it is not folded.
+
+Graph conditions checked here, module conditions in the rule tables (folding/torch_rules.py):
+- into the previous layer: the BN's input is a `call_module` whose output feeds nothing but this BN
+  (trap 3: a conv that also feeds a residual add must keep its output);
+- into the next layer: the BN's output feeds exactly one `call_module`, as its only argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import fx
+
+from folding.report import Action
+from folding.torch_batchnorm import BatchNormSite
+from folding.torch_rewrite import install, lower, remove_batchnorm
+from folding.torch_rules import INTO_NEXT, INTO_PREVIOUS, NewTensors, apply_rule
+
+
+@dataclass
+class Outcome:
+    """One BN's fate plus where to measure it: `reference` names the unfolded graph's node computing the
+    BN output (or what the fold turns it into), `replacement` the folded graph's node computing the same."""
+
+    bn: str
+    action: Action
+    target: str | None
+    reason: str | None
+    reference: str
+    replacement: str
+
+
+def describe_node(node: fx.Node) -> str:
+    """A short human description of a graph node, for refusal reasons."""
+    if node.op == "placeholder":
+        return f"the model input {node.name!r}"
+    if node.op == "call_module":
+        return f"layer {node.target}"
+    if node.op == "call_function":
+        return f"a call of {getattr(node.target, '__name__', node.target)} ({node.name})"
+    if node.op == "call_method":
+        return f"tensor method .{node.target}() ({node.name})"
+    return f"{node.op} {node.name}"
+
+
+def decide(graph_module: fx.GraphModule, site: BatchNormSite, ndims: dict[str, int], lower_unfoldable: bool) -> Outcome:
+    """Apply the first possible fold for `site` to `graph_module` and say what happened."""
+    name = site.node.name
+    if site.affine is None:
+        return Outcome(site.name, Action.KEPT, None, site.refusal, name, name)
+    ndim = ndims.get(site.input.name)
+    previous = _try_previous(graph_module, site, ndim)
+    if not isinstance(previous, str):
+        return previous
+    following = _try_next(graph_module, site, ndim)
+    if not isinstance(following, str):
+        return following
+    reason = f"no foldable neighbour: previous: {previous}; next: {following}"
+    if not lower_unfoldable:
+        return Outcome(site.name, Action.KEPT, None, reason, name, name)
+    lowered = lower(graph_module, site)
+    return Outcome(site.name, Action.LOWERED, None, reason, name, lowered.name)
+
+
+def _try_previous(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int | None) -> Outcome | str:
+    producer = site.input
+    if producer.op != "call_module":
+        return f"{describe_node(producer)} is not a layer module"
+    if len(producer.users) > 1:
+        others = ", ".join(describe_node(user) for user in producer.users if user is not site.node)
+        return f"layer {producer.target}'s output also feeds {others}; folding would change what they see"
+    assert site.affine is not None
+    new = apply_rule(INTO_PREVIOUS, graph_module.get_submodule(str(producer.target)), site.affine, ndim)
+    if not isinstance(new, NewTensors):
+        return f"layer {producer.target}: {new}"
+    target = install(graph_module, producer, new, site.node.name)
+    remove_batchnorm(graph_module.graph, site)
+    return Outcome(site.name, Action.FOLDED_INTO_PREVIOUS, target, None, site.node.name, producer.name)
+
+
+def _try_next(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int | None) -> Outcome | str:
+    users = list(site.node.users)
+    if len(users) != 1:
+        return f"the BN output feeds {len(users)} nodes, not exactly one layer"
+    consumer = users[0]
+    if consumer.op != "call_module" or consumer.args != (site.node,) or consumer.kwargs:
+        return f"{describe_node(consumer)} is not a layer module taking only the BN output"
+    assert site.affine is not None
+    new = apply_rule(INTO_NEXT, graph_module.get_submodule(str(consumer.target)), site.affine, ndim)
+    if not isinstance(new, NewTensors):
+        return f"layer {consumer.target}: {new}"
+    target = install(graph_module, consumer, new, site.node.name)
+    remove_batchnorm(graph_module.graph, site)
+    return Outcome(site.name, Action.FOLDED_INTO_NEXT, target, None, consumer.name, consumer.name)

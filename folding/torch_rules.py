@@ -1,0 +1,130 @@
+"""The fold patterns, as data: neighbour module type → rule.
+
+A rule receives the neighbour module, the BatchNorm's affine map y = s·x + t and the number of dimensions
+of the BN's input, and returns either the neighbour's new tensors (float64, by attribute name) or a
+*reason* why it refuses. Tables are keyed by exact type: a subclass may change forward (weight
+standardisation, for example), so it gets no rule. The maths is in folding/arithmetic.py:
+
+- previous layer (producer z = W⋆x + b, BN after it): W' = W·s along the output-channel axis, b' = s·b + t;
+- next layer (consumer of the BN's output): W'[:, c] = W[:, c]·s_c, b' = b + Σ_{c,k} W[:, c, k]·t_c,
+  exact only when the consumer never reads zero padding (the padded border would otherwise get t_c);
+- a lowered BatchNorm (ChannelScaleShift) absorbs the next BN by composing the two affine maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from folding.arithmetic import F64, ScaleShift, compose, fold_into_next, fold_into_previous
+from folding.errors import FoldingError
+from folding.torch_scale_shift import ChannelScaleShift
+from folding.torch_tensors import as_f64, optional_f64
+
+
+@dataclass(frozen=True)
+class NewTensors:
+    """The neighbour's replacement tensors in float64, by attribute name (e.g. weight, bias)."""
+
+    values: dict[str, F64]
+
+
+Rule = Callable[[nn.Module, ScaleShift, int | None], NewTensors | str]
+
+
+def _conv_weights(module: nn.Module) -> tuple[_ConvNd, F64, F64 | None]:
+    assert isinstance(module, _ConvNd)
+    return module, as_f64(module.weight), optional_f64(module.bias)
+
+
+def _into_conv(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
+    """Conv/ConvTranspose → BN: scale the output channels (per group for transposed, trap 1)."""
+    conv, weight, bias = _conv_weights(module)
+    new_weight, new_bias = fold_into_previous(weight, bias, affine, transposed=conv.transposed, groups=conv.groups)
+    return NewTensors({"weight": new_weight, "bias": new_bias})
+
+
+def _into_linear(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
+    """Linear → BatchNorm1d: only when the BN's channel axis (1) is the Linear's feature axis (last)."""
+    assert isinstance(module, nn.Linear)
+    if ndim != 2:
+        return (
+            f"the Linear's output is {ndim}-D, so BatchNorm1d normalises its axis 1, not the feature axis "
+            "the Linear produces; only (N, features) outputs fold"
+        )
+    weight, bias = fold_into_previous(as_f64(module.weight), optional_f64(module.bias), affine)
+    return NewTensors({"weight": weight, "bias": bias})
+
+
+def _into_scale_shift(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
+    """A lowered BN → BN: compose the affine maps, s = s₂·s₁, t = s₂·t₁ + t₂."""
+    assert isinstance(module, ChannelScaleShift)
+    composed = compose(ScaleShift(as_f64(module.scale), as_f64(module.shift)), affine)
+    return NewTensors({"scale": composed.scale, "shift": composed.shift})
+
+
+def reads_zero_padding(conv: _ConvNd) -> bool:
+    """True when the conv pads its input with zeros (padding_mode 'zeros' and some padding > 0)."""
+    if conv.padding_mode != "zeros":
+        return False  # reflect/replicate/circular pad with copies of the input, which BN maps alike
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return False
+        return any(d * (k - 1) > 0 for d, k in zip(conv.dilation, conv.kernel_size, strict=True))
+    return any(p > 0 for p in conv.padding)
+
+
+def _conv_absorbs(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
+    """BN → Conv (forward folding): exact only when the conv reads no zero padding (trap 6)."""
+    conv, weight, bias = _conv_weights(module)
+    if reads_zero_padding(conv):
+        return (
+            f"the next conv pads with zeros (padding={conv.padding}), whose border would receive the BN's "
+            "shift instead of zero"
+        )
+    new_weight, new_bias = fold_into_next(weight, bias, affine, groups=conv.groups)
+    return NewTensors({"weight": new_weight, "bias": new_bias})
+
+
+def _linear_absorbs(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
+    """BatchNorm1d → Linear (forward folding): exact when the BN output is (N, features)."""
+    assert isinstance(module, nn.Linear)
+    if ndim != 2:
+        return f"the BN output is {ndim}-D: the Linear reads its last axis, not the BN's channel axis 1"
+    weight, bias = fold_into_next(as_f64(module.weight), optional_f64(module.bias), affine)
+    return NewTensors({"weight": weight, "bias": bias})
+
+
+INTO_PREVIOUS: dict[type[nn.Module], Rule] = {
+    nn.Conv1d: _into_conv,
+    nn.Conv2d: _into_conv,
+    nn.Conv3d: _into_conv,
+    nn.ConvTranspose1d: _into_conv,
+    nn.ConvTranspose2d: _into_conv,
+    nn.ConvTranspose3d: _into_conv,
+    nn.Linear: _into_linear,
+    ChannelScaleShift: _into_scale_shift,
+}
+
+INTO_NEXT: dict[type[nn.Module], Rule] = {
+    nn.Conv1d: _conv_absorbs,
+    nn.Conv2d: _conv_absorbs,
+    nn.Conv3d: _conv_absorbs,
+    nn.Linear: _linear_absorbs,
+}
+
+
+def apply_rule(
+    table: dict[type[nn.Module], Rule], module: nn.Module, affine: ScaleShift, ndim: int | None
+) -> NewTensors | str:
+    """Look the module's exact type up in `table` and run its rule; a shape mismatch becomes a reason."""
+    rule = table.get(type(module))
+    if rule is None:
+        return f"{type(module).__name__} has no fold rule in this direction"
+    try:
+        return rule(module, affine, ndim)
+    except FoldingError as error:
+        return str(error)
