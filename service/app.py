@@ -1,0 +1,98 @@
+"""The app factory: `create_app(settings)` wires registry, data plane, metrics, routes and error handlers.
+
+Models load in the lifespan, in a worker thread started at startup: the server is live at once and
+ready (GET /v2/health/ready → 200) when loading ends. Every error response is {"error": "<message>"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import anyio.to_thread
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from service.auth import bearer_guard
+from service.dataplane import DataPlane
+from service.errors import ServiceError
+from service.loader import load_all
+from service.metadata import SERVER_VERSION
+from service.metrics import ServiceMetrics
+from service.model import Registry
+from service.repository import discover
+from service.routes import json_response, protected_router, public_router
+from service.settings import Settings
+
+log = logging.getLogger("bnfold.service")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A FastAPI app serving the repository of `settings`; nothing is loaded until its lifespan starts."""
+    metrics = ServiceMetrics()
+    plane = DataPlane(Registry(discover(settings.repository)), settings, metrics)
+    app = FastAPI(
+        title="bnfold inference service",
+        version=SERVER_VERSION,
+        lifespan=partial(_lifespan, plane=plane),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.plane = plane
+    app.include_router(public_router(plane))
+    app.include_router(protected_router(plane, bearer_guard(settings.api_key)))
+    _add_error_handlers(app)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI, plane: DataPlane) -> AsyncIterator[None]:
+    task = asyncio.create_task(_load(plane))
+    yield
+    task.cancel()
+
+
+async def _load(plane: DataPlane) -> None:
+    await anyio.to_thread.run_sync(load_all, plane.registry, plane.settings, abandon_on_cancel=True)
+    metrics = plane.metrics
+    for model in plane.registry.models.values():
+        metrics.model_ready.labels(model.name).set(model.state == "ready")
+        for family in (metrics.checks, metrics.mismatches, metrics.failovers, metrics.degraded):
+            family.labels(model.name)  # every model shows its zero counts from the start
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def service_error(request: Request, error: Exception) -> Response:
+        if not isinstance(error, ServiceError):
+            raise error
+        response = json_response({"error": error.message}, error.status)
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        if not isinstance(error, HTTPException):
+            raise error
+        if error.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; the endpoints are listed in docs/service.md"
+        elif error.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(error.detail)
+        return json_response({"error": message}, error.status_code)
+
+    async def validation_error(request: Request, error: Exception) -> Response:
+        return json_response({"error": f"invalid request to {request.url.path}: {error}"}, 400)
+
+    async def unexpected_error(request: Request, error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
+        return json_response({"error": f"internal error ({type(error).__name__}); see the server log"}, 500)
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected_error)

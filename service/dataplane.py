@@ -1,0 +1,111 @@
+"""The transport-agnostic data plane: resolves models and variants, runs them, checks equivalence, counts.
+
+HTTP routes only translate requests into these calls; every failure is a `ServiceError` carrying its status.
+
+Variant choice: a request that names a version runs exactly that variant. A default (unversioned) request runs
+folded — or unfolded while folded is degraded — and, when the equivalence policy picks it, both variants on
+the same input; a check out of tolerance is logged with the request id and counted, and with
+`failover_on_mismatch` folded is marked degraded and the request is answered by unfolded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from service.equivalence import Equivalence, compare
+from service.metrics import ServiceMetrics
+from service.model import Registry, ServedModel
+from service.runtime import Tensors
+from service.settings import Settings
+
+log = logging.getLogger("bnfold.service")
+
+
+@dataclass
+class Outcome:
+    """The result of running a model for one request."""
+
+    outputs: Tensors
+    variant: str
+    equivalence: Equivalence | None = None
+    failed_over: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class DataPlane:
+    """Runs models of a registry under the settings' equivalence policy and records metrics."""
+
+    def __init__(self, registry: Registry, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        self._random = random.Random()
+
+    def wants_check(self) -> bool:
+        """Whether a default request is checked against unfolded under the policy."""
+        policy = self.settings.equivalence_policy
+        if policy == "always":
+            return True
+        return policy == "sample" and self._random.random() < self.settings.equivalence_sample_rate
+
+    async def execute(
+        self, model: ServedModel, version: str | None, inputs: Tensors, request_id: str, check: bool
+    ) -> Outcome:
+        """Run the addressed variant, or the default one (with a check against unfolded when `check`)."""
+        if version is not None or (model.folded_degraded and not check):
+            variant = model.variant(version)
+            outputs, seconds = await self._run(model, variant.name, inputs)
+            failed_over = version is None
+            if failed_over:
+                self.metrics.failovers.labels(model.name).inc()
+            return Outcome(outputs, variant.name, None, failed_over, {variant.name: seconds})
+        return await self._run_checked(model, inputs, request_id)
+
+    async def _run(self, model: ServedModel, variant: str, inputs: Tensors) -> tuple[Tensors, float]:
+        start = time.perf_counter()
+        outputs = await model.variants[variant].runner.run(inputs)
+        seconds = time.perf_counter() - start
+        self.metrics.run_latency.labels(model.name, variant).observe(seconds)
+        return outputs, seconds
+
+    async def _run_checked(self, model: ServedModel, inputs: Tensors, request_id: str) -> Outcome:
+        manifest = model.require_ready()
+        (folded, t_folded), (unfolded, t_unfolded) = await asyncio.gather(
+            self._run(model, "folded", inputs), self._run(model, "unfolded", inputs)
+        )
+        tolerance = manifest.tolerance
+        result = compare(folded, unfolded, tolerance.atol, tolerance.rtol, manifest.task == "classification")
+        model.stats.record(result, request_id)
+        self.metrics.observe_check(model.name, result, model.stats.max_abs_diff_seen, model.stats.max_rel_diff_seen)
+        seconds = {"folded": t_folded, "unfolded": t_unfolded}
+        if not result.agree:
+            self._on_mismatch(model, result, request_id)
+        if model.folded_degraded:
+            self.metrics.failovers.labels(model.name).inc()
+            return Outcome(unfolded, "unfolded", result, True, seconds)
+        return Outcome(folded, "folded", result, False, seconds)
+
+    def _on_mismatch(self, model: ServedModel, result: Equivalence, request_id: str) -> None:
+        log.warning("equivalence mismatch on model %r, request %s: %s", model.name, request_id, result.describe())
+        if self.settings.failover_on_mismatch and not model.folded_degraded:
+            model.folded_degraded = f"mismatch on request {request_id}: {result.describe()}"
+            self.metrics.degraded.labels(model.name).set(1)
+            log.error("model %r: folded variant degraded, default requests now go to unfolded", model.name)
+
+    def observe(self, model: str, variant: str, status: int, started: float | None) -> None:
+        """Count one finished request (latency only for successes)."""
+        seconds = None if started is None else time.perf_counter() - started
+        self.metrics.observe_request(model, variant, status, seconds)
+
+    def model_label(self, name: str) -> str:
+        """A metrics label that cannot explode: known model names only."""
+        return name if name in self.registry.models else "<unknown>"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]

@@ -1,0 +1,103 @@
+"""Folded vs unfolded agreement, by the rule of the repository contract (docs/repository-format.md).
+
+For each output, with f the folded and u the unfolded tensor (compared in float64):
+
+    max_abs = max |f − u|,   scale = max |u|,   max_rel = max_abs / scale
+    within  ⇔  max_abs ≤ atol + rtol · scale
+
+NaN in f where u is not NaN counts as an infinite error. For classifiers the arg-max over the last axis
+must also agree on every sample. Two variants agree when every output is within tolerance and (for
+classifiers) every arg-max agrees. Same rule as folding/compare.py, re-implemented here because the
+service must not import folding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.runtime import Tensors
+
+
+@dataclass(frozen=True)
+class OutputAgreement:
+    """Agreement of one output between the two variants."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    within_tolerance: bool
+    argmax_agree: bool | None
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Agreement over all outputs of one check."""
+
+    outputs: tuple[OutputAgreement, ...]
+
+    @property
+    def max_abs(self) -> float:
+        return max(output.max_abs for output in self.outputs)
+
+    @property
+    def max_rel(self) -> float:
+        return max(output.max_rel for output in self.outputs)
+
+    @property
+    def within_tolerance(self) -> bool:
+        return all(output.within_tolerance for output in self.outputs)
+
+    @property
+    def argmax_agree(self) -> bool | None:
+        flags = [output.argmax_agree for output in self.outputs if output.argmax_agree is not None]
+        return all(flags) if flags else None
+
+    @property
+    def agree(self) -> bool:
+        return self.within_tolerance and self.argmax_agree is not False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agree": self.agree,
+            "max_abs_diff": self.max_abs,
+            "max_rel_diff": self.max_rel,
+            "within_tolerance": self.within_tolerance,
+            "argmax_agree": self.argmax_agree,
+        }
+
+    def describe(self) -> str:
+        worst = max(self.outputs, key=lambda output: output.max_abs)
+        argmax = "" if self.argmax_agree is not False else ", arg-max differs"
+        return f"output {worst.name!r}: max |Δ| = {worst.max_abs:.3e} (rel {worst.max_rel:.3e}){argmax}"
+
+
+def compare(folded: Tensors, unfolded: Tensors, atol: float, rtol: float, classifier: bool) -> Equivalence:
+    """Compare every output of the folded variant with the unfolded one."""
+    return Equivalence(
+        tuple(
+            _compare_output(name, folded[name], reference, atol, rtol, classifier)
+            for name, reference in unfolded.items()
+        )
+    )
+
+
+def _compare_output(
+    name: str, candidate: np.ndarray, reference: np.ndarray, atol: float, rtol: float, classifier: bool
+) -> OutputAgreement:
+    a = np.asarray(candidate, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        return OutputAgreement(name, float("inf"), float("inf"), False, False if classifier else None)
+    diff = np.abs(a - b)
+    diff = np.where(np.isnan(diff) & ~(np.isnan(a) & np.isnan(b)), np.inf, diff)
+    max_abs = float(np.nan_to_num(diff, nan=0.0).max()) if diff.size else 0.0
+    finite = np.abs(b[np.isfinite(b)])
+    scale = float(finite.max()) if finite.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    argmax = None
+    if classifier and a.ndim >= 1 and a.size:
+        argmax = bool(np.array_equal(np.argmax(a, axis=-1), np.argmax(b, axis=-1)))
+    return OutputAgreement(name, max_abs, max_rel, max_abs <= atol + rtol * scale, argmax)

@@ -1,0 +1,64 @@
+"""Prometheus metrics of one app instance (own CollectorRegistry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.equivalence import Equivalence
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class ServiceMetrics:
+    """Requests/failures by model, variant and status; latencies; equivalence checks and diffs."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("model", "variant", "status")
+        self.requests = Counter("bnfold_requests", "Inference requests", labels, registry=self.registry)
+        self.failures = Counter("bnfold_request_failures", "Failed inference requests", labels, registry=self.registry)
+        self.latency = Histogram(
+            "bnfold_request_latency_seconds",
+            "Inference request latency, body read to response encoded",
+            ("model", "variant"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.run_latency = Histogram(
+            "bnfold_session_run_seconds",
+            "onnxruntime run time of one variant",
+            ("model", "variant"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._equivalence_metrics()
+
+    def _equivalence_metrics(self) -> None:
+        model = ("model",)
+        registry = self.registry
+        self.checks = Counter("bnfold_equivalence_checks", "Equivalence checks made", model, registry=registry)
+        self.mismatches = Counter("bnfold_equivalence_mismatches", "Checks out of tolerance", model, registry=registry)
+        self.failovers = Counter(
+            "bnfold_failovers", "Requests answered by unfolded after a mismatch", model, registry=registry
+        )
+        self.max_abs = Gauge("bnfold_equivalence_max_abs_diff", "Largest max |Δ| seen", model, registry=registry)
+        self.max_rel = Gauge("bnfold_equivalence_max_rel_diff", "Largest relative Δ seen", model, registry=registry)
+        self.model_ready = Gauge("bnfold_model_ready", "1 when the model is ready", model, registry=registry)
+        self.degraded = Gauge("bnfold_folded_degraded", "1 when folded is degraded", model, registry=registry)
+
+    def observe_request(self, model: str, variant: str, status: int, seconds: float | None) -> None:
+        self.requests.labels(model, variant, str(status)).inc()
+        if status >= 400:
+            self.failures.labels(model, variant, str(status)).inc()
+        if seconds is not None:
+            self.latency.labels(model, variant).observe(seconds)
+
+    def observe_check(self, model: str, result: Equivalence, max_abs_seen: float, max_rel_seen: float) -> None:
+        self.checks.labels(model).inc()
+        if not result.agree:
+            self.mismatches.labels(model).inc()
+        self.max_abs.labels(model).set(max_abs_seen)
+        self.max_rel.labels(model).set(max_rel_seen)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,116 @@
+"""A served model: its two variants, its state (loading / ready / unavailable), degradation and agreement stats."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from service.equivalence import Equivalence
+from service.errors import NotFoundError, NotReadyError
+from service.repository import VARIANTS, Manifest
+from service.runtime import Runner, SessionConfig
+
+State = Literal["loading", "ready", "unavailable"]
+
+
+@dataclass
+class Variant:
+    """One ONNX variant of a model and the options its session was opened with."""
+
+    name: str
+    runner: Runner
+    config: SessionConfig
+    batchnorm_nodes: int
+
+
+@dataclass
+class AgreementStats:
+    """Running figures of the equivalence checks made while serving."""
+
+    checks: int = 0
+    mismatches: int = 0
+    argmax_disagreements: int = 0
+    max_abs_diff_seen: float = 0.0
+    max_rel_diff_seen: float = 0.0
+    last_mismatch: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, result: Equivalence, request_id: str) -> None:
+        with self._lock:
+            self.checks += 1
+            self.max_abs_diff_seen = max(self.max_abs_diff_seen, result.max_abs)
+            self.max_rel_diff_seen = max(self.max_rel_diff_seen, result.max_rel)
+            self.argmax_disagreements += result.argmax_agree is False
+            if not result.agree:
+                self.mismatches += 1
+                self.last_mismatch = f"request {request_id}: {result.describe()}"
+
+    def to_json(self) -> dict[str, Any]:
+        agreement = 1.0 - self.mismatches / self.checks if self.checks else None
+        return {
+            "checks": self.checks,
+            "mismatches": self.mismatches,
+            "agreement_rate": agreement,
+            "argmax_disagreements": self.argmax_disagreements,
+            "max_abs_diff_seen": self.max_abs_diff_seen,
+            "max_rel_diff_seen": self.max_rel_diff_seen,
+            "last_mismatch": self.last_mismatch,
+        }
+
+
+@dataclass
+class ServedModel:
+    """What the data plane serves under one name."""
+
+    name: str
+    state: State = "loading"
+    reason: str | None = None
+    manifest: Manifest | None = None
+    variants: dict[str, Variant] = field(default_factory=dict)
+    calibration: Equivalence | None = None
+    folded_degraded: str | None = None
+    stats: AgreementStats = field(default_factory=AgreementStats)
+
+    def require_ready(self) -> Manifest:
+        """The manifest of a ready model, else NotReadyError with the reason."""
+        if self.state == "loading":
+            raise NotReadyError(f"model {self.name!r} is still loading; retry when /v2/health/ready is 200")
+        if self.state != "ready" or self.manifest is None:
+            raise NotReadyError(f"model {self.name!r} is not ready: {self.reason}")
+        return self.manifest
+
+    def variant(self, version: str | None) -> Variant:
+        """The variant a request runs: the named version, or the default (folded unless degraded)."""
+        self.check_version(version)
+        self.require_ready()
+        if version is None:
+            return self.variants["unfolded" if self.folded_degraded else "folded"]
+        return self.variants[version]
+
+    def check_version(self, version: str | None) -> None:
+        """NotFoundError unless version is None, 'folded' or 'unfolded'."""
+        if version is not None and version not in VARIANTS:
+            raise NotFoundError(
+                f"unknown version {version!r} of model {self.name!r}; versions are 'folded' and 'unfolded'"
+            )
+
+    def version_ready(self, version: str | None) -> bool:
+        """Ready to serve that version (a degraded folded variant is not ready)."""
+        self.check_version(version)
+        return self.state == "ready" and not (version == "folded" and self.folded_degraded)
+
+
+class Registry:
+    """Every model of the repository by name; `loaded` turns true when loading has ended."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.models = {name: ServedModel(name) for name in names}
+        self.loaded = False
+
+    def get(self, name: str) -> ServedModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise NotFoundError(f"unknown model {name!r}; available models: {known}") from None

@@ -1,0 +1,112 @@
+"""onnxruntime sessions with pinned options, behind the `Runner` interface the data plane calls.
+
+`Runner.run` is the one seam between the data plane and a model: a dynamic batcher (issue 6) is another
+`Runner` that wraps a `SessionRunner`, merges concurrent calls along axis 0 and splits the results, without
+the data plane or the HTTP layer changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio.to_thread
+import numpy as np
+import onnxruntime as ort
+
+from service.datatypes import ORT_TO_V2
+from service.repository import EntryError, TensorSpec
+
+Tensors = dict[str, np.ndarray]
+
+OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+PROVIDER = "CPUExecutionProvider"
+
+
+class Runner(Protocol):
+    """Runs one model variant: inputs by name -> every output by name."""
+
+    async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors: ...
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """The pinned session options; recorded in the model's metadata as they are."""
+
+    intra_op_threads: int
+    inter_op_threads: int
+    graph_optimization: str
+    execution_mode: str = "sequential"
+    provider: str = PROVIDER
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def session_options(config: SessionConfig) -> ort.SessionOptions:
+    """SessionOptions pinned to the config: threads, ORT_SEQUENTIAL, optimisation level, no spinning."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[config.graph_optimization]
+    # Idle sessions must not busy-wait on cores shared with other sessions.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def open_session(path: Path, config: SessionConfig) -> ort.InferenceSession:
+    """An InferenceSession on the CPU provider; EntryError when onnxruntime cannot load the file."""
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(config), providers=[PROVIDER])
+    except Exception as error:  # onnxruntime raises several private exception types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EntryError(f"onnxruntime cannot load {path.name}: {first_line}") from None
+
+
+def check_signature(session: ort.InferenceSession, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    """EntryError unless the graph's inputs/outputs have the declared names, datatypes and ranks."""
+    for kind, declared, actual in (
+        ("input", inputs, session.get_inputs()),
+        ("output", outputs, session.get_outputs()),
+    ):
+        if [spec.name for spec in declared] != [node.name for node in actual]:
+            raise EntryError(
+                f"graph {kind}s are {[node.name for node in actual]}, model.json declares "
+                f"{[spec.name for spec in declared]}"
+            )
+        for spec, node in zip(declared, actual, strict=True):
+            _check_node(kind, spec, node)
+
+
+def _check_node(kind: str, spec: TensorSpec, node: Any) -> None:
+    datatype = ORT_TO_V2.get(node.type, node.type)
+    if datatype != spec.datatype:
+        raise EntryError(f"graph {kind} {spec.name!r} is {datatype}, model.json declares {spec.datatype}")
+    graph_shape = tuple(dim if isinstance(dim, int) else -1 for dim in node.shape)
+    fixed_conflict = any(got not in (-1, want) for got, want in zip(graph_shape, spec.shape, strict=False))
+    if len(graph_shape) != len(spec.shape) or fixed_conflict:
+        raise EntryError(f"graph {kind} {spec.name!r} has shape {list(graph_shape)}, model.json {spec.shape}")
+
+
+class SessionRunner:
+    """A `Runner` on one InferenceSession; `run` executes it in a worker thread (ORT releases the GIL)."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.output_names = [node.name for node in session.get_outputs()]
+
+    def run_sync(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        values = self.session.run(self.output_names, dict(inputs))
+        return dict(zip(self.output_names, values, strict=True))
+
+    async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        return await anyio.to_thread.run_sync(self.run_sync, inputs)

@@ -1,0 +1,59 @@
+"""Service settings: pydantic-settings with the prefix BNFOLD_ (every CLI flag of `bnfold serve` has one)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EquivalencePolicy = Literal["off", "sample", "always"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment (BNFOLD_<FIELD>) or from `bnfold serve` flags."""
+
+    model_config = SettingsConfigDict(env_prefix="BNFOLD_", extra="forbid")
+
+    repository: Path = Field(description="Model repository directory (format bnfold-repository/1) to serve.")
+    host: str = Field("127.0.0.1", description="Interface uvicorn listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on (0: any free port).")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token; when set, every endpoint except health and /metrics requires it."
+    )
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body accepted (413).")
+    max_batch_size: int = Field(1024, gt=0, description="Largest batch (axis 0) accepted per request (413).")
+    equivalence_policy: EquivalencePolicy = Field(
+        "sample", description="When a default (unversioned) request also runs the unfolded variant."
+    )
+    equivalence_sample_rate: float = Field(
+        0.01, ge=0.0, le=1.0, description="Fraction of default requests checked under the 'sample' policy."
+    )
+    failover_on_mismatch: bool = Field(
+        True, description="After a failed check, mark folded degraded and serve default requests unfolded."
+    )
+    allow_non_finite: bool = Field(False, description="Accept NaN/Inf in input tensors (rejected by default).")
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads per session; 0 = CPU cores / number of sessions."
+    )
+    inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads per session.")
+    graph_optimization: GraphOptimization = Field(
+        "all", description="onnxruntime graph optimisation of the folded variant (unfolded always 'disable')."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @field_validator("repository")
+    @classmethod
+    def _repository_is_directory(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"repository {str(value)!r} is not a directory; build one with bnfold build-default")
+        return value
+
+    def threads_per_session(self, session_count: int) -> int:
+        """Intra-op threads per session: the setting, or cores shared out so sessions don't oversubscribe."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // max(1, session_count))

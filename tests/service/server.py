@@ -1,0 +1,59 @@
+"""Run the service in a real uvicorn server on a free 127.0.0.1 port, in a thread, for end-to-end tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+
+@dataclass
+class RunningServer:
+    """A live server: its base URL, address for tritonclient, and an httpx client bound to it."""
+
+    url: str
+    address: str
+    client: httpx.Client
+
+
+@contextmanager
+def running_server(settings: Settings, wait_ready: bool = True) -> Iterator[RunningServer]:
+    """Serve `settings` on a free loopback port until the block ends, then stop the server."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=30) as client:
+        try:
+            _wait(client, "/v2/health/ready" if wait_ready else "/v2/health/live")
+            yield RunningServer(url, f"127.0.0.1:{port}", client)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=15)
+            sock.close()
+
+
+def _wait(client: httpx.Client, path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.get(path).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"server did not answer 200 on {path} within {timeout} s")
