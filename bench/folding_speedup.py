@@ -1,0 +1,302 @@
+"""Benchmark 1, "what folding buys": latency of unfolded, folded and BN-deleted networks.
+
+For every zoo model (trained, its own BN statistics) and the ResNet-18/ResNet-50/MobileNetV2 reference
+networks at 224×224 (plus the small DenseNet, whose pre-activation BNs mostly cannot fold; BN statistics
+randomised so no BN is an identity), three variants are timed:
+
+- ``unfolded``: the network as built;
+- ``folded``: ``folding.fold(unfolded, example)``;
+- ``bn_deleted``: every BatchNorm replaced by nn.Identity, the best folding can possibly do.
+
+in PyTorch eager (``torch.inference_mode``) and in onnxruntime at its default optimisation level (models
+exported with ``folding.export.export_onnx``: dynamo, optimize=False), batch 1 and 32. Per (model,
+runtime, batch) the three variants are interleaved (bench/common.py). Reported per cell: median latency,
+unfolded ÷ folded (the speed-up folding gives) and folded ÷ bn_deleted (how far folding is from the
+ideal; target ≤ 1.03). Each variant's BN count (modules / ONNX nodes) and the folded-vs-unfolded output
+error are recorded too.
+
+Run: ``.venv/bin/python -m bench.folding_speedup`` (about 12 minutes on 2 cores) or ``--quick`` (smoke run,
+64×64, batch 1 and 4, 2 repetitions; saved as folding_speedup_quick.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from bench.common import Summary, interleaved_timings, machine_description, markdown_table, save_results
+from folding.compare import Tolerance, discrepancy
+from folding.errors import BnfoldError
+from folding.export import count_op, export_onnx
+from models.reference_nets import REFERENCE_NETS, batchnorm_modules, delete_batchnorm, randomize_batchnorm
+
+VARIANTS = ("unfolded", "folded", "bn_deleted")
+RUNTIMES = ("torch", "onnxruntime")
+# Folded vs unfolded outputs must agree within this (scale-relative, folding/compare.py).
+OUTPUT_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One network to benchmark: how to build it (eval mode) and its per-sample input shape."""
+
+    name: str
+    source: str  # "reference" or "zoo"
+    build: Callable[[], nn.Module]
+    sample_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Batches, repetitions per batch, warm-up rounds and the thread count of both runtimes."""
+
+    batches: tuple[int, ...] = (1, 32)
+    repetitions: dict[int, int] = field(default_factory=lambda: {1: 100, 32: 15})
+    warmup: int = 3
+    threads: int = 2
+
+
+def reference_cases(resolution: int = 224, names: Sequence[str] = tuple(REFERENCE_NETS)) -> list[BenchCase]:
+    """The reference nets with randomised BN statistics (seeded), input (3, resolution, resolution)."""
+    return [
+        BenchCase(name, "reference", _randomised(REFERENCE_NETS[name]), (3, resolution, resolution)) for name in names
+    ]
+
+
+def _randomised(factory: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
+    return lambda: randomize_batchnorm(factory(seed=0), seed=1)
+
+
+def zoo_cases() -> tuple[list[BenchCase], str | None]:
+    """Every zoo model (trained, from the weights cache when present), or ([], why) when there is no zoo."""
+    try:
+        from models.data import load_split
+        from models.zoo import ZOO, trained
+    except ImportError as error:
+        return [], f"the model zoo is not importable ({error}); only reference nets were measured"
+
+    def builder(name: str) -> Callable[[], nn.Module]:
+        return lambda: trained(name).model.eval()
+
+    cases = [
+        BenchCase(name, "zoo", builder(name), tuple(load_split(spec.dataset).x_test.shape[1:]))
+        for name, spec in ZOO.items()
+    ]
+    return cases, None
+
+
+def build_variants(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """(unfolded, folded, bn_deleted) modules, and the fold summary with per-variant BN module counts."""
+    from folding import fold
+
+    result = fold(model, (example,))
+    models = {"unfolded": model, "folded": result.model, "bn_deleted": delete_batchnorm(model)}
+    for variant in models.values():
+        variant.eval()
+    info = {
+        "fold_summary": result.report.summary(),
+        "batchnorm_modules": {name: len(batchnorm_modules(m)) for name, m in models.items()},
+    }
+    return models, info
+
+
+def ort_session(proto: onnx.ModelProto, threads: int, *, optimise: bool = True) -> ort.InferenceSession:
+    """A CPU session at onnxruntime's default optimisation level (or none, for reference runs)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def export_variants(models: dict[str, nn.Module], example: torch.Tensor) -> dict[str, onnx.ModelProto]:
+    return {
+        name: export_onnx(model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        for name, model in models.items()
+    }
+
+
+def output_errors(
+    models: dict[str, nn.Module],
+    sessions: dict[str, ort.InferenceSession],
+    reference: ort.InferenceSession,
+    x: torch.Tensor,
+) -> dict[str, dict[str, Any]]:
+    """Folded vs unfolded: torch eager vs torch eager; ORT (default level) vs unfolded ORT_DISABLE_ALL."""
+    with torch.inference_mode():
+        torch_pair = (models["folded"](x).numpy(), models["unfolded"](x).numpy())
+    feed = {INPUT_NAME: x.numpy()}
+    ort_pair = (sessions["folded"].run(None, feed)[0], reference.run(None, feed)[0])
+    errors: dict[str, dict[str, Any]] = {}
+    for runtime, (candidate, expected) in zip(RUNTIMES, (torch_pair, ort_pair), strict=True):
+        found = discrepancy(candidate, expected)
+        errors[runtime] = {"max_abs": found.max_abs, "max_rel": found.max_rel, "ok": found.within(OUTPUT_TOLERANCE)}
+    return errors
+
+
+def time_cell(runners: dict[str, Callable[[], object]], repetitions: int, warmup: int) -> dict[str, Any]:
+    """Interleaved timings of the three variants of one (model, runtime, batch) cell, and the two ratios."""
+    summaries = {
+        name: Summary.of(samples)
+        for name, samples in interleaved_timings(runners, repetitions=repetitions, warmup=warmup).items()
+    }
+    median = {name: summary.median_ms for name, summary in summaries.items()}
+    return {
+        "latency_ms": {name: summary.to_json() for name, summary in summaries.items()},
+        "unfolded_over_folded": median["unfolded"] / median["folded"],
+        "folded_over_bn_deleted": median["folded"] / median["bn_deleted"],
+    }
+
+
+def measure_case(case: BenchCase, settings: Settings) -> dict[str, Any]:
+    """Everything for one network: BN counts, output errors, and a timed cell per runtime and batch."""
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, *case.sample_shape, generator=generator)
+    models, info = build_variants(case.build(), example)
+    protos = export_variants(models, example)
+    sessions = {name: ort_session(proto, settings.threads) for name, proto in protos.items()}
+    reference = ort_session(protos["unfolded"], settings.threads, optimise=False)
+    result: dict[str, Any] = {
+        "model": case.name,
+        "source": case.source,
+        "sample_shape": list(case.sample_shape),
+        **info,
+        "batchnorm_onnx_nodes": {name: count_op(proto) for name, proto in protos.items()},
+        "output_error": output_errors(models, sessions, reference, example),
+        "cells": [],
+    }
+    for batch in settings.batches:
+        x = torch.randn(batch, *case.sample_shape, generator=generator)
+        feed = {INPUT_NAME: x.numpy()}
+        repetitions = settings.repetitions[batch]
+        with torch.inference_mode():
+            torch_runners = {name: _torch_runner(model, x) for name, model in models.items()}
+            cell = time_cell(torch_runners, repetitions, settings.warmup)
+        result["cells"].append({"runtime": "torch", "batch": batch, **cell})
+        ort_runners = {name: _ort_runner(session, feed) for name, session in sessions.items()}
+        result["cells"].append(
+            {"runtime": "onnxruntime", "batch": batch, **time_cell(ort_runners, repetitions, settings.warmup)}
+        )
+    return result
+
+
+def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    return lambda: model(x)
+
+
+def _ort_runner(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    return lambda: session.run(None, feed)
+
+
+def results_table(results: Sequence[dict[str, Any]]) -> str:
+    """One row per (model, runtime, batch): the three medians and the two ratios."""
+    header = [
+        "model",
+        "runtime",
+        "batch",
+        "unfolded ms",
+        "folded ms",
+        "BN-deleted ms",
+        "unfolded ÷ folded",
+        "folded ÷ BN-deleted",
+        "BN (unf./fold.)",
+    ]
+    rows = []
+    for result in results:
+        nodes = result["batchnorm_onnx_nodes"]
+        for cell in result["cells"]:
+            latency = {name: cell["latency_ms"][name]["median_ms"] for name in VARIANTS}
+            rows.append([
+                result["model"], cell["runtime"], cell["batch"],
+                *(f"{latency[name]:.2f}" for name in VARIANTS),
+                f"{cell['unfolded_over_folded']:.3f}", f"{cell['folded_over_bn_deleted']:.3f}",
+                f"{nodes['unfolded']}/{nodes['folded']}",
+            ])  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.folding_speedup", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64×64, batch 1 and 4, 2 repetitions")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and ORT intra-op threads")
+    parser.add_argument("--models", nargs="*", help="only these model names (default: all)")
+    return parser.parse_args(argv)
+
+
+def settings_for(args: argparse.Namespace) -> tuple[Settings, int]:
+    if args.quick:
+        return Settings(batches=(1, 4), repetitions={1: 2, 4: 2}, warmup=1, threads=args.threads), 64
+    return Settings(threads=args.threads), 224
+
+
+def run_cases(cases: Sequence[BenchCase], settings: Settings) -> list[dict[str, Any]]:
+    """measure_case for each case; a case that cannot be folded or exported is recorded with its error."""
+    results = []
+    for case in cases:
+        print(f"measuring {case.name} …", file=sys.stderr, flush=True)
+        try:
+            results.append(measure_case(case, settings))
+        except BnfoldError as error:
+            print(f"{case.name}: skipped: {error}", file=sys.stderr)
+            results.append({"model": case.name, "source": case.source, "error": str(error)})
+    return results
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    versions = machine["versions"]
+    return (
+        f"machine: {machine['cpu']}, {machine['usable_cores']} usable cores; torch {versions['torch']} "
+        f"({machine['torch_threads']} threads), onnxruntime {versions['onnxruntime']} "
+        f"({machine['ort_intra_op_threads']} intra-op threads, {machine['ort_inter_op_threads']} inter-op)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings, resolution = settings_for(args)
+    torch.set_num_threads(settings.threads)
+    cases, zoo_note = zoo_cases()
+    cases += reference_cases(resolution)
+    if args.models:
+        cases = [case for case in cases if case.name in args.models]
+    started = time.perf_counter()
+    results = run_cases(cases, settings)
+    table = results_table([result for result in results if "error" not in result])
+    machine = machine_description(
+        torch_threads=torch.get_num_threads(), ort_intra_op_threads=settings.threads, ort_inter_op_threads=1
+    )
+    print(f"\n{table}\n\n{machine_line(machine)}")
+    for note in [zoo_note] + [f"{r['model']}: {r['error']}" for r in results if "error" in r]:
+        if note:
+            print(f"note: {note}")
+    payload = {
+        "benchmark": "folding_speedup",
+        "quick": args.quick,
+        "resolution": resolution,
+        "machine": machine,
+        "settings": {"batches": settings.batches, "repetitions": settings.repetitions, "warmup": settings.warmup},
+        "zoo_note": zoo_note,
+        "wall_seconds": time.perf_counter() - started,
+        "results": results,
+        "table": table,
+    }
+    path = save_results("folding_speedup_quick" if args.quick else "folding_speedup", payload)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
