@@ -1,0 +1,165 @@
+"""fold_onnx: fold every inference BatchNormalization of an ONNX model into its neighbours.
+
+Each BN of the main graph, in graph order, goes through three passes:
+
+1. into the previous layer (folding.onnx_previous), in graph order, so Conv → BN → BN folds both;
+2. into the next layer (folding.onnx_next), in reverse graph order, so BN → BN → Conv folds both;
+3. otherwise lowered to Mul + Add (folding.onnx_lower) when `lower_unfoldable`, or kept.
+
+A BN that is not an inference BN (training_mode = 1, statistics not constant, …) is kept as it is, and so
+is any BN inside a subgraph or a local function. The report gives every BN's fate and, for the ones not
+folded, the reason. The input model is not modified and the same input gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from numpy.typing import NDArray
+
+from folding.errors import FoldingError
+from folding.onnx_batchnorm import InferenceBatchNorm, bn_name, read_batchnorm
+from folding.onnx_graph import Folded, GraphEditor, is_op
+from folding.onnx_lower import lower_batchnorm
+from folding.onnx_measure import measure_fold
+from folding.onnx_next import fold_into_next
+from folding.onnx_previous import fold_into_previous
+from folding.onnx_shapes import infer_ranks
+from folding.report import Action, FoldEntry, FoldReport
+
+
+@dataclass(frozen=True)
+class OnnxFoldResult:
+    """The folded model (a new ModelProto) and the report of what happened to each BatchNorm."""
+
+    model: onnx.ModelProto
+    report: FoldReport
+
+
+@dataclass
+class _Fate:
+    action: Action
+    target: str | None = None
+    reason: str | None = None
+    probe: str | None = None
+
+
+def fold_onnx(
+    model: onnx.ModelProto,
+    example_inputs: Mapping[str, NDArray[np.generic]] | None = None,
+    *,
+    lower_unfoldable: bool = True,
+) -> OnnxFoldResult:
+    """Fold the BatchNormalization nodes of `model`; the input proto is left untouched.
+
+    With `example_inputs` (one array per graph input) both models are run by onnxruntime with graph
+    optimisations disabled, and each entry's max_error and the report's max_output_error are filled.
+    """
+    working = _valid_copy(model)
+    ranks, elem_types = infer_ranks(working)
+    ir_model = ir.from_proto(working)
+    editor = GraphEditor(ir_model.graph, ranks, elem_types)
+    fates = _fold_main_graph(editor, _onnx_opset(ir_model), lower_unfoldable)
+    folded = ir.to_proto(ir_model)
+    _check_output(folded)
+    entries = [FoldEntry(bn=name, action=f.action, target=f.target, reason=f.reason) for name, f in fates.items()]
+    entries += _nested_batchnorms(ir_model)
+    report = FoldReport(entries=entries)
+    if example_inputs is not None:
+        probes = {name: fate.probe for name, fate in fates.items() if fate.probe is not None}
+        report = measure_fold(model, folded, example_inputs, report, probes, editor.superseded)
+    return OnnxFoldResult(model=folded, report=report)
+
+
+def _fold_main_graph(editor: GraphEditor, opset: int, lower_unfoldable: bool) -> dict[str, _Fate]:
+    batchnorms = [node for node in editor.graph if is_op(node, "BatchNormalization")]
+    fates: dict[str, _Fate] = {}
+    readable: list[tuple[ir.Node, InferenceBatchNorm]] = []
+    for bn in batchnorms:
+        read = read_batchnorm(bn, opset)
+        if isinstance(read, str):
+            fates[bn_name(bn)] = _Fate(Action.KEPT, reason=read)
+        else:
+            readable.append((bn, read))
+    refusals: dict[str, str] = {}
+    for bn, batchnorm in readable:
+        _settle(fates, refusals, bn, fold_into_previous(editor, bn, batchnorm), Action.FOLDED_INTO_PREVIOUS)
+    for bn, batchnorm in reversed([pair for pair in readable if bn_name(pair[0]) not in fates]):
+        _settle(fates, refusals, bn, fold_into_next(editor, bn, batchnorm), Action.FOLDED_INTO_NEXT)
+    for bn, batchnorm in [pair for pair in readable if bn_name(pair[0]) not in fates]:
+        outcome = lower_batchnorm(editor, bn, batchnorm) if lower_unfoldable else "lowering is disabled"
+        lowered = _Fate(Action.LOWERED, reason=refusals[bn_name(bn)])
+        if isinstance(outcome, Folded):
+            lowered.probe = outcome.probe
+        fates[bn_name(bn)] = (
+            lowered
+            if isinstance(outcome, Folded)
+            else _Fate(Action.KEPT, reason=f"{refusals[bn_name(bn)]}; not lowered: {outcome}")
+        )
+    return {bn_name(bn): fates[bn_name(bn)] for bn in batchnorms}
+
+
+def _settle(
+    fates: dict[str, _Fate], refusals: dict[str, str], bn: ir.Node, outcome: str | Folded, action: Action
+) -> None:
+    """Record a successful fold, or add the refusal to the BN's reasons."""
+    name = bn_name(bn)
+    if isinstance(outcome, Folded):
+        fates[name] = _Fate(action, target=outcome.target, probe=outcome.probe)
+        return
+    side = "previous" if action is Action.FOLDED_INTO_PREVIOUS else "next"
+    refusals[name] = "; ".join(filter(None, [refusals.get(name), f"not into the {side} layer: {outcome}"]))
+
+
+def _nested_batchnorms(ir_model: ir.Model) -> list[FoldEntry]:
+    """BNs in subgraphs (If/Loop/Scan bodies) and local functions are reported as kept."""
+    entries = []
+    for node in ir.traversal.RecursiveGraphIterator(ir_model.graph):
+        if is_op(node, "BatchNormalization") and node.graph is not ir_model.graph:
+            entries.append(
+                FoldEntry(bn_name(node), Action.KEPT, reason="inside a subgraph; only the main graph is folded")
+            )
+    for function in ir_model.functions.values():
+        for node in function:
+            if is_op(node, "BatchNormalization"):
+                reason = f"inside local function {function.name!r}; only the main graph is folded"
+                entries.append(FoldEntry(bn_name(node), Action.KEPT, reason=reason))
+    return entries
+
+
+def _onnx_opset(ir_model: ir.Model) -> int:
+    imports = ir_model.opset_imports
+    version = imports.get("", imports.get("ai.onnx"))
+    if version is None:
+        raise FoldingError("the model imports no default ONNX opset; it is not a valid ONNX model")
+    return version
+
+
+def _valid_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    if not isinstance(model, onnx.ModelProto):
+        raise FoldingError(f"fold_onnx needs an onnx.ModelProto, got {type(model).__name__}; load it with onnx.load")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as error:  # the checker raises several types
+        raise FoldingError(
+            f"the input is not a valid ONNX model ({_first_line(error)}); fix or re-export it"
+        ) from error
+    working = onnx.ModelProto()
+    working.CopyFrom(model)
+    return working
+
+
+def _check_output(folded: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(folded)
+    except Exception as error:  # a bnfold bug, never the caller's
+        raise FoldingError(f"bnfold produced an invalid model ({_first_line(error)}); please report it") from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

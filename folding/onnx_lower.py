@@ -1,0 +1,39 @@
+"""Lower an inference BatchNorm that has no foldable neighbour to y = x·s + t (one Mul and one Add).
+
+s and t (folding.arithmetic.batchnorm_scale_shift) are stored with shape (C, 1, …, 1) so that they
+broadcast over channel axis 1 of an (N, C, D1, …) input, in the dtype of the BN's input X. This needs
+the rank of X, which shape inference must have found.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from folding.onnx_batchnorm import InferenceBatchNorm, bn_input, bn_name
+from folding.onnx_graph import Folded, GraphEditor
+
+
+def lower_batchnorm(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+    """Replace `bn` by Mul + Add; returns the probe to measure it at, or why it cannot be lowered."""
+    x = bn_input(bn)
+    rank = editor.ranks.get(str(x.name))
+    if rank is None or rank < 2:
+        return f"the rank of its input {x.name!r} is unknown or < 2, so the per-channel scale cannot be shaped"
+    dtype = _input_dtype(editor, x, batchnorm)
+    broadcast = (-1,) + (1,) * (rank - 2)  # (C,) → (C, 1, …) to meet (N, C, …)
+    name = bn_name(bn)
+    scale = editor.initializer(f"{name}_scale", batchnorm.affine.scale.reshape(broadcast).astype(dtype))
+    shift = editor.initializer(f"{name}_shift", batchnorm.affine.shift.reshape(broadcast).astype(dtype))
+    multiply = editor.node("Mul", [x, scale], (), editor.unique(f"{name}_mul"))
+    add = editor.node("Add", [multiply.outputs[0], shift], (), editor.unique(f"{name}_add"))
+    probe = str(bn.outputs[0].name)
+    editor.replace([bn], [multiply, add], bn.outputs[0])
+    return Folded(target=add.name or "", probe=probe)
+
+
+def _input_dtype(editor: GraphEditor, x: ir.Value, batchnorm: InferenceBatchNorm) -> np.dtype[np.generic]:
+    if x.dtype is not None:
+        return x.dtype.numpy()
+    known = editor.elem_types.get(str(x.name))
+    return known.numpy() if known is not None else batchnorm.dtype

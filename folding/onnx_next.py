@@ -1,0 +1,126 @@
+"""Fold an inference BatchNorm x̂ = s·x + t into the layer that reads x̂ (folding.arithmetic.fold_into_next).
+
+    Conv (no zero padding):  W'[o, c, k] = W[o, c, k]·s_c,  b'_o = b_o + Σ_{c,k} W[o, c, k]·t_c
+    Gemm z = α·x̂·B' + β·C (transA = 0):  B' scaled by s on its input axis K (axis 1 of B when
+                             transB = 1, else axis 0);  C' = β·C + α·(B'ᵀ·t)  and β' = 1
+    MatMul z = x̂·W (x̂ 2-D):   W'[c, :] = s_c·W[c, :], then an Add of Wᵀ·t
+
+A Conv that pads reads zeros at the border, where the BN would have produced t rather than 0, so it is
+refused (FOLDING_TRAPS 6). The BN's output must be read by that one layer alone, as its data input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from folding.arithmetic import fold_into_next as fold_arithmetic
+from folding.errors import FoldingError
+from folding.onnx_batchnorm import InferenceBatchNorm, bn_input
+from folding.onnx_graph import (
+    Folded,
+    GraphEditor,
+    constant,
+    float_attr,
+    input_name,
+    int_attr,
+    is_op,
+    optional_constant,
+    rounded,
+    sole_consumer,
+)
+
+Rule = Callable[[GraphEditor, ir.Node, ir.Node, InferenceBatchNorm], str | Folded]
+
+
+def fold_into_next(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+    """Fold `bn` into the single layer reading its output; returns what it went into, or why not."""
+    found = sole_consumer(bn.outputs[0])
+    if isinstance(found, str):
+        return found
+    consumer, slot = found
+    rule = NEXT_RULES.get(consumer.op_type) if is_op(consumer, *NEXT_RULES) else None
+    if rule is None:
+        return f"its consumer is {consumer.op_type}, not one of {', '.join(NEXT_RULES)}"
+    if slot != 0:
+        return f"it feeds input {slot} of {consumer.op_type} {consumer.name!r}, not its data input"
+    try:
+        return rule(editor, consumer, bn, batchnorm)
+    except FoldingError as error:
+        return str(error)
+
+
+def _conv(editor: GraphEditor, conv: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+    padding = _padding_refusal(conv)
+    if padding is not None:
+        return padding
+    weight = constant(conv.inputs[1], "weight")
+    bias = optional_constant(conv.inputs[2] if len(conv.inputs) > 2 else None, "bias")
+    if isinstance(weight, str) or isinstance(bias, str):
+        return str(weight if isinstance(weight, str) else bias)
+    new_weight, new_bias = fold_arithmetic(weight, bias, batchnorm.affine, groups=int_attr(conv, "group", 1))
+    inputs = [
+        bn_input(bn),
+        editor.initializer(f"{input_name(conv, 1)}_bnfold", rounded(new_weight, weight)),
+        editor.initializer(f"{input_name(conv, 1)}_bias_bnfold", rounded(new_bias, weight if bias is None else bias)),
+    ]
+    node = editor.node("Conv", inputs, conv.attributes.values(), conv.name or editor.unique("conv"))
+    return _replace(editor, [bn, conv], [node], conv)
+
+
+def _padding_refusal(conv: ir.Node) -> str | None:
+    auto_pad = conv.attributes.get("auto_pad")
+    mode = "NOTSET" if auto_pad is None else auto_pad.as_string()
+    pads_attr = conv.attributes.get("pads")
+    pads = [] if pads_attr is None else list(pads_attr.as_ints())
+    if mode not in ("NOTSET", "VALID") or any(pads):
+        return f"Conv {conv.name!r} pads with zeros (auto_pad={mode}, pads={pads}); the border would get BN's shift"
+    return None
+
+
+def _gemm(editor: GraphEditor, gemm: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+    if int_attr(gemm, "transA", 0) != 0:
+        return f"Gemm {gemm.name!r} has transA = 1, so BN's channel axis is not Gemm's reduction axis"
+    b = constant(gemm.inputs[1], "Gemm B")
+    c = optional_constant(gemm.inputs[2] if len(gemm.inputs) > 2 else None, "Gemm C")
+    if isinstance(b, str) or isinstance(c, str):
+        return str(b if isinstance(b, str) else c)
+    trans_b = int_attr(gemm, "transB", 0) == 1
+    new_out_major, gain = fold_arithmetic(b if trans_b else b.T, None, batchnorm.affine)  # (N, K)
+    beta_c = np.zeros(1) if c is None else float_attr(gemm, "beta", 1.0) * c.astype(np.float64)
+    new_c = beta_c + float_attr(gemm, "alpha", 1.0) * gain  # C' = β·C + α·Bᵀt, broadcast like C
+    new_b = new_out_major if trans_b else new_out_major.T
+    inputs = [
+        bn_input(bn),
+        editor.initializer(f"{input_name(gemm, 1)}_bnfold", rounded(new_b, b)),
+        editor.initializer(f"{input_name(gemm, 1)}_bias_bnfold", rounded(new_c, b if c is None else c)),
+    ]
+    attributes = [attr for attr in gemm.attributes.values() if attr.name != "beta"]  # β' = 1
+    node = editor.node("Gemm", inputs, attributes, gemm.name or editor.unique("gemm"))
+    return _replace(editor, [bn, gemm], [node], gemm)
+
+
+def _matmul(editor: GraphEditor, matmul: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+    weight = constant(matmul.inputs[1], "MatMul weight")
+    if isinstance(weight, str):
+        return weight
+    rank = editor.ranks.get(str(bn_input(bn).name))
+    if weight.ndim != 2 or rank != 2:
+        return f"MatMul input rank is {rank} and weight rank {weight.ndim}: BN axis 1 is not W's input axis"
+    new_weight_t, gain = fold_arithmetic(weight.T, None, batchnorm.affine)  # W.T is (N, K)
+    new_weight = editor.initializer(f"{input_name(matmul, 1)}_bnfold", rounded(new_weight_t.T, weight))
+    product = editor.node("MatMul", [bn_input(bn), new_weight], (), matmul.name or editor.unique("matmul"))
+    shift = editor.initializer(f"{new_weight.name}_bias", rounded(gain, weight))
+    plus = editor.node("Add", [product.outputs[0], shift], (), editor.unique(f"{product.name}_bias"))
+    return _replace(editor, [bn, matmul], [product, plus], matmul)
+
+
+def _replace(editor: GraphEditor, old: list[ir.Node], new: list[ir.Node], consumer: ir.Node) -> Folded:
+    probe = str(consumer.outputs[0].name)
+    editor.replace(old, new, consumer.outputs[0])
+    return Folded(target=consumer.name or new[0].name or consumer.op_type, probe=probe)
+
+
+NEXT_RULES: dict[str, Rule] = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul}
