@@ -57,14 +57,14 @@ class DataPlane:
         self, model: ServedModel, version: str | None, inputs: Tensors, request_id: str, check: bool
     ) -> Outcome:
         """Run the addressed variant, or the default one (with a check against unfolded when `check`)."""
-        if version is not None or (model.folded_degraded and not check):
-            variant = model.variant(version)
-            outputs, seconds = await self._run(model, variant.name, inputs)
-            failed_over = version is None
-            if failed_over:
-                self.metrics.failovers.labels(model.name).inc()
-            return Outcome(outputs, variant.name, None, failed_over, {variant.name: seconds})
-        return await self._run_checked(model, inputs, request_id)
+        if version is None and check:
+            return await self._run_checked(model, inputs, request_id)
+        variant = model.variant(version)
+        outputs, seconds = await self._run(model, variant.name, inputs)
+        failed_over = version is None and variant.name == "unfolded"
+        if failed_over:
+            self.metrics.failovers.labels(model.name).inc()
+        return Outcome(outputs, variant.name, None, failed_over, {variant.name: seconds})
 
     async def _run(self, model: ServedModel, variant: str, inputs: Tensors) -> tuple[Tensors, float]:
         start = time.perf_counter()
