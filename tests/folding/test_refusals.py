@@ -1,0 +1,184 @@
+"""Must-not-fold cases of issue 2: each BN stays (kept, or lowered to a per-channel scale/shift when it
+computes a fixed affine map), the report gives the reason, and the output is unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from folding import Action, fold
+from folding.torch_scale_shift import ChannelScaleShift
+from tests.folding.helpers import (
+    FP32_REL,
+    assert_unchanged,
+    batchnorm_count,
+    check_fold,
+    randn,
+    randomise_batchnorm,
+    relative_error,
+    snapshot,
+)
+
+
+def prepared(model: nn.Module) -> nn.Module:
+    return randomise_batchnorm(model, seed=3).eval()
+
+
+def test_batchnorm_without_running_statistics_is_kept() -> None:
+    """Trap 4: track_running_stats=False normalises with batch statistics even in eval mode."""
+    model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)))
+    result = check_fold(model, (randn(4, 3, 8, 8),), remaining=1)
+    entry = result.report["1"]
+    assert (entry.action, entry.target) == (Action.KEPT, None)
+    assert entry.reason is not None and entry.reason.startswith("track_running_stats=False")
+
+
+def test_batchnorm_in_training_mode_is_kept() -> None:
+    """Trap 4: a BN left in training mode uses batch statistics; it is kept and its statistics untouched."""
+    model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2)))
+    model[1].train()
+    before = snapshot(model)
+    x = randn(4, 3, 8, 8)
+    result = fold(model, (x,))
+    assert_unchanged(model, before, 2)
+    assert batchnorm_count(result.model) == 1
+    kept, folded = result.report
+    assert kept.action is Action.KEPT and "training mode" in (kept.reason or "")
+    assert "call model.eval()" in (kept.reason or "")
+    assert folded.action is Action.FOLDED_INTO_PREVIOUS
+    folded_state = result.model.state_dict()
+    for name in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):  # measuring updated nothing
+        assert torch.equal(folded_state[name], before[name])
+    reference = copy.deepcopy(model)  # running the training-mode original would update the caller's stats
+    assert relative_error(result.model, reference, x) <= FP32_REL
+
+
+def test_whole_model_in_training_mode_keeps_every_batchnorm() -> None:
+    """Trap 4: nothing folds when the caller forgot model.eval()."""
+    model = randomise_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
+    result = fold(model, (randn(4, 3, 8, 8),))
+    assert [e.action for e in result.report] == [Action.KEPT]
+    assert batchnorm_count(result.model) == 1
+
+
+class Residual(nn.Module):
+    """conv output feeds both the BN and a residual add (trap 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        return torch.relu(self.bn(y)) + y
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "kept"])
+def test_producer_feeding_a_residual_add_is_not_folded(lower: bool) -> None:
+    """Trap 3: folding into a conv whose output also feeds an add would change what the add sees."""
+    model = prepared(Residual())
+    result = check_fold(model, (randn(2, 4, 6, 6),), remaining=0 if lower else 1, lower_unfoldable=lower)
+    entry = result.report["bn"]
+    assert entry.action is (Action.LOWERED if lower else Action.KEPT)
+    assert entry.target is None
+    assert "layer conv's output also feeds a call of add" in (entry.reason or "")
+    assert "a call of relu" in (entry.reason or "")  # why the next layer could not take it either
+    assert torch.equal(result.model.get_parameter("conv.weight"), model.conv.weight)
+    if lower:
+        assert isinstance(result.model.get_submodule("bn_scale_shift"), ChannelScaleShift)
+
+
+def test_batchnorm_then_zero_padded_conv_is_not_folded_forward() -> None:
+    """Trap 6: the zero-padded border of the next conv would receive the BN's shift instead of zero."""
+    model = prepared(nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, 5, 3, padding=1)))
+    result = check_fold(model, (randn(2, 4, 6, 6),), remaining=1, lower_unfoldable=False)
+    entry = result.report["0"]
+    assert entry.action is Action.KEPT
+    assert "layer 1: the next conv pads with zeros (padding=(1, 1))" in (entry.reason or "")
+    assert torch.equal(result.model.get_parameter("1.weight"), model[1].weight)
+
+
+class BatchNormReLU(nn.BatchNorm2d):
+    """A BatchNorm2d subclass that also applies ReLU, as model libraries ship (trap 5)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return torch.relu(super().forward(input))
+
+
+class RenamedBatchNorm(nn.BatchNorm2d):
+    """A subclass that adds nothing to forward: provably plain BN."""
+
+    label = "renamed"
+
+
+def test_batchnorm_subclass_with_an_activation_is_kept() -> None:
+    """Trap 5: matching on isinstance would fold away the ReLU; the subclass overriding forward is kept."""
+    model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormReLU(4)))
+    result = check_fold(model, (randn(2, 3, 6, 6),), remaining=1)
+    entry = result.report["1"]
+    assert entry.action is Action.KEPT
+    assert (entry.reason or "").startswith("BatchNormReLU subclasses BatchNorm2d but overrides forward")
+
+
+def test_batchnorm_subclass_with_plain_forward_folds() -> None:
+    """Trap 5: a subclass that overrides neither forward nor _check_input_dim is plain BN and folds."""
+    model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), RenamedBatchNorm(4)))
+    result = check_fold(model, (randn(2, 3, 6, 6),), remaining=0)
+    assert result.report["1"].action is Action.FOLDED_INTO_PREVIOUS
+
+
+class TokenLinear(nn.Module):
+    """Linear over the last axis of (N, L, C), then BatchNorm1d(L): the BN normalises axis 1 = L."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, 4, 4) → (N, 4, 4)
+        return self.bn(self.linear(x))
+
+
+def test_linear_on_3d_input_then_batchnorm1d_is_not_folded() -> None:
+    """Trap 11: with L == features the shapes line up, but the BN's channel axis is not the Linear's."""
+    model = prepared(TokenLinear())
+    result = check_fold(model, (randn(3, 4, 4),), remaining=0)
+    entry = result.report["bn"]
+    assert entry.action is Action.LOWERED
+    assert "the Linear's output is 3-D, so BatchNorm1d normalises its axis 1" in (entry.reason or "")
+
+
+def test_batchnorm1d_on_sequence_then_linear_is_not_folded_forward() -> None:
+    """Trap 11: BatchNorm1d over (N, C, L) followed by a Linear over L cannot fold into the Linear."""
+    model = prepared(nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 3)))
+    result = check_fold(model, (randn(2, 5, 5),), remaining=1, lower_unfoldable=False)
+    assert "the BN output is 3-D" in (result.report["0"].reason or "")
+
+
+class StandardisedConv(nn.Conv2d):
+    """Weight-standardised conv: its forward rescales the weight, so W·s would be undone."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        weight = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / self.weight.std((1, 2, 3), keepdim=True)
+        return self._conv_forward(input, weight, self.bias)
+
+
+def test_conv_subclass_with_custom_forward_is_not_folded_into() -> None:
+    """Trap 5 (producer side): only exact layer types are folded into; a custom conv is traced through."""
+    model = prepared(nn.Sequential(StandardisedConv(3, 4, 3), nn.BatchNorm2d(4)))
+    result = check_fold(model, (randn(2, 3, 6, 6),), remaining=1, lower_unfoldable=False)
+    assert "a call of conv2d" in (result.report["1"].reason or "")
+
+
+def test_batchnorm_with_nan_statistics_is_kept_with_the_fix() -> None:
+    model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    with torch.no_grad():
+        model[1].running_var[2] = float("nan")
+    result = fold(model, (randn(2, 3, 6, 6),))
+    entry = result.report["1"]
+    assert entry.action is Action.KEPT
+    assert entry.reason == "BatchNorm var holds NaN or Inf; re-estimate the statistics first"
