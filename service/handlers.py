@@ -12,7 +12,7 @@ import numpy as np
 
 from service.dataplane import DataPlane, Outcome, new_request_id
 from service.errors import BadRequestError, ServiceError
-from service.repository import TensorSpec
+from service.repository import VARIANTS, TensorSpec
 from service.v2_request import Limits, decode_inputs, parse_json, split_body
 from service.v2_response import encode, requested_outputs
 
@@ -27,7 +27,8 @@ async def infer_v2(
     plane: DataPlane, name: str, version: str | None, body: bytes, binary_header: str | None
 ) -> tuple[bytes, int | None]:
     """POST /v2/models/{name}[/versions/{version}]/infer: body and JSON header length (binary responses)."""
-    started, label, variant = time.perf_counter(), plane.model_label(name), version or "default"
+    started, label = time.perf_counter(), plane.model_label(name)
+    variant = "default" if version is None else version if version in VARIANTS else "<unknown>"
     try:
         model = plane.registry.get(name)
         model.check_version(version)

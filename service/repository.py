@@ -156,7 +156,7 @@ def verify_sha256(path: Path, expected: str) -> None:
     actual = sha256_of(path)
     if actual != expected.lower():
         raise EntryError(
-            f"sha256 of {path.name} is {actual[:16]}…, model.json says {expected[:16]}…: "
+            f"sha256 of {path.name} is {actual[:16]}..., model.json says {expected[:16]}...: "
             "the file was truncated or replaced; rebuild the entry"
         )
 

@@ -21,7 +21,9 @@ JSON = "application/json"
 
 
 def json_response(document: Any, status: int = 200) -> Response:
-    return Response(json.dumps(document, separators=(",", ":")), status_code=status, media_type=JSON)
+    return Response(
+        json.dumps(document, separators=(",", ":"), ensure_ascii=False), status_code=status, media_type=JSON
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

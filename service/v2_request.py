@@ -130,7 +130,7 @@ def _checked_shape(shape: Any, spec: TensorSpec) -> tuple[int, ...]:
         )
     for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
         if got < 0 or want not in (-1, got):
-            expected = "a size ≥ 0" if want == -1 else str(want)
+            expected = "a size >= 0" if want == -1 else str(want)
             raise BadRequestError(
                 f"input {spec.name!r} has {got} at dimension {axis} of shape {shape}, the model expects "
                 f"{expected} ({list(spec.shape)})"

@@ -62,7 +62,7 @@ def encode(header: dict[str, Any], outputs: dict[str, np.ndarray], request: Outp
         else:
             entry["data"] = array.reshape(-1).tolist()
         entries.append(entry)
-    document = json.dumps({**header, "outputs": entries}, separators=(",", ":")).encode()
+    document = json.dumps({**header, "outputs": entries}, separators=(",", ":"), ensure_ascii=False).encode()
     if not chunks:
         return document, None
     return document + b"".join(chunks), len(document)

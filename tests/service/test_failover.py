@@ -91,11 +91,13 @@ def test_metrics_after_a_mismatch(failover_server: RunningServer, rng: np.random
     client.post("/v2/models/clipped/versions/folded/infer", json=json_request(in_range(rng)))
     client.post("/v2/models/clipped/infer", json={"inputs": []})
     client.post("/v2/models/nope/infer", json={"inputs": []})
+    client.post("/v2/models/clipped/versions/v7/infer", json={"inputs": []})
     text = client.get("/metrics").text
     assert sample(text, "bnfold_requests_total", model="clipped", variant="folded", status="200") == 2
     assert sample(text, "bnfold_requests_total", model="clipped", variant="unfolded", status="200") == 1
     assert sample(text, "bnfold_request_failures_total", model="clipped", variant="default", status="400") == 1
     assert sample(text, "bnfold_request_failures_total", model="<unknown>", variant="default", status="404") == 1
+    assert sample(text, "bnfold_request_failures_total", model="clipped", variant="<unknown>", status="404") == 1
     assert sample(text, "bnfold_request_latency_seconds_count", model="clipped", variant="folded") == 2
     assert sample(text, "bnfold_session_run_seconds_count", model="clipped", variant="unfolded") == 2
     assert sample(text, "bnfold_equivalence_checks_total", model="clipped") == 2
