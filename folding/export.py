@@ -5,6 +5,10 @@ eval mode) Conv + BatchNormalization is fused behind the caller's back, and the 
 no longer contain the BN it is meant to prove equivalent to. Axis 0 of every input and output is a dynamic
 batch dimension named "batch".
 
+Constant sub-expressions the exporter leaves in place (a `bias=False` conv gets the zero bias
+Expand(CastLike(0, x), Shape(W))) are evaluated to initializers, BatchNormalization excluded
+(folding.onnx_constants): the unfolded reference then differs from the folded model only by its BNs.
+
 The result is deterministic (the same model gives a byte-identical proto): the exporter's per-node
 metadata that records source file paths and line numbers is removed, the rest is kept.
 """
@@ -14,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import onnx
+import onnx_ir as ir
 import torch
 from torch import Tensor, nn
 
 from folding.errors import FoldingError
+from folding.onnx_constants import fold_constant_subexpressions
 
 BATCH_DIM = "batch"
 # Node metadata that embeds source paths / line numbers: machine-dependent, so it is dropped.
@@ -40,7 +46,7 @@ def export_onnx(
     """
     _check_arguments(model, example_inputs, input_names, output_names)
     program = _run_exporter(model, example_inputs, input_names, output_names, opset)
-    proto = program.model_proto
+    proto = _without_constant_subexpressions(program.model_proto)
     _drop_volatile_metadata(proto)
     _check_dynamic_batch(proto)
     try:
@@ -125,6 +131,19 @@ def _run_exporter(
     if program is None or program.model_proto is None:
         raise FoldingError("torch.onnx.export returned no model; upgrade torch or report the model")
     return program
+
+
+def _without_constant_subexpressions(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Evaluate constant sub-expressions (BatchNormalization excluded) and check that no BN was lost."""
+    ir_model = ir.from_proto(proto)
+    fold_constant_subexpressions(ir_model)
+    cleaned = ir.to_proto(ir_model)
+    if count_op(cleaned) != count_op(proto):
+        raise FoldingError(
+            f"constant folding changed the BatchNormalization count ({count_op(proto)} → {count_op(cleaned)}); "
+            "please report this model"
+        )
+    return cleaned
 
 
 def _drop_volatile_metadata(proto: onnx.ModelProto) -> None:

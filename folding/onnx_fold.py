@@ -1,6 +1,7 @@
 """fold_onnx: fold every inference BatchNormalization of an ONNX model into its neighbours.
 
-Each BN of the main graph, in graph order, goes through three passes:
+Constant sub-expressions are evaluated first (folding.onnx_constants), so a bias computed from constants
+counts as a constant. Then each BN of the main graph goes through three passes:
 
 1. into the previous layer (folding.onnx_previous), in graph order, so Conv → BN → BN folds both;
 2. into the next layer (folding.onnx_next), in reverse graph order, so BN → BN → Conv folds both;
@@ -23,6 +24,7 @@ from numpy.typing import NDArray
 
 from folding.errors import FoldingError
 from folding.onnx_batchnorm import InferenceBatchNorm, bn_name, read_batchnorm
+from folding.onnx_constants import fold_constant_subexpressions
 from folding.onnx_graph import Folded, GraphEditor, is_op
 from folding.onnx_lower import lower_batchnorm
 from folding.onnx_measure import measure_fold
@@ -62,6 +64,7 @@ def fold_onnx(
     working = _valid_copy(model)
     ranks, elem_types = infer_ranks(working)
     ir_model = ir.from_proto(working)
+    fold_constant_subexpressions(ir_model)
     editor = GraphEditor(ir_model.graph, ranks, elem_types)
     fates = _fold_main_graph(editor, _onnx_opset(ir_model), lower_unfoldable)
     folded = ir.to_proto(ir_model)

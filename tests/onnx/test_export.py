@@ -11,24 +11,8 @@ from torch import nn
 
 from folding.errors import FoldingError
 from folding.export import count_op, export_onnx
+from tests.onnx.nets import ConvNet
 from tests.onnx.ort_helpers import randomise_batchnorm, run_ort
-
-
-class ConvNet(nn.Module):
-    """Conv→BN, grouped ConvTranspose→BN, Linear→BN1d: three BatchNorms the exporter must keep."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2, groups=2)
-        self.up_bn = nn.BatchNorm2d(4)
-        self.head = nn.Linear(4, 5)
-        self.head_bn = nn.BatchNorm1d(5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.up_bn(self.up(torch.relu(self.bn(self.conv(x)))))  # (N, 4, 2H, 2W)
-        return self.head_bn(self.head(features.mean(dim=(2, 3))))  # (N, 5)
 
 
 @pytest.fixture(scope="module")
