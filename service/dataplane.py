@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from service.equivalence import Equivalence, compare
+from service.errors import InferenceError
 from service.metrics import ServiceMetrics
 from service.model import Registry, ServedModel
 from service.runtime import Tensors
@@ -68,7 +69,12 @@ class DataPlane:
 
     async def _run(self, model: ServedModel, variant: str, inputs: Tensors) -> tuple[Tensors, float]:
         start = time.perf_counter()
-        outputs = await model.variants[variant].runner.run(inputs)
+        try:
+            outputs = await model.variants[variant].runner.run(inputs)
+        except Exception as error:  # onnxruntime raises private exception types
+            log.exception("onnxruntime failed on model %r, variant %s", model.name, variant)
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise InferenceError(f"onnxruntime failed on model {model.name!r} ({variant}): {first_line}") from None
         seconds = time.perf_counter() - start
         self.metrics.run_latency.labels(model.name, variant).observe(seconds)
         return outputs, seconds

@@ -7,7 +7,8 @@ Exception hierarchy::
     ├── UnauthorizedError (401)    missing or wrong bearer token
     ├── NotFoundError (404)        unknown model, version or route
     ├── PayloadTooLargeError (413) body over BNFOLD_MAX_BODY_BYTES or batch over BNFOLD_MAX_BATCH_SIZE
-    └── NotReadyError (503)        model still loading, or refused at load (reason in its metadata)
+    ├── NotReadyError (503)        model still loading, or refused at load (reason in its metadata)
+    └── InferenceError (500)       onnxruntime failed on input that passed every check (logged)
 
 The data plane raises them without knowing about HTTP; messages name the problem and the fix in one line.
 """
@@ -53,3 +54,9 @@ class NotReadyError(ServiceError):
     """The model (or the server) is not ready to serve."""
 
     status = 503
+
+
+class InferenceError(ServiceError):
+    """onnxruntime failed on an input that passed validation: a server-side problem, logged."""
+
+    status = 500

@@ -177,7 +177,9 @@ def _check_batch(arrays: dict[str, np.ndarray], limits: Limits) -> None:
     batches = {name: array.shape[0] for name, array in arrays.items() if array.ndim}
     if len(set(batches.values())) > 1:
         raise BadRequestError(f"inputs have different batch sizes {batches}; send the same axis-0 size")
-    batch = max(batches.values(), default=0)
+    batch = max(batches.values(), default=1)
+    if batch == 0:
+        raise BadRequestError("inputs have batch size 0; send at least one sample")
     if batch > limits.max_batch_size:
         raise PayloadTooLargeError(
             f"batch of {batch} is over the limit of {limits.max_batch_size}; split the request or raise "
