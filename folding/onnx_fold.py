@@ -79,43 +79,51 @@ def fold_onnx(
 
 
 def _fold_main_graph(editor: GraphEditor, opset: int, lower_unfoldable: bool) -> dict[str, _Fate]:
+    """The fate of every BN of the main graph, by report name, in graph order."""
     batchnorms = [node for node in editor.graph if is_op(node, "BatchNormalization")]
-    fates: dict[str, _Fate] = {}
+    fates: dict[ir.Node, _Fate] = {}
     readable: list[tuple[ir.Node, InferenceBatchNorm]] = []
     for bn in batchnorms:
         read = read_batchnorm(bn, opset)
         if isinstance(read, str):
-            fates[bn_name(bn)] = _Fate(Action.KEPT, reason=read)
+            fates[bn] = _Fate(Action.KEPT, reason=read)
         else:
             readable.append((bn, read))
-    refusals: dict[str, str] = {}
+    refusals: dict[ir.Node, str] = {}
     for bn, batchnorm in readable:
         _settle(fates, refusals, bn, fold_into_previous(editor, bn, batchnorm), Action.FOLDED_INTO_PREVIOUS)
-    for bn, batchnorm in reversed([pair for pair in readable if bn_name(pair[0]) not in fates]):
+    for bn, batchnorm in reversed([pair for pair in readable if pair[0] not in fates]):
         _settle(fates, refusals, bn, fold_into_next(editor, bn, batchnorm), Action.FOLDED_INTO_NEXT)
-    for bn, batchnorm in [pair for pair in readable if bn_name(pair[0]) not in fates]:
+    for bn, batchnorm in [pair for pair in readable if pair[0] not in fates]:
         outcome = lower_batchnorm(editor, bn, batchnorm) if lower_unfoldable else "lowering is disabled"
-        lowered = _Fate(Action.LOWERED, reason=refusals[bn_name(bn)])
         if isinstance(outcome, Folded):
-            lowered.probe = outcome.probe
-        fates[bn_name(bn)] = (
-            lowered
-            if isinstance(outcome, Folded)
-            else _Fate(Action.KEPT, reason=f"{refusals[bn_name(bn)]}; not lowered: {outcome}")
-        )
-    return {bn_name(bn): fates[bn_name(bn)] for bn in batchnorms}
+            fates[bn] = _Fate(Action.LOWERED, reason=refusals[bn], probe=outcome.probe)
+        else:
+            fates[bn] = _Fate(Action.KEPT, reason=f"{refusals[bn]}; not lowered: {outcome}")
+    return {name: fates[bn] for bn, name in zip(batchnorms, _report_names(batchnorms), strict=True)}
+
+
+def _report_names(nodes: list[ir.Node]) -> list[str]:
+    """Node names (else the output's name), made unique with a '#k' suffix: ONNX does not require it."""
+    names: list[str] = []
+    for node in nodes:
+        name, counter = bn_name(node), 1
+        while name in names:
+            counter += 1
+            name = f"{bn_name(node)}#{counter}"
+        names.append(name)
+    return names
 
 
 def _settle(
-    fates: dict[str, _Fate], refusals: dict[str, str], bn: ir.Node, outcome: str | Folded, action: Action
+    fates: dict[ir.Node, _Fate], refusals: dict[ir.Node, str], bn: ir.Node, outcome: str | Folded, action: Action
 ) -> None:
     """Record a successful fold, or add the refusal to the BN's reasons."""
-    name = bn_name(bn)
     if isinstance(outcome, Folded):
-        fates[name] = _Fate(action, target=outcome.target, probe=outcome.probe)
+        fates[bn] = _Fate(action, target=outcome.target, probe=outcome.probe)
         return
     side = "previous" if action is Action.FOLDED_INTO_PREVIOUS else "next"
-    refusals[name] = "; ".join(filter(None, [refusals.get(name), f"not into the {side} layer: {outcome}"]))
+    refusals[bn] = "; ".join(filter(None, [refusals.get(bn), f"not into the {side} layer: {outcome}"]))
 
 
 def _nested_batchnorms(ir_model: ir.Model) -> list[FoldEntry]:

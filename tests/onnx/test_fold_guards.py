@@ -242,3 +242,19 @@ def test_bad_inputs_are_one_line_folding_errors() -> None:
     g = _conv_bn(seed=18)
     with pytest.raises(FoldingError, match=r"^example_inputs lacks \['x'\]; give one array per graph input \['x'\]$"):
         fold_onnx(g.model(), {"image": np.zeros((1, 3, 5, 5), np.float32)})
+
+
+def test_duplicate_node_names_get_distinct_report_entries() -> None:
+    """ONNX does not require unique node names (onnxruntime does); the report must say which BN is which."""
+    g = GraphBuilder(seed=19)
+    g.node("Conv", [g.input("x", ["N", 3, 4, 4]), g.weight("w", (4, 3, 1, 1))], "z")
+    g.node("Relu", [g.batchnorm("z", 4, "y1")], "r")
+    g.batchnorm("r", 4, "y2")
+    g.output("y2", 4)
+    for node in g.nodes:
+        if node.op_type == "BatchNormalization":
+            node.name = "bn"
+    result = fold_onnx(g.model())
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [(e.bn, e.action) for e in result.report] == [("bn", Action.FOLDED_INTO_PREVIOUS), ("bn#2", Action.LOWERED)]
+    assert ops(result.model) == ["Conv", "Relu", "Mul", "Add"]
