@@ -30,22 +30,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
 
 from bench.common import Summary, interleaved_timings, machine_description, markdown_table, save_results
-from folding.compare import Tolerance, discrepancy
+from bench.folding_variants import (
+    INPUT_NAME,
+    VARIANTS,
+    build_variants,
+    export_variants,
+    ort_optimised_op_count,
+    ort_session,
+    output_errors,
+)
 from folding.errors import BnfoldError
-from folding.export import count_op, export_onnx
-from models.reference_nets import REFERENCE_NETS, batchnorm_modules, delete_batchnorm, randomize_batchnorm
+from folding.export import count_op
+from models.reference_nets import REFERENCE_NETS, randomize_batchnorm
 
-VARIANTS = ("unfolded", "folded", "bn_deleted")
 RUNTIMES = ("torch", "onnxruntime")
-# Folded vs unfolded outputs must agree within this (scale-relative, folding/compare.py).
-OUTPUT_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
-INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
 @dataclass(frozen=True)
@@ -97,68 +100,19 @@ def zoo_cases() -> tuple[list[BenchCase], str | None]:
     return cases, None
 
 
-def build_variants(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-    """(unfolded, folded, bn_deleted) modules, and the fold summary with per-variant BN module counts."""
-    from folding import fold
-
-    result = fold(model, (example,))
-    models = {"unfolded": model, "folded": result.model, "bn_deleted": delete_batchnorm(model)}
-    for variant in models.values():
-        variant.eval()
-    info = {
-        "fold_summary": result.report.summary(),
-        "batchnorm_modules": {name: len(batchnorm_modules(m)) for name, m in models.items()},
-    }
-    return models, info
-
-
-def ort_session(proto: onnx.ModelProto, threads: int, *, optimise: bool = True) -> ort.InferenceSession:
-    """A CPU session at onnxruntime's default optimisation level (or none, for reference runs)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if not optimise:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def export_variants(models: dict[str, nn.Module], example: torch.Tensor) -> dict[str, onnx.ModelProto]:
-    return {
-        name: export_onnx(model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
-        for name, model in models.items()
-    }
-
-
-def output_errors(
-    models: dict[str, nn.Module],
-    sessions: dict[str, ort.InferenceSession],
-    reference: ort.InferenceSession,
-    x: torch.Tensor,
-) -> dict[str, dict[str, Any]]:
-    """Folded vs unfolded: torch eager vs torch eager; ORT (default level) vs unfolded ORT_DISABLE_ALL."""
-    with torch.inference_mode():
-        torch_pair = (models["folded"](x).numpy(), models["unfolded"](x).numpy())
-    feed = {INPUT_NAME: x.numpy()}
-    ort_pair = (sessions["folded"].run(None, feed)[0], reference.run(None, feed)[0])
-    errors: dict[str, dict[str, Any]] = {}
-    for runtime, (candidate, expected) in zip(RUNTIMES, (torch_pair, ort_pair), strict=True):
-        found = discrepancy(candidate, expected)
-        errors[runtime] = {"max_abs": found.max_abs, "max_rel": found.max_rel, "ok": found.within(OUTPUT_TOLERANCE)}
-    return errors
-
-
 def time_cell(runners: dict[str, Callable[[], object]], repetitions: int, warmup: int) -> dict[str, Any]:
-    """Interleaved timings of the three variants of one (model, runtime, batch) cell, and the two ratios."""
+    """Interleaved timings of the variants of one (model, runtime, batch) cell, and the ratios."""
     summaries = {
         name: Summary.of(samples)
         for name, samples in interleaved_timings(runners, repetitions=repetitions, warmup=warmup).items()
     }
     median = {name: summary.median_ms for name, summary in summaries.items()}
-    return {
+    cell: dict[str, Any] = {
         "latency_ms": {name: summary.to_json() for name, summary in summaries.items()},
         "unfolded_over_folded": median["unfolded"] / median["folded"],
         "folded_over_bn_deleted": median["folded"] / median["bn_deleted"],
     }
+    return cell
 
 
 def measure_case(case: BenchCase, settings: Settings) -> dict[str, Any]:
@@ -175,22 +129,33 @@ def measure_case(case: BenchCase, settings: Settings) -> dict[str, Any]:
         "sample_shape": list(case.sample_shape),
         **info,
         "batchnorm_onnx_nodes": {name: count_op(proto) for name, proto in protos.items()},
+        "batchnorm_after_ort_optimiser": {
+            name: ort_optimised_op_count(proto, settings.threads) for name, proto in protos.items()
+        },
         "output_error": output_errors(models, sessions, reference, example),
         "cells": [],
     }
     for batch in settings.batches:
         x = torch.randn(batch, *case.sample_shape, generator=generator)
-        feed = {INPUT_NAME: x.numpy()}
-        repetitions = settings.repetitions[batch]
-        with torch.inference_mode():
-            torch_runners = {name: _torch_runner(model, x) for name, model in models.items()}
-            cell = time_cell(torch_runners, repetitions, settings.warmup)
-        result["cells"].append({"runtime": "torch", "batch": batch, **cell})
-        ort_runners = {name: _ort_runner(session, feed) for name, session in sessions.items()}
-        result["cells"].append(
-            {"runtime": "onnxruntime", "batch": batch, **time_cell(ort_runners, repetitions, settings.warmup)}
-        )
+        result["cells"] += time_batch(models, sessions, x, settings.repetitions[batch], settings.warmup)
     return result
+
+
+def time_batch(
+    models: dict[str, nn.Module],
+    sessions: dict[str, ort.InferenceSession],
+    x: torch.Tensor,
+    repetitions: int,
+    warmup: int,
+) -> list[dict[str, Any]]:
+    """The torch cell (under inference_mode) and the onnxruntime cell of one batch."""
+    batch = int(x.shape[0])
+    with torch.inference_mode():
+        torch_runners = {name: _torch_runner(models[name], x) for name in VARIANTS}
+        torch_cell = {"runtime": "torch", "batch": batch, **time_cell(torch_runners, repetitions, warmup)}
+    feed = {INPUT_NAME: x.numpy()}
+    ort_runners = {name: _ort_runner(sessions[name], feed) for name in VARIANTS}
+    return [torch_cell, {"runtime": "onnxruntime", "batch": batch, **time_cell(ort_runners, repetitions, warmup)}]
 
 
 def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -203,28 +168,36 @@ def _ort_runner(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> C
 
 def results_table(results: Sequence[dict[str, Any]]) -> str:
     """One row per (model, runtime, batch): the three medians and the two ratios."""
-    header = [
-        "model",
-        "runtime",
-        "batch",
-        "unfolded ms",
-        "folded ms",
-        "BN-deleted ms",
-        "unfolded ÷ folded",
-        "folded ÷ BN-deleted",
-        "BN (unf./fold.)",
-    ]
+    header = ["model", "runtime", "batch", "unfolded ms", "folded ms", "BN-deleted ms", "unfolded ÷ folded",
+              "folded ÷ BN-deleted"]  # fmt: skip
     rows = []
     for result in results:
-        nodes = result["batchnorm_onnx_nodes"]
         for cell in result["cells"]:
             latency = {name: cell["latency_ms"][name]["median_ms"] for name in VARIANTS}
             rows.append([
                 result["model"], cell["runtime"], cell["batch"],
                 *(f"{latency[name]:.2f}" for name in VARIANTS),
                 f"{cell['unfolded_over_folded']:.3f}", f"{cell['folded_over_bn_deleted']:.3f}",
-                f"{nodes['unfolded']}/{nodes['folded']}",
             ])  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def batchnorm_table(results: Sequence[dict[str, Any]]) -> str:
+    """One row per model: the fold summary, BN nodes before/after, and folded-vs-unfolded output error."""
+    header = ["model", "fold", "ONNX BN nodes unfolded → folded", "BN left by ORT's optimiser in unfolded",
+              "max rel. error torch / ORT"]  # fmt: skip
+    rows = []
+    for result in results:
+        nodes, after_ort, error = (
+            result["batchnorm_onnx_nodes"],
+            result["batchnorm_after_ort_optimiser"],
+            result["output_error"],
+        )
+        rows.append([
+            result["model"], result["fold_summary"], f"{nodes['unfolded']} → {nodes['folded']}",
+            after_ort["unfolded"],
+            f"{error['torch']['max_rel']:.1e} / {error['onnxruntime']['max_rel']:.1e}",
+        ])  # fmt: skip
     return markdown_table(header, rows)
 
 
@@ -274,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = [case for case in cases if case.name in args.models]
     started = time.perf_counter()
     results = run_cases(cases, settings)
-    table = results_table([result for result in results if "error" not in result])
+    measured = [result for result in results if "error" not in result]
+    table = f"{results_table(measured)}\n\n{batchnorm_table(measured)}"
     machine = machine_description(
         torch_threads=torch.get_num_threads(), ort_intra_op_threads=settings.threads, ort_inter_op_threads=1
     )

@@ -13,15 +13,8 @@ import torch
 from torch import nn
 
 from bench.common import Summary, interleaved_timings, markdown_table, save_results
-from bench.folding_speedup import (
-    RUNTIMES,
-    VARIANTS,
-    BenchCase,
-    Settings,
-    build_variants,
-    measure_case,
-    results_table,
-)
+from bench.folding_speedup import RUNTIMES, BenchCase, Settings, batchnorm_table, measure_case, results_table
+from bench.folding_variants import VARIANTS, build_variants
 from folding.compare import Tolerance, discrepancy
 from models.reference_nets import batchnorm_modules, randomize_batchnorm
 
@@ -76,8 +69,11 @@ def test_measure_case_result_structure(measured: dict) -> None:
 
 
 def test_measure_case_counts_batchnorm_per_variant(measured: dict) -> None:
-    assert measured["batchnorm_modules"] == {"unfolded": 2, "folded": 0, "bn_deleted": 0}
-    assert measured["batchnorm_onnx_nodes"] == {"unfolded": 2, "folded": 0, "bn_deleted": 0}
+    expected = {"unfolded": 2, "folded": 0, "bn_deleted": 0}
+    assert measured["batchnorm_modules"] == expected
+    assert measured["batchnorm_onnx_nodes"] == expected
+    # onnxruntime's own optimiser fuses Conv+BN (the export writes even a missing conv bias as a constant).
+    assert measured["batchnorm_after_ort_optimiser"] == {"unfolded": 0, "folded": 0, "bn_deleted": 0}
     assert measured["fold_summary"].startswith("2/2 BatchNorm folded")
 
 
@@ -99,10 +95,11 @@ def test_folded_variant_equals_unfolded_and_deleted_variant_differs() -> None:
     assert len(batchnorm_modules(models["unfolded"])) == 2  # the input model is not folded in place
 
 
-def test_results_table_has_one_row_per_cell(measured: dict) -> None:
+def test_tables_have_one_row_per_cell_and_per_model(measured: dict) -> None:
     lines = results_table([measured]).splitlines()
     assert len(lines) == 2 + len(measured["cells"])
-    assert lines[2].startswith("| tiny | torch | 1 |") and lines[2].endswith("| 2/0 |")
+    assert lines[2].startswith("| tiny | torch | 1 |") and lines[2].count("|") == 9
+    assert batchnorm_table([measured]).splitlines()[2].startswith("| tiny | 2/2 BatchNorm folded")
 
 
 def test_interleaved_timings_rotates_the_order_after_warmup() -> None:

@@ -1,0 +1,102 @@
+"""The network variants that bench/folding_speedup.py times, their ONNX exports and onnxruntime sessions.
+
+Variants of one network (all in eval mode):
+
+- ``unfolded``: the network as given;
+- ``folded``: ``folding.fold(unfolded, example).model``;
+- ``bn_deleted``: every BatchNorm replaced by nn.Identity, the best folding can possibly do.
+
+``ort_optimised_op_count`` tells how many BatchNormalization nodes onnxruntime's own default-level
+optimiser leaves in a graph: it fuses Conv+BN itself when the conv's weight and bias are constants.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from folding.compare import Tolerance, discrepancy
+from folding.export import count_op, export_onnx
+from models.batchnorm_variants import batchnorm_modules, delete_batchnorm
+
+VARIANTS = ("unfolded", "folded", "bn_deleted")
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+# Folded vs unfolded outputs must agree within this (scale-relative, folding/compare.py).
+OUTPUT_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
+
+
+def build_variants(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """The modules of VARIANTS, and the fold summary with each variant's BN module count."""
+    from folding import fold
+
+    result = fold(model, (example,))
+    models = {
+        "unfolded": model,
+        "folded": result.model,
+        "bn_deleted": delete_batchnorm(model),
+    }
+    for variant in models.values():
+        variant.eval()
+    info = {
+        "fold_summary": result.report.summary(),
+        "batchnorm_modules": {name: len(batchnorm_modules(m)) for name, m in models.items()},
+    }
+    return models, info
+
+
+def export_variants(models: dict[str, nn.Module], example: torch.Tensor) -> dict[str, onnx.ModelProto]:
+    """export_onnx (dynamo, optimize=False) of every variant, input 'input', output 'output'."""
+    return {
+        name: export_onnx(model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        for name, model in models.items()
+    }
+
+
+def session_options(threads: int, *, optimise: bool = True) -> ort.SessionOptions:
+    """`threads` intra-op threads, 1 inter-op thread; default optimisation level unless `optimise` is False."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def ort_session(proto: onnx.ModelProto, threads: int, *, optimise: bool = True) -> ort.InferenceSession:
+    """A CPU session at onnxruntime's default optimisation level (or none, for reference runs)."""
+    options = session_options(threads, optimise=optimise)
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def ort_optimised_op_count(proto: onnx.ModelProto, threads: int, op_type: str = "BatchNormalization") -> int:
+    """How many `op_type` nodes remain after onnxruntime's default graph optimisation of `proto`."""
+    with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as directory:
+        options = session_options(threads)
+        options.optimized_model_filepath = str(Path(directory) / "optimised.onnx")
+        options.log_severity_level = 3  # the "hardware-specific NCHWc graph" warning is expected here
+        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return count_op(onnx.load(options.optimized_model_filepath), op_type)
+
+
+def output_errors(
+    models: dict[str, nn.Module],
+    sessions: dict[str, ort.InferenceSession],
+    reference: ort.InferenceSession,
+    x: torch.Tensor,
+) -> dict[str, dict[str, Any]]:
+    """Folded vs unfolded: torch eager vs torch eager; ORT (default level) vs unfolded ORT_DISABLE_ALL."""
+    with torch.inference_mode():
+        torch_pair = (models["folded"](x).numpy(), models["unfolded"](x).numpy())
+    feed = {INPUT_NAME: x.numpy()}
+    ort_pair = (sessions["folded"].run(None, feed)[0], reference.run(None, feed)[0])
+    errors: dict[str, dict[str, Any]] = {}
+    for runtime, (candidate, expected) in (("torch", torch_pair), ("onnxruntime", ort_pair)):
+        found = discrepancy(candidate, expected)
+        errors[runtime] = {"max_abs": found.max_abs, "max_rel": found.max_rel, "ok": found.within(OUTPUT_TOLERANCE)}
+    return errors
