@@ -67,6 +67,7 @@ def fold_onnx(
     fold_constant_subexpressions(ir_model)
     editor = GraphEditor(ir_model.graph, ranks, elem_types)
     fates = _fold_main_graph(editor, _onnx_opset(ir_model), lower_unfoldable)
+    editor.restore_names()
     folded = ir.to_proto(ir_model)
     _check_output(folded)
     entries = [FoldEntry(bn=name, action=f.action, target=f.target, reason=f.reason) for name, f in fates.items()]

@@ -7,6 +7,7 @@ at run time) or outputs of `Constant` nodes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -16,6 +17,7 @@ import onnx_ir as ir
 from numpy.typing import NDArray
 
 ONNX_DOMAINS = ("", "ai.onnx")
+_FOLD_SUFFIX = re.compile(r"(_bnfold(_\d+)?)+$")
 FloatArray = NDArray[np.floating]
 
 
@@ -106,6 +108,7 @@ class GraphEditor:
     elem_types: dict[str, ir.DataType] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
     superseded: dict[str, str] = field(default_factory=dict)
+    created: list[ir.Value] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.taken |= {name for name in ir.convenience.create_value_mapping(self.graph)}
@@ -126,7 +129,19 @@ class GraphEditor:
         value.type = ir.TensorType(value.const_value.dtype)  # type: ignore[union-attr]
         value.shape = ir.Shape(array.shape)
         self.graph.register_initializer(value)
+        self.created.append(value)
         return value
+
+    def restore_names(self) -> None:
+        """Give each fused initializer its source's name back ('conv.weight_bnfold' → 'conv.weight') where
+        no value of the graph holds that name any more (the source had no other reader and was removed)."""
+        live = set(ir.convenience.create_value_mapping(self.graph))
+        for value in self.created:
+            name = str(value.name)
+            base = _FOLD_SUFFIX.sub("", name)
+            if value.is_initializer() and base != name and base not in live:
+                ir.convenience.rename_values(value, base)
+                live.add(base)
 
     def node(
         self, op_type: str, inputs: Sequence[ir.Value | None], attributes: Iterable[ir.Attr], name: str

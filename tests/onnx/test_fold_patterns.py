@@ -144,6 +144,7 @@ def test_chain_conv_bn_bn_folds_both_into_the_conv() -> None:
     result = fold_and_check(g.model(), g.feeds(), batchnorms_left=0)
     assert ops(result.model) == ["Conv"]
     assert actions(result) == {"bn_y1": Action.FOLDED_INTO_PREVIOUS, "bn_y2": Action.FOLDED_INTO_PREVIOUS}
+    assert [init.name for init in result.model.graph.initializer] == ["w", "w_bias"]  # source names restored
 
 
 def test_chain_bn_bn_conv_folds_both_into_the_conv() -> None:

@@ -81,6 +81,9 @@ def test_convnet_with_grouped_conv_transpose_and_linear_folds_completely() -> No
     assert (count_op(exported), count_op(result.model)) == (3, 0)
     assert result.report.summary() == "3/3 BatchNorm folded, 0 lowered, 0 kept"
     assert [e.target for e in result.report] == ["node_conv2d", "node_convolution", "node_linear"]
+    folded_names = {init.name for init in result.model.graph.initializer}
+    assert {"conv.weight", "conv.bias", "up.weight", "up.bias", "head.weight", "head.bias"} <= folded_names
+    assert not any(name.startswith(("bn.", "up_bn.", "head_bn.")) for name in folded_names)
     _agree_with_torch(model, result.model, torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0)))
 
 
