@@ -34,7 +34,7 @@ for model in "$incoming"/*.onnx "$incoming"/*.pt2; do
   options=""
   [ -f "$incoming/$name.args" ] && options="$(cat "$incoming/$name.args")"
   # shellcheck disable=SC2086 # the .args file is a list of options, split on purpose
-  bnfold fold-and-export "$model" --out "$repository" --name "$name" $options
+  bnfold fold-and-export --model "$model" --out "$repository" --name "$name" $options
 done
 
 count=0
