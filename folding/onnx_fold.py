@@ -61,7 +61,7 @@ def fold_onnx(
     With `example_inputs` (one array per graph input) both models are run by onnxruntime with graph
     optimisations disabled, and each entry's max_error and the report's max_output_error are filled.
     """
-    working = _valid_copy(model)
+    working = _without_legacy_initializer_inputs(_valid_copy(model))
     ranks, elem_types = infer_ranks(working)
     ir_model = ir.from_proto(working)
     fold_constant_subexpressions(ir_model)
@@ -163,6 +163,20 @@ def _valid_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     working = onnx.ModelProto()
     working.CopyFrom(model)
     return working
+
+
+def _without_legacy_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """IR version < 4 requires every initializer to be listed as a graph input too, so there such an input is
+    the model's weight, not an override point: drop it from the inputs and write IR version 4 (ONNX IR 4
+    is the first where initializers need not be inputs; the operators and opset do not change)."""
+    if model.ir_version >= 4:
+        return model
+    weights = {initializer.name for initializer in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.ir_version = 4
+    return model
 
 
 def _check_output(folded: onnx.ModelProto) -> None:

@@ -74,6 +74,18 @@ def test_initializer_also_listed_as_graph_input_is_not_a_constant() -> None:
     assert "w" in {init.name for init in result.model.graph.initializer}
 
 
+def test_legacy_ir3_initializers_listed_as_inputs_are_weights() -> None:
+    """IR version 3 requires every initializer to be a graph input too: there they are the weights."""
+    g = _conv_bn(seed=20)
+    model = g.model(8)
+    for weight in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(weight.name, weight.data_type, weight.dims))
+    model.ir_version = 3
+    result = fold_and_check(model, g.feeds(), batchnorms_left=0)
+    assert result.report["bn_y"].action is Action.FOLDED_INTO_PREVIOUS
+    assert result.model.ir_version == 4 and [value.name for value in result.model.graph.input] == ["x"]
+
+
 def test_conv_weight_that_is_a_graph_input_is_not_folded() -> None:
     g = GraphBuilder(seed=5)
     g.node("Conv", [g.input("x", ["N", 3, 5, 5]), g.input("w", [4, 3, 3, 3])], "z")
