@@ -270,3 +270,18 @@ def test_duplicate_node_names_get_distinct_report_entries() -> None:
     onnx.checker.check_model(result.model, full_check=True)
     assert [(e.bn, e.action) for e in result.report] == [("bn", Action.FOLDED_INTO_PREVIOUS), ("bn#2", Action.LOWERED)]
     assert ops(result.model) == ["Conv", "Relu", "Mul", "Add"]
+
+
+def test_weight_shared_by_two_conv_bn_pairs_gets_one_clone_per_site() -> None:
+    """FOLDING_TRAPS 2, fold per call site: each Conv gets its own fused copy of the shared weight."""
+    g = GraphBuilder(seed=21)
+    x = g.input("x", ["N", 3, 5, 5])
+    g.weight("w", (4, 3, 3, 3))
+    g.node("Conv", [x, "w"], "z1")
+    g.node("Conv", [x, "w"], "z2")
+    g.node("Add", [g.batchnorm("z1", 4, "y1"), g.batchnorm("z2", 4, "y2")], "y")
+    g.output("y", 4)
+    result = fold_and_check(g.model(), g.feeds(), batchnorms_left=0)
+    assert ops(result.model) == ["Conv", "Conv", "Add"]
+    weights = [list(node.input)[1] for node in result.model.graph.node if node.op_type == "Conv"]
+    assert weights == ["w", "w_bnfold_2"]  # the original is gone, so the first clone took its name
