@@ -44,6 +44,7 @@ def fold(model: nn.Module, example_inputs: object, *, lower_unfoldable: bool = T
     outcomes = _fold_all(graph_module, batchnorms, reference.ndims, lower_unfoldable)
     graph_module.graph.lint()
     graph_module.delete_all_unused_submodules()
+    _align_containers(graph_module)
     graph_module.recompile()
     folded = record(graph_module, inputs, {outcome.replacement for outcome in outcomes})
     return FoldResult(graph_module, _report(outcomes, reference, folded))
@@ -63,6 +64,14 @@ def _fold_all(
                 earlier.reference = outcome.reference
         outcomes.append(outcome)
     return outcomes
+
+
+def _align_containers(graph_module: fx.GraphModule) -> None:
+    """fx and add_submodule create plain `nn.Module()` containers for the paths of attributes they copy;
+    give them the model's mode, so a model in eval mode has no module left in training mode."""
+    for module in graph_module.modules():
+        if type(module) is nn.Module:
+            module.train(graph_module.training)
 
 
 def _report(outcomes: list[Outcome], reference: Recording, folded: Recording) -> FoldReport:

@@ -96,7 +96,7 @@ def lower(graph_module: fx.GraphModule, site: BatchNormSite) -> fx.Node:
     scale = rounded_tensor(site.affine.scale, site.dtype, site.device)
     shift = rounded_tensor(site.affine.shift, site.dtype, site.device)
     path = unique_path(graph_module, site.name.replace("@", "_") + "_scale_shift")
-    graph_module.add_submodule(path, ChannelScaleShift(scale, shift))
+    graph_module.add_submodule(path, ChannelScaleShift(scale, shift).eval())  # as the inference-mode BN was
     with graph_module.graph.inserting_after(site.node):
         lowered = graph_module.graph.call_module(path, (site.input,))
     site.node.replace_all_uses_with(lowered)

@@ -77,6 +77,8 @@ def check_fold(
     before, count_before = snapshot(model), batchnorm_count(model)
     result = fold(model, inputs, **options)
     assert batchnorm_count(result.model) == remaining
+    if not any(module.training for module in model.modules()):  # new modules are in eval mode too
+        assert not any(module.training for module in result.model.modules())
     assert relative_error(result.model, model, *inputs) <= FP32_REL
     generator = torch.Generator().manual_seed(123)
     fresh = tuple(torch.randn((other_batch, *x.shape[1:]), generator=generator, dtype=x.dtype) for x in inputs)
