@@ -31,6 +31,8 @@ from folding.torch_tensors import as_f64, optional_f64
 
 FUNCTIONAL_BATCHNORMS = (functional.batch_norm, torch.batch_norm)
 _FUNCTIONAL_SIGNATURE = inspect.signature(functional.batch_norm)
+# torch.batch_norm (the ATen op, no Python signature): its positional order differs from F.batch_norm's.
+_ATEN_ORDER = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps", "cudnn")
 _PLAIN_METHODS = ("forward", "_check_input_dim")
 _BATCH_STATISTICS_FIX = "recalibrate it (bnfold recalibrate) and use running statistics to let it fold"
 
@@ -68,9 +70,7 @@ def describe_batchnorm(graph_module: fx.GraphModule, node: fx.Node, taken: set[s
         base, source, refusal = str(node.target), _ModuleSource(module), _module_refusal(module)
         input_node = node.args[0]
     else:
-        bound = _FUNCTIONAL_SIGNATURE.bind(*node.args, **node.kwargs)
-        bound.apply_defaults()
-        arguments = bound.arguments
+        arguments = _functional_arguments(node)
         base, input_node = _functional_name(node, arguments), arguments["input"]
         source, refusal = _functional_source(graph_module, arguments)
     name = base if base not in taken else f"{base}@{node.name}"
@@ -106,6 +106,15 @@ class _ModuleSource:
         m = self.module
         assert m.running_mean is not None and m.running_var is not None
         return m.weight, m.bias, m.running_mean, m.running_var, float(m.eps)
+
+
+def _functional_arguments(node: fx.Node) -> dict[str, Any]:
+    """The arguments of a functional batch_norm call by F.batch_norm's parameter names, defaults applied."""
+    if node.target is torch.batch_norm:
+        return dict(zip(_ATEN_ORDER, node.args, strict=False)) | dict(node.kwargs)
+    bound = _FUNCTIONAL_SIGNATURE.bind(*node.args, **node.kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def _module_refusal(module: _BatchNorm) -> str | None:

@@ -153,6 +153,49 @@ def test_functional_batch_norm_with_buffer_statistics_folds() -> None:
     assert (entry.bn, entry.action, entry.target) == ("batch_norm", Action.FOLDED_INTO_PREVIOUS, "conv")
 
 
+class AtenBatchNorm(nn.Module):
+    """Linear → torch.batch_norm (the ATen op: weight and bias come before the statistics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 3)
+        self.norm = nn.BatchNorm1d(3)  # only a holder of random statistics; its forward is not called
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.norm
+        return torch.batch_norm(
+            self.linear(x), n.weight, n.bias, n.running_mean, n.running_var, False, 0.1, n.eps, False
+        )
+
+
+def test_aten_batch_norm_call_folds() -> None:
+    model = prepared(AtenBatchNorm())
+    result = check_fold(model, (randn(4, 5),), remaining=0)
+    (entry,) = result.report
+    assert (entry.bn, entry.action, entry.target) == ("norm", Action.FOLDED_INTO_PREVIOUS, "linear")
+
+
+class SharedBatchNorm(nn.Module):
+    """One BN module called after two different convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv_a(x)) - self.bn(self.conv_b(x))
+
+
+def test_batchnorm_called_twice_gets_one_entry_per_call_site() -> None:
+    model = prepared(SharedBatchNorm())
+    result = check_fold(model, sample(2, 3), remaining=0)
+    assert [(e.bn, e.action, e.target) for e in result.report] == [
+        ("bn", Action.FOLDED_INTO_PREVIOUS, "conv_a"),
+        ("bn@bn_1", Action.FOLDED_INTO_PREVIOUS, "conv_b"),
+    ]
+
+
 class SharedConv(nn.Module):
     """One conv module called at two places, each call followed by its own BN (trap 2)."""
 
