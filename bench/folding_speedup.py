@@ -233,7 +233,8 @@ def machine_line(machine: dict[str, Any]) -> str:
     return (
         f"machine: {machine['cpu']}, {machine['usable_cores']} usable cores; torch {versions['torch']} "
         f"({machine['torch_threads']} threads), onnxruntime {versions['onnxruntime']} "
-        f"({machine['ort_intra_op_threads']} intra-op threads, {machine['ort_inter_op_threads']} inter-op)"
+        f"({machine['ort_intra_op_threads']} intra-op threads, {machine['ort_inter_op_threads']} inter-op, "
+        "no spinning, default graph optimisation)"
     )
 
 
@@ -244,13 +245,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases, zoo_note = zoo_cases()
     cases += reference_cases(resolution)
     if args.models:
+        unknown = sorted(set(args.models) - {case.name for case in cases})
+        if unknown:
+            print(f"unknown model(s) {unknown}; choose from {[case.name for case in cases]}", file=sys.stderr)
+            return 2
         cases = [case for case in cases if case.name in args.models]
     started = time.perf_counter()
     results = run_cases(cases, settings)
     measured = [result for result in results if "error" not in result]
     table = f"{results_table(measured)}\n\n{batchnorm_table(measured)}"
     machine = machine_description(
-        torch_threads=torch.get_num_threads(), ort_intra_op_threads=settings.threads, ort_inter_op_threads=1
+        torch_threads=torch.get_num_threads(),
+        ort_intra_op_threads=settings.threads,
+        ort_inter_op_threads=1,
+        ort_allow_spinning=False,
     )
     print(f"\n{table}\n\n{machine_line(machine)}")
     for note in [zoo_note] + [f"{r['model']}: {r['error']}" for r in results if "error" in r]:
