@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 # returns the process exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "fold-and-export": ("models.export_cli:fold_and_export_main", "fold a model and write a repository entry"),
-    "verify": ("models.export_cli:verify_main", "re-run the checks of a repository entry"),
-    "inspect": ("models.export_cli:inspect_main", "show a repository entry's fold report"),
+    "verify": ("models.entry_cli:verify_main", "re-run the checks of a repository entry"),
+    "inspect": ("models.entry_cli:inspect_main", "show a repository entry's fold report"),
     "train": ("models.train_cli:train_main", "train zoo models and print their accuracy"),
     "recalibrate": ("models.recalibrate_cli:recalibrate_main", "re-estimate BatchNorm population statistics"),
     "build-default": ("models.export_cli:build_default_main", "build the default repository from the zoo"),

@@ -1,0 +1,116 @@
+"""`fold_and_export(SPEC, out=REPO_DIR)`: load → fold → export both → verify → write REPO_DIR/NAME atomically.
+
+The one code path behind `bnfold fold-and-export`, `bnfold build-default` and the test fixtures. Every
+failure raises (BadInputError, VerificationError, or the folding side's BnfoldError) before the entry is
+renamed into place, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models import publish
+from models.manifest import Candidate
+from models.progress import Progress
+
+
+@dataclass
+class ExportSummary:
+    """What fold-and-export did: where, what was folded, how well it matches, how long it took."""
+
+    name: str
+    path: Path
+    source: str
+    fold_summary: str
+    batchnorm_nodes: dict[str, int]
+    max_abs_error: dict[str, float]
+    metrics: dict[str, float]
+    notes: list[str]
+    seconds: float
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    train_seconds: float | None = None
+    load_seconds: float = 0.0
+
+    @property
+    def export_seconds(self) -> float:
+        """Fold + export + verify + write: everything but loading (and training) the model."""
+        return self.seconds - self.load_seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "name": self.name,
+            "path": str(self.path),
+            "source": self.source,
+            "fold_summary": self.fold_summary,
+            "batchnorm_nodes": self.batchnorm_nodes,
+            "max_abs_error": self.max_abs_error,
+            "metrics": self.metrics,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+            "step_seconds": {step: round(value, 3) for step, value in self.step_seconds.items()},
+            "train_seconds": self.train_seconds,
+            "export_seconds": round(self.export_seconds, 3),
+        }
+
+
+def fold_and_export(
+    spec: str,
+    *,
+    out: Path,
+    name: str | None = None,
+    weights: Path | None = None,
+    input_shape: str | None = None,
+    task: str | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> ExportSummary:
+    """Build and write one repository entry from a SPEC; see the module docstring."""
+    progress = progress or Progress(quiet=True)
+    start = time.perf_counter()
+    if name is not None:
+        publish.check_target(out, name)
+    candidate, default_name, train_seconds, load_seconds = _candidate(spec, weights, input_shape, cache_dir, progress)
+    name = name or default_name
+    publish.check_target(out, name)
+    if task is not None:
+        candidate.task = task
+    with progress.step("verifying (onnx.checker, onnxruntime, BatchNorm counts)"):
+        verified = publish.verify_candidate(candidate)
+    path = publish.publish(candidate, verified, out, name)
+    return ExportSummary(
+        name=name,
+        path=path,
+        source=spec,
+        fold_summary=str(candidate.fold_report["summary"]),
+        batchnorm_nodes=verified.batchnorm_nodes,
+        max_abs_error=verified.max_abs_error,
+        metrics=candidate.metrics,
+        notes=candidate.notes,
+        seconds=time.perf_counter() - start,
+        step_seconds=dict(progress.seconds),
+        train_seconds=train_seconds,
+        load_seconds=load_seconds,
+    )
+
+
+def _candidate(
+    spec: str, weights: Path | None, input_shape: str | None, cache_dir: Path | None, progress: Progress
+) -> tuple[Candidate, str, float | None, float]:
+    """(candidate, entry name, seconds spent training or None, seconds spent loading) for any SPEC form."""
+    if spec.endswith(".onnx"):
+        from models.onnx_candidate import candidate_from_onnx
+
+        candidate = candidate_from_onnx(Path(spec), weights, input_shape, progress)
+        return candidate, Path(spec).stem, None, 0.0
+    from models.sources import load_spec
+    from models.torch_candidate import candidate_from_model
+
+    start = time.perf_counter()
+    with progress.step(f"loading {spec}" + (" (training when not cached)" if spec.startswith("zoo:") else "")):
+        loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir)
+    load_seconds = time.perf_counter() - start
+    return candidate_from_model(loaded, progress), loaded.default_name, loaded.train_seconds, load_seconds

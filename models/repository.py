@@ -1,0 +1,119 @@
+"""Write and read entries of a model repository (docs/repository-format.md); no torch needed.
+
+A writer builds the whole entry in a hidden sibling directory `.NAME.tmp-XXXX` (ignored by readers) and
+renames it to `NAME` at the end, so a reader sees either a complete entry or none. On any failure the
+temporary directory is removed: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.errors import BadInputError, VerificationError
+
+FORMAT = "bnfold-repository/1"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MANIFEST = "model.json"
+UNFOLDED_FILE, FOLDED_FILE, CALIBRATION_FILE = "unfolded.onnx", "folded.onnx", "calibration.npz"
+
+NUMPY_TO_V2 = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int64": "INT64", "int32": "INT32"}
+V2_TO_NUMPY = {v2: numpy_name for numpy_name, v2 in NUMPY_TO_V2.items()}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return sha256_bytes(path.read_bytes())
+
+
+def check_name(name: str) -> None:
+    """Refuse names the format does not allow."""
+    if not NAME_PATTERN.match(name):
+        raise BadInputError(
+            f"model name {name!r} is not allowed; use 1–64 letters, digits, '_', '.', '-' starting with a "
+            "letter or digit (--name)"
+        )
+
+
+def entry_path(repository: Path, name: str) -> Path:
+    """REPO_DIR/NAME, refusing a name the format forbids or an entry that already exists."""
+    check_name(name)
+    target = repository / name
+    if target.exists():
+        raise BadInputError(f"output directory {target} already exists; remove it or choose another --name / --out")
+    if repository.exists() and not repository.is_dir():
+        raise BadInputError(f"--out {repository} is a file, not a directory; give a directory path")
+    return target
+
+
+def write_entry(
+    repository: Path,
+    name: str,
+    manifest: Mapping[str, Any],
+    onnx_files: Mapping[str, bytes],
+    calibration: Mapping[str, NDArray[Any]],
+) -> Path:
+    """Write REPO_DIR/NAME atomically: ONNX files, calibration.npz and model.json, then one rename."""
+    target = entry_path(repository, name)
+    repository.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=repository, prefix=f".{name}.tmp-"))
+    try:
+        for file_name, data in onnx_files.items():
+            (temporary / file_name).write_bytes(data)
+        with (temporary / CALIBRATION_FILE).open("wb") as handle:
+            np.savez(handle, allow_pickle=False, **{key: np.asarray(value) for key, value in calibration.items()})
+        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        temporary.chmod(0o755)
+        temporary.rename(target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return target
+
+
+def read_manifest(entry: Path) -> dict[str, Any]:
+    """model.json of an entry, refusing a missing file, bad JSON, another format or a mismatched name."""
+    path = entry / MANIFEST
+    if not path.is_file():
+        raise BadInputError(f"{path} not found; give a repository entry REPO_DIR/NAME written by fold-and-export")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise VerificationError(f"{path} is not valid JSON ({error}); rebuild the entry") from None
+    if manifest.get("format") != FORMAT:
+        raise VerificationError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}; rebuild it")
+    if manifest.get("name") != entry.name:
+        raise VerificationError(
+            f"{path} names the model {manifest.get('name')!r} but its directory is {entry.name!r}; rename one"
+        )
+    return manifest
+
+
+def read_calibration(entry: Path, manifest: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
+    """The calibration arrays, one per declared input, with the declared dtypes (no pickles)."""
+    path = entry / manifest["calibration"]["file"]
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as error:
+        raise VerificationError(f"cannot read {path} ({error}); rebuild the entry") from None
+    for spec in manifest["inputs"]:
+        array = arrays.get(spec["name"])
+        expected = V2_TO_NUMPY.get(spec["datatype"])
+        if array is None or str(array.dtype) != expected:
+            raise VerificationError(
+                f"{path} lacks input {spec['name']!r} as {expected}; it has {sorted(arrays)}; rebuild the entry"
+            )
+    return arrays

@@ -1,0 +1,111 @@
+"""Dispatch a SPEC (zoo:NAME, file or module factory, .pt2 archive) to a LoadedModel; see models/spec.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from models import spec as specs
+from models.errors import BadInputError
+from models.spec import LoadedModel
+from models.zoo import ZOO, trained
+
+
+def load_spec(
+    spec: str, *, weights: Path | None = None, input_shape: str | None = None, cache_dir: Path | None = None
+) -> LoadedModel:
+    """The model a SPEC names, in eval mode, with its calibration batch; every bad input is a BadInputError."""
+    if spec.startswith("zoo:"):
+        return _from_zoo(spec, weights, input_shape, cache_dir)
+    if spec.endswith(".pt2"):
+        return _from_archive(spec, weights, input_shape)
+    if ":" not in spec:
+        raise BadInputError(
+            f"--model {spec!r} is not a SPEC; use zoo:NAME, path/to/net.py:build, package.module:build, a .pt2 "
+            "or a .onnx file"
+        )
+    return _from_factory(spec, weights, input_shape)
+
+
+def _from_zoo(spec: str, weights: Path | None, input_shape: str | None, cache_dir: Path | None) -> LoadedModel:
+    name = spec.removeprefix("zoo:")
+    if name not in ZOO:
+        raise BadInputError(f"no zoo model {name!r}; choose one of: {', '.join(ZOO)}")
+    if input_shape is not None:
+        raise BadInputError(f"zoo:{name} has a fixed input shape; drop --input-shape")
+    model = trained(name, cache_dir=cache_dir)
+    loaded = LoadedModel(
+        module=model.model,
+        calibration=torch.from_numpy(model.calibration_batch()),
+        source=spec,
+        default_name=name,
+        task=model.spec.task,
+        input_name=model.spec.input_name,
+        output_names=[model.spec.output_name],
+        weights_sha256=specs.sha256_file(model.weights_path),
+        metrics=dict(model.metrics),
+        train_seconds=None if model.from_cache else model.train_seconds,
+    )
+    if weights is not None:
+        loaded.weights_sha256 = specs.load_weights(loaded.module, weights)
+        loaded.metrics = {}  # measured for the zoo's own weights, not these
+    return loaded
+
+
+def _from_factory(spec: str, weights: Path | None, input_shape: str | None) -> LoadedModel:
+    module = specs.build_from_factory(spec)
+    weights_sha = specs.load_weights(module, weights) if weights is not None else None
+    if input_shape is None:
+        raise BadInputError(f"{spec} needs --input-shape, e.g. --input-shape 1,3,32,32")
+    batch = specs.random_batch(specs.parse_shape(input_shape))
+    return _finish(module.eval(), batch, spec, weights_sha, input_shape)
+
+
+def _from_archive(spec: str, weights: Path | None, input_shape: str | None) -> LoadedModel:
+    path = Path(spec)
+    if not path.is_file():
+        raise BadInputError(f"torch.export archive {path} not found; check the path in --model")
+    try:
+        program = torch.export.load(path)
+    except Exception as error:
+        raise BadInputError(
+            f"{path} is not a readable torch.export archive ({type(error).__name__}); re-save it with torch.export.save"
+        ) from None
+    module = program.module()
+    weights_sha = specs.load_weights(module, weights) if weights is not None else specs.sha256_file(path)
+    if input_shape is not None:
+        batch = specs.random_batch(specs.parse_shape(input_shape))
+    else:
+        batch = _archive_batch(program, path)
+    return _finish(module, batch, spec, weights_sha, input_shape or "of the archive's example inputs")
+
+
+def _archive_batch(program: torch.export.ExportedProgram, path: Path) -> Tensor:
+    examples: tuple[tuple[object, ...], dict[str, object]] | None = getattr(program, "example_inputs", None)
+    args = examples[0] if examples else ()
+    if len(args) != 1 or not isinstance(args[0], Tensor):
+        raise BadInputError(f"{path} stores no single example input; pass --input-shape, e.g. 1,3,32,32")
+    return specs.random_batch(tuple(args[0].shape))
+
+
+def _finish(module: nn.Module, batch: Tensor, source: str, weights_sha: str | None, shape_text: str) -> LoadedModel:
+    outputs = specs.check_forward(module, batch, shape_text)
+    return LoadedModel(
+        module=module,
+        calibration=batch,
+        source=source,
+        default_name=_default_name(source),
+        output_names=specs.output_names_for(len(outputs)),
+        weights_sha256=weights_sha,
+    )
+
+
+def _default_name(source: str) -> str:
+    """'path/net.py:build' → 'net', 'pkg.mod:build' → 'mod', 'dir/model.pt2' → 'model'."""
+    target = source if source.endswith(".pt2") else source.rpartition(":")[0]
+    from_path = target.endswith((".py", ".pt2")) or "/" in target
+    name = Path(target).stem if from_path else target.rpartition(".")[2]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip("_.-") or "model"
