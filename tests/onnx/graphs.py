@@ -8,6 +8,7 @@ the *folded* graph.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -57,11 +58,11 @@ class GraphBuilder:
     def weight(self, name: str, shape: tuple[int, ...]) -> str:
         return self.const(name, self.rng.standard_normal(shape).astype(self.dtype))
 
-    def node(self, op: str, inputs: list[str], output: str, **attributes: object) -> str:
+    def node(self, op: str, inputs: list[str], output: str, **attributes: Any) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], name=f"{op.lower()}_{output}", **attributes))
         return output
 
-    def batchnorm(self, x: str, channels: int, output: str, *, stats_dtype: type | None = None, **attrs: object) -> str:
+    def batchnorm(self, x: str, channels: int, output: str, *, stats_dtype: type | None = None, **attrs: Any) -> str:
         """A BN with random γ, β, μ and σ² ∈ [0.2, 2.2]; name 'bn_<output>'."""
         stats = stats_dtype or self.dtype
         names = [

@@ -23,7 +23,9 @@ def randomise_batchnorm(model: nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                continue
+            if module.running_mean is not None and module.running_var is not None:
                 channels = module.num_features
                 module.running_mean.copy_(torch.randn(channels, generator=generator))
                 module.running_var.copy_(torch.rand(channels, generator=generator) * 2 + 0.2)

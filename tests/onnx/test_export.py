@@ -45,7 +45,7 @@ def test_onnxruntime_matches_pytorch_at_other_batch_sizes(
         expected = convnet(image).numpy()
     (actual,) = run_ort(exported, {"image": image.numpy()})
     assert actual.shape == (batch, 5)
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_axis_is_dynamic_on_inputs_and_outputs(exported: onnx.ModelProto) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +16,7 @@ from tests.onnx.graphs import GraphBuilder, fold_and_check, ops
 from tests.onnx.ort_helpers import run_ort
 
 
-def _conv_bn(seed: int, **bn_attributes: object) -> GraphBuilder:
+def _conv_bn(seed: int, **bn_attributes: Any) -> GraphBuilder:
     g = GraphBuilder(seed=seed)
     g.node("Conv", [g.input("x", ["N", 3, 5, 5]), g.weight("w", (4, 3, 3, 3))], "z")
     g.batchnorm("z", 4, "y", **bn_attributes)
