@@ -3,9 +3,9 @@
 A BatchNorm is foldable only when at inference it is y_c = s_c · x_c + t_c with constants
 s = γ/√(σ²+ε), t = β − μ·s (folding/arithmetic.py). That holds for
 
-- a `call_module` node whose module is an exact `BatchNorm1d/2d/3d`, or a subclass that overrides neither
-  `forward` nor `_check_input_dim` (so its forward is provably plain BN), in eval mode, tracking running
-  statistics;
+- a `call_module` node whose module is a `BatchNorm1d/2d/3d` with the stock forward (a subclass that
+  overrides forward is traced through by folding/torch_capture.py, leaving its BN as a functional call),
+  in eval mode, tracking running statistics;
 - a `call_function` node `torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias,
   training=False, …)` whose statistics are read from buffers/parameters (`get_attr` nodes) and whose
   `training`, `momentum` and `eps` are constants.
@@ -27,13 +27,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from folding.arithmetic import ScaleShift, batchnorm_scale_shift
 from folding.errors import FoldingError
+from folding.torch_capture import overrides_forward
 from folding.torch_tensors import as_f64, optional_f64
 
 FUNCTIONAL_BATCHNORMS = (functional.batch_norm, torch.batch_norm)
 _FUNCTIONAL_SIGNATURE = inspect.signature(functional.batch_norm)
 # torch.batch_norm (the ATen op, no Python signature): its positional order differs from F.batch_norm's.
 _ATEN_ORDER = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps", "cudnn")
-_PLAIN_METHODS = ("forward", "_check_input_dim")
 _BATCH_STATISTICS_FIX = "recalibrate it (bnfold recalibrate) and use running statistics to let it fold"
 
 
@@ -123,13 +123,12 @@ def _module_refusal(module: _BatchNorm) -> str | None:
         return "in training mode it normalises with batch statistics; call model.eval() before folding"
     if not module.track_running_stats or module.running_mean is None or module.running_var is None:
         return f"track_running_stats=False: it normalises with batch statistics at inference; {_BATCH_STATISTICS_FIX}"
-    cls = type(module)
-    overridden = [m for m in _PLAIN_METHODS if getattr(cls, m) is not getattr(_plain_base(cls), m)]
-    if overridden:
+    if overrides_forward(module):
+        base = _plain_base(type(module)).__name__
         return (
-            f"{cls.__name__} subclasses {_plain_base(cls).__name__} but overrides {', '.join(overridden)}, so it "
-            "may do more than batch norm (e.g. an activation); move the extra behaviour out of the BatchNorm "
-            "to let it fold"
+            f"{type(module).__name__} subclasses {base} but overrides forward, which torch.fx could not trace, "
+            "so its extra behaviour (e.g. an activation) cannot be proven preserved; make that forward "
+            "traceable or move the extra behaviour out of the BatchNorm to let it fold"
         )
     return None
 

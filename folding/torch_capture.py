@@ -1,16 +1,15 @@
 """Capture a PyTorch model as a torch.fx graph on a private copy, and validate the example inputs.
 
-torch.fx `symbolic_trace` semantics with one change: every BatchNorm (including user subclasses) is a leaf
-`call_module` node, so a subclass is judged as a whole (is its forward plain BN?) instead of being traced into
-`_check_input_dim`, which cannot be traced. Any failure to trace becomes one `FoldingError` line naming the
-cause and what to try, never a tracer traceback.
+torch.fx `symbolic_trace` semantics with one change for BatchNorms (see BatchNormLeafTracer). Any failure to
+trace becomes one `FoldingError` line naming the cause and what to try, never a tracer traceback.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
-import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -23,11 +22,47 @@ _CAPTURE_ADVICE = (
 )
 
 
+def overrides_forward(module: nn.Module) -> bool:
+    """True for a BatchNorm subclass whose class defines its own forward (it may do more than BN)."""
+    cls = type(module)
+    return isinstance(module, _BatchNorm) and not any(
+        cls.forward is base.forward for base in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, _BatchNorm)
+    )
+
+
 class BatchNormLeafTracer(fx.Tracer):
-    """The default fx tracer, except that every `_BatchNorm` instance is kept as one leaf node."""
+    """The default fx tracer, except for BatchNorms.
+
+    A BN whose forward is the stock one is one leaf `call_module` node. A subclass that overrides forward is
+    traced *through* (when trace_subclasses): its extra behaviour (an activation, a drop-path) becomes
+    ordinary graph nodes that folding leaves in place, and its batch norm becomes a functional batch_norm
+    call on its own buffers, which folds like any other. The shape check `_check_input_dim` (`if
+    input.dim() != 4: raise`, untraceable) is skipped while tracing; it only raises on bad input.
+    """
+
+    def __init__(self, trace_subclasses: bool) -> None:
+        super().__init__()
+        self.trace_subclasses = trace_subclasses
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, _BatchNorm) or super().is_leaf_module(m, module_qualified_name)
+        if isinstance(m, _BatchNorm):
+            return not (self.trace_subclasses and overrides_forward(m))
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(
+        self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if not (self.trace_subclasses and overrides_forward(m)):
+            return super().call_module(m, forward, args, kwargs)
+        m.__dict__["_check_input_dim"] = _no_check  # an instance attribute shadows the method
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            del m.__dict__["_check_input_dim"]
+
+
+def _no_check(input: Tensor) -> None:
+    """Stands in for _BatchNorm._check_input_dim while tracing."""
 
 
 def normalise_inputs(example_inputs: object) -> tuple[Tensor, ...]:
@@ -62,28 +97,30 @@ def private_copy(model: object) -> nn.Module:
 
 
 def capture(model: nn.Module) -> fx.GraphModule:
-    """Trace `model` (already a private copy) into a GraphModule that shares its sub-modules."""
-    tracer = BatchNormLeafTracer()
+    """Trace `model` (already a private copy) into a GraphModule that shares its sub-modules.
+
+    BatchNorm subclasses overriding forward are traced through; when that fails (their forward is not
+    traceable), they are traced again as leaves, to be reported as kept.
+    """
+    has_subclasses = any(overrides_forward(module) for module in model.modules())
+    if has_subclasses:
+        try:
+            return _trace(model, trace_subclasses=True)
+        except Exception:  # fall back to keeping the subclasses whole
+            pass
     try:
-        graph = tracer.trace(model)
+        return _trace(model, trace_subclasses=False)
     except Exception as error:  # tracing executes arbitrary user code: any exception means "cannot capture"
         raise FoldingError(
             f"cannot capture {type(model).__name__} as a graph ({type(error).__name__}: "
             f"{_first_line(error)}); {_CAPTURE_ADVICE}"
         ) from None
+
+
+def _trace(model: nn.Module, *, trace_subclasses: bool) -> fx.GraphModule:
+    tracer = BatchNormLeafTracer(trace_subclasses)
+    graph = tracer.trace(model)
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
-
-
-def check_runs(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-    """Raise FoldingError (one line) unless module(*inputs) runs."""
-    try:
-        with torch.no_grad():
-            module(*inputs)
-    except Exception as error:
-        raise FoldingError(
-            f"the model fails on example_inputs ({type(error).__name__}: {_first_line(error)}); "
-            "pass example inputs of the shape and dtype the model's forward expects"
-        ) from None
 
 
 def _first_line(error: BaseException) -> str:

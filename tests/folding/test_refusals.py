@@ -109,23 +109,50 @@ class BatchNormReLU(nn.BatchNorm2d):
         return torch.relu(super().forward(input))
 
 
+class BatchNormReLUIfPositive(nn.BatchNorm2d):
+    """A subclass whose extra behaviour depends on tensor values: torch.fx cannot trace it (trap 5)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        output = super().forward(input)
+        return torch.relu(output) if output.mean() > 0 else output
+
+
 class RenamedBatchNorm(nn.BatchNorm2d):
     """A subclass that adds nothing to forward: provably plain BN."""
 
     label = "renamed"
 
 
-def test_batchnorm_subclass_with_an_activation_is_kept() -> None:
-    """Trap 5: matching on isinstance would fold away the ReLU; the subclass overriding forward is kept."""
+def test_batchnorm_subclass_with_an_activation_folds_and_keeps_the_activation() -> None:
+    """Trap 5: matching on isinstance would fold away the ReLU. The subclass is traced through instead, so the
+    ReLU is a graph node of its own: the BN folds into the conv and the ReLU stays (outputs are negative
+    without it: β and γ are random with both signs)."""
     model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormReLU(4)))
+    x = randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert (model[1].__class__.__bases__[0].forward(model[1], model[0](x)) < 0).any()
+    result = check_fold(model, (x,), remaining=0)
+    entry = result.report["1"]
+    assert (entry.action, entry.target) == (Action.FOLDED_INTO_PREVIOUS, "0")
+    relus = [n for n in result.model.graph.nodes if n.op == "call_function" and n.target is torch.relu]
+    assert len(relus) == 1
+
+
+def test_batchnorm_subclass_with_untraceable_forward_is_kept() -> None:
+    """Trap 5: when the subclass's forward cannot be traced, its behaviour cannot be proven: kept."""
+    layers = [nn.Conv2d(3, 4, 3), BatchNormReLUIfPositive(4), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2)]
+    model = prepared(nn.Sequential(*layers))
     result = check_fold(model, (randn(2, 3, 6, 6),), remaining=1)
     entry = result.report["1"]
     assert entry.action is Action.KEPT
-    assert (entry.reason or "").startswith("BatchNormReLU subclasses BatchNorm2d but overrides forward")
+    assert (entry.reason or "").startswith(
+        "BatchNormReLUIfPositive subclasses BatchNorm2d but overrides forward, which torch.fx could not trace"
+    )
+    assert result.report["3"].action is Action.FOLDED_INTO_PREVIOUS  # the rest of the model still folds
 
 
 def test_batchnorm_subclass_with_plain_forward_folds() -> None:
-    """Trap 5: a subclass that overrides neither forward nor _check_input_dim is plain BN and folds."""
+    """Trap 5: a subclass that does not override forward is plain BN and folds as a module."""
     model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), RenamedBatchNorm(4)))
     result = check_fold(model, (randn(2, 3, 6, 6),), remaining=0)
     assert result.report["1"].action is Action.FOLDED_INTO_PREVIOUS
