@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 
 from bench.common import Summary, interleaved_timings, markdown_table, save_results
 from bench.folding_speedup import RUNTIMES, BenchCase, Settings, batchnorm_table, measure_case, results_table
@@ -87,12 +87,22 @@ def test_measure_case_reports_folded_outputs_equal_unfolded(measured: dict) -> N
 def test_folded_variant_equals_unfolded_and_deleted_variant_differs() -> None:
     """Independent check of the three variants the benchmark times (random BN statistics)."""
     example = torch.randn(4, 3, 10, 10, generator=torch.Generator().manual_seed(3))
-    models, _ = build_variants(tiny_net(), example)
+    original = tiny_net()
+    before = {key: value.clone() for key, value in original.state_dict().items()}
+    models, _ = build_variants(original, example)
     with torch.inference_mode():
         outputs = {name: model(example) for name, model in models.items()}
     assert discrepancy(outputs["folded"], outputs["unfolded"]).within(Tolerance.for_dtype("float32"))
     assert discrepancy(outputs["bn_deleted"], outputs["unfolded"]).max_rel > 1e-2
-    assert len(batchnorm_modules(models["unfolded"])) == 2  # the input model is not folded in place
+    assert len(batchnorm_modules(original)) == 2  # the input model is not changed
+    assert all(torch.equal(before[key], value) for key, value in original.state_dict().items())
+    # every variant is a flat fx graph; the BN-deleted one has no call left where a BN was
+    assert all(isinstance(model, fx.GraphModule) for model in models.values())
+    calls = {
+        name: [str(node.target) for node in model.graph.nodes if node.op == "call_module"]  # type: ignore[union-attr]
+        for name, model in models.items()
+    }
+    assert calls["bn_deleted"] == [target for target in calls["unfolded"] if target not in ("body.1", "body.4")]
 
 
 def test_tables_have_one_row_per_cell_and_per_model(measured: dict) -> None:
