@@ -57,3 +57,33 @@ def test_errors_reach_the_client_readably(client: triton.InferenceServerClient) 
     with pytest.raises(InferenceServerException, match="unknown model 'nope'; available models: bad_json, "):
         client.infer("nope", [tensor])
     assert client.is_server_live()  # the connection survives the errors
+
+
+def test_aio_client_with_octet_stream_content_type(
+    server: RunningServer, mixed_repository: tuple[Path, dict[str, Weights]], rng: np.random.Generator
+) -> None:
+    """The aio client sends Content-Type: application/octet-stream even for JSON; both must work."""
+    import asyncio
+
+    import tritonclient.http.aio as triton_aio
+
+    x = rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32)
+
+    async def run() -> tuple[np.ndarray, np.ndarray]:
+        client = triton_aio.InferenceServerClient(server.address)
+        try:
+            results = []
+            for binary in (True, False):
+                tensor = triton_aio.InferInput("input", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x, binary_data=binary)
+                outputs = [triton_aio.InferRequestedOutput("logits", binary_data=binary)]
+                result = await client.infer("digits", [tensor], model_version="unfolded", outputs=outputs)
+                results.append(result.as_numpy("logits"))
+            return results[0], results[1]
+        finally:
+            await client.close()
+
+    binary_logits, json_logits = asyncio.run(run())
+    expected = run_directly(mixed_repository[0] / "digits", "unfolded", x)
+    np.testing.assert_allclose(binary_logits, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(json_logits, expected, rtol=1e-5, atol=1e-6)
