@@ -52,6 +52,15 @@ class Settings(BaseSettings):
             raise ValueError(f"repository {str(value)!r} is not a directory; build one with bnfold build-default")
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_means_no_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty BNFOLD_API_KEY (as compose files write for an unset variable) turns auth off, never on
+        with an empty token."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return value
+
     def threads_per_session(self, session_count: int) -> int:
         """Intra-op threads per session: the setting, or cores shared out so sessions don't oversubscribe."""
         if self.intra_op_threads:

@@ -139,3 +139,9 @@ def test_server_is_live_before_it_is_ready(repository: Path, monkeypatch: pytest
 def test_unknown_token_scheme_is_not_a_crash(locked_server: RunningServer) -> None:
     response = httpx.get(f"{locked_server.url}/v2", headers={"Authorization": "Bearer"})
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize("key", ["", "   "])
+def test_an_empty_api_key_means_no_auth_not_an_empty_token(repository: Path, key: str) -> None:
+    assert Settings(repository=repository, api_key=SecretStr(key)).api_key is None
+    assert Settings(repository=repository, api_key=SecretStr(TOKEN)).api_key == SecretStr(TOKEN)
