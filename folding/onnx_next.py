@@ -112,7 +112,7 @@ def _matmul(editor: GraphEditor, matmul: ir.Node, bn: ir.Node, batchnorm: Infere
     new_weight_t, gain = fold_arithmetic(weight.T, None, batchnorm.affine)  # W.T is (N, K)
     new_weight = editor.initializer(f"{input_name(matmul, 1)}_bnfold", rounded(new_weight_t.T, weight))
     product = editor.node("MatMul", [bn_input(bn), new_weight], (), matmul.name or editor.unique("matmul"))
-    shift = editor.initializer(f"{new_weight.name}_bias", rounded(gain, weight))
+    shift = editor.initializer(f"{input_name(matmul, 1)}_bias_bnfold", rounded(gain, weight))
     plus = editor.node("Add", [product.outputs[0], shift], (), editor.unique(f"{product.name}_bias"))
     return _replace(editor, [bn, matmul], [product, plus], matmul)
 

@@ -126,7 +126,7 @@ def _fold_matmul(
     new_weight_t, new_bias = fold_arithmetic(weight.T, bias, batchnorm.affine)  # W.T is (N, K)
     new_weight = editor.initializer(_hint(matmul, 1), rounded(new_weight_t.T, weight))
     product = editor.node("MatMul", [matmul.inputs[0], new_weight], matmul.attributes.values(), _name(editor, matmul))
-    shift_hint = f"{bias_value.name}_bnfold" if bias_value is not None else f"{new_weight.name}_bias"
+    shift_hint = f"{bias_value.name}_bnfold" if bias_value is not None else _hint(matmul, 2)
     shift = editor.initializer(shift_hint, rounded(new_bias, weight if bias is None else bias))
     add_name = add.name if add is not None and add.name else editor.unique(f"{product.name}_bias")
     plus = editor.node("Add", [product.outputs[0], shift], (), add_name)

@@ -86,6 +86,7 @@ def test_matmul_with_constant_weight_then_bn_becomes_matmul_add() -> None:
     result = fold_and_check(g.model(), g.feeds(), batchnorms_left=0)
     assert ops(result.model) == ["MatMul", "Add"]
     assert result.report["bn_y"].action is Action.FOLDED_INTO_PREVIOUS
+    assert [init.name for init in result.model.graph.initializer] == ["w", "w_bias"]
 
 
 @pytest.mark.parametrize("bias_first", [False, True], ids=["matmul_plus_b", "b_plus_matmul"])
@@ -134,6 +135,7 @@ def test_bn_then_matmul_folds_into_next() -> None:
     result = fold_and_check(g.model(), g.feeds(), batchnorms_left=0)
     assert ops(result.model) == ["MatMul", "Add"]
     assert result.report["bn_h"].target == "matmul_y"
+    assert [init.name for init in result.model.graph.initializer] == ["w", "w_bias"]
 
 
 def test_chain_conv_bn_bn_folds_both_into_the_conv() -> None:
