@@ -6,7 +6,7 @@ randomised so no BN is an identity), three variants are timed:
 
 - ``unfolded``: the network as built;
 - ``folded``: ``folding.fold(unfolded, example)``;
-- ``bn_deleted``: every BatchNorm replaced by nn.Identity, the best folding can possibly do.
+- ``bn_deleted``: every BatchNorm removed, the best folding can possibly do (bench/folding_variants.py),
 
 in PyTorch eager (``torch.inference_mode``) and in onnxruntime at its default optimisation level (models
 exported with ``folding.export.export_onnx``: dynamo, optimize=False), batch 1 and 32. Per (model,
@@ -15,8 +15,9 @@ unfolded ÷ folded (the speed-up folding gives) and folded ÷ bn_deleted (how fa
 ideal; target ≤ 1.03). Each variant's BN count (modules / ONNX nodes) and the folded-vs-unfolded output
 error are recorded too.
 
-Run: ``.venv/bin/python -m bench.folding_speedup`` (about 12 minutes on 2 cores) or ``--quick`` (smoke run,
-64×64, batch 1 and 4, 2 repetitions; saved as folding_speedup_quick.json).
+Run: ``.venv/bin/python -m bench.folding_speedup`` (about 10 minutes on 2 cores: 100 repetitions at batch 1,
+15 at batch 32, 2 warm-up rounds) or ``--quick`` (smoke run, 64×64, batch 1 and 4, 2 repetitions; saved as
+folding_speedup_quick.json). Results are saved after every model, with "complete": false until the end.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +69,7 @@ class Settings:
 
     batches: tuple[int, ...] = (1, 32)
     repetitions: dict[int, int] = field(default_factory=lambda: {1: 100, 32: 15})
-    warmup: int = 3
+    warmup: int = 2
     threads: int = 2
 
 
@@ -206,18 +208,36 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 64×64, batch 1 and 4, 2 repetitions")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and ORT intra-op threads")
     parser.add_argument("--models", nargs="*", help="only these model names (default: all)")
+    parser.add_argument("--repetitions", type=int, nargs=2, metavar=("BATCH1", "BATCH32"), default=(100, 15))
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing (default 2)")
     return parser.parse_args(argv)
 
 
 def settings_for(args: argparse.Namespace) -> tuple[Settings, int]:
+    """The settings and input resolution of the reference nets: 224 (full run) or 64 (--quick)."""
     if args.quick:
         return Settings(batches=(1, 4), repetitions={1: 2, 4: 2}, warmup=1, threads=args.threads), 64
-    return Settings(threads=args.threads), 224
+    batch1, batch32 = args.repetitions
+    return Settings(repetitions={1: batch1, 32: batch32}, warmup=args.warmup, threads=args.threads), 224
 
 
-def run_cases(cases: Sequence[BenchCase], settings: Settings) -> list[dict[str, Any]]:
-    """measure_case for each case; a case that cannot be folded or exported is recorded with its error."""
-    results = []
+def select_cases(names: Sequence[str] | None, resolution: int) -> tuple[list[BenchCase], str | None]:
+    """Zoo and reference cases, restricted to `names`; ValueError naming the choices for an unknown name."""
+    cases, zoo_note = zoo_cases()
+    cases += reference_cases(resolution)
+    if names:
+        unknown = sorted(set(names) - {case.name for case in cases})
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; choose from {[case.name for case in cases]}")
+        cases = [case for case in cases if case.name in names]
+    return cases, zoo_note
+
+
+def run_cases(
+    cases: Sequence[BenchCase], settings: Settings, save: Callable[[list[dict[str, Any]]], object]
+) -> list[dict[str, Any]]:
+    """measure_case for each case, calling `save` after each; a case that fails is recorded with its error."""
+    results: list[dict[str, Any]] = []
     for case in cases:
         print(f"measuring {case.name} …", file=sys.stderr, flush=True)
         try:
@@ -225,58 +245,62 @@ def run_cases(cases: Sequence[BenchCase], settings: Settings) -> list[dict[str, 
         except BnfoldError as error:
             print(f"{case.name}: skipped: {error}", file=sys.stderr)
             results.append({"model": case.name, "source": case.source, "error": str(error)})
+        save(results)
     return results
 
 
 def machine_line(machine: dict[str, Any]) -> str:
     versions = machine["versions"]
     return (
-        f"machine: {machine['cpu']}, {machine['usable_cores']} usable cores; torch {versions['torch']} "
-        f"({machine['torch_threads']} threads), onnxruntime {versions['onnxruntime']} "
+        f"machine: {machine['cpu']} ({', '.join(machine['cpu_simd'])}), {machine['usable_cores']} usable cores; "
+        f"torch {versions['torch']} ({machine['torch_threads']} threads), onnxruntime {versions['onnxruntime']} "
         f"({machine['ort_intra_op_threads']} intra-op threads, {machine['ort_inter_op_threads']} inter-op, "
         "no spinning, default graph optimisation)"
     )
+
+
+def tables(results: Sequence[dict[str, Any]]) -> str:
+    measured = [result for result in results if "error" not in result]
+    return f"{results_table(measured)}\n\n{batchnorm_table(measured)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings, resolution = settings_for(args)
     torch.set_num_threads(settings.threads)
-    cases, zoo_note = zoo_cases()
-    cases += reference_cases(resolution)
-    if args.models:
-        unknown = sorted(set(args.models) - {case.name for case in cases})
-        if unknown:
-            print(f"unknown model(s) {unknown}; choose from {[case.name for case in cases]}", file=sys.stderr)
-            return 2
-        cases = [case for case in cases if case.name in args.models]
-    started = time.perf_counter()
-    results = run_cases(cases, settings)
-    measured = [result for result in results if "error" not in result]
-    table = f"{results_table(measured)}\n\n{batchnorm_table(measured)}"
+    try:
+        cases, zoo_note = select_cases(args.models, resolution)
+    except ValueError as error:
+        print(f"bench.folding_speedup: {error}", file=sys.stderr)
+        return 2
     machine = machine_description(
         torch_threads=torch.get_num_threads(),
         ort_intra_op_threads=settings.threads,
         ort_inter_op_threads=1,
         ort_allow_spinning=False,
     )
-    print(f"\n{table}\n\n{machine_line(machine)}")
-    for note in [zoo_note] + [f"{r['model']}: {r['error']}" for r in results if "error" in r]:
-        if note:
-            print(f"note: {note}")
-    payload = {
+    started = time.perf_counter()
+    payload: dict[str, Any] = {
         "benchmark": "folding_speedup",
         "quick": args.quick,
         "resolution": resolution,
         "machine": machine,
         "settings": {"batches": settings.batches, "repetitions": settings.repetitions, "warmup": settings.warmup},
         "zoo_note": zoo_note,
-        "wall_seconds": time.perf_counter() - started,
-        "results": results,
-        "table": table,
     }
-    path = save_results("folding_speedup_quick" if args.quick else "folding_speedup", payload)
-    print(f"saved {path}")
+    name = "folding_speedup_quick" if args.quick else "folding_speedup"
+
+    def save(results: list[dict[str, Any]], complete: bool = False) -> Path:
+        extra = {"complete": complete, "wall_seconds": time.perf_counter() - started, "table": tables(results)}
+        return save_results(name, {**payload, **extra, "results": results})
+
+    results = run_cases(cases, settings, save)
+    path = save(results, complete=True)
+    print(f"\n{tables(results)}\n\n{machine_line(machine)}")
+    for note in [zoo_note] + [f"{r['model']}: {r['error']}" for r in results if "error" in r]:
+        if note:
+            print(f"note: {note}")
+    print(f"saved {path} ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
