@@ -72,6 +72,16 @@ def test_fold_fails_loudly_on_a_model_it_cannot_read(
     (incoming / "broken.onnx").write_bytes(b"this is not an ONNX model")
     result = run_fold(builder, default_repository, tmp_path / "models", incoming)
     assert result.returncode != 0
-    assert "broken" in result.stderr
-    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith("bnfold fold-and-export: ") and str(incoming / "broken.onnx") in line
     assert not (tmp_path / "models" / "broken").exists()
+
+
+def test_fold_fails_when_there_is_nothing_to_serve(builder: StageEnvironment, tmp_path: Path) -> None:
+    volume, empty = tmp_path / "models", tmp_path / "empty"
+    empty.mkdir()
+    result = run_fold(builder, empty, volume, empty)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"fold.sh: no model in {volume}; the image's default repository {empty} is missing or empty\n"
+    )
