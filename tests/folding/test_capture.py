@@ -109,3 +109,23 @@ def test_caller_model_keeps_its_modules_and_parameters_objects() -> None:
     result = fold(model, (randn(2, 3, 6, 6),))
     assert model[0].weight is weight and model[1] is bn and isinstance(model[1], nn.BatchNorm2d)
     assert result.model.get_parameter("0.weight") is not weight
+
+
+class ArgmaxHead(nn.Module):
+    """Returns the logits, an integer arg-max and an empty tensor: every output kind is measured."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits = self.bn(self.linear(x))
+        return logits, logits.argmax(1), logits[:, :0]
+
+
+def test_integer_and_empty_outputs_are_measured_end_to_end() -> None:
+    model = randomise_batchnorm(ArgmaxHead()).eval()
+    result = fold(model, (randn(6, 4),))
+    assert result.report.max_output_error is not None and result.report.max_output_error < 1e-5
+    assert result.report["bn"].action.value == "folded_into_previous"
