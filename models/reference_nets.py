@@ -234,9 +234,13 @@ class DenseNet(nn.Module):
 
 
 def _transition(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.Conv2d(c_in, c_out, 1, bias=False), nn.AvgPool2d(2, 2)
-    )
+    """BN → ReLU → 1×1 conv → 2×2 average pool, with torchvision's submodule names."""
+    transition = nn.Sequential()
+    transition.add_module("norm", nn.BatchNorm2d(c_in))
+    transition.add_module("relu", nn.ReLU(inplace=True))
+    transition.add_module("conv", nn.Conv2d(c_in, c_out, 1, bias=False))
+    transition.add_module("pool", nn.AvgPool2d(2, 2))
+    return transition
 
 
 def _initialise(model: nn.Module) -> None:

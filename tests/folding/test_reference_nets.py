@@ -30,7 +30,12 @@ TORCHVISION_KEYS = {
     "resnet18": ["bn1.running_var", "layer2.0.downsample.1.running_mean", "layer4.1.bn2.weight", "fc.bias"],
     "resnet50": ["layer1.0.downsample.0.weight", "layer3.5.bn3.running_var", "layer4.2.conv3.weight"],
     "mobilenet_v2": ["features.0.1.weight", "features.1.conv.2.running_mean", "features.2.conv.1.0.weight"],
-    "densenet_small": ["features.norm0.weight", "features.denseblock1.denselayer1.norm1.running_var"],
+    "densenet_small": [
+        "features.norm0.weight",
+        "features.denseblock1.denselayer1.norm1.running_var",
+        "features.transition2.conv.weight",
+        "features.norm5.bias",
+    ],
 }
 
 
