@@ -91,4 +91,4 @@ class NginxProcess:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         assert self._process is not None
         self._process.terminate()
-        self._process.wait(timeout=10)
+        self._process.communicate(timeout=10)  # waits, and closes the stderr pipe
