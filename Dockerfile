@@ -17,8 +17,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     BNFOLD_REPOSITORY=/models
+# The fold service runs PyTorch as this user, which may want a writable home (caches): give it one.
 RUN python -m venv /opt/venv \
-    && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin bnfold \
+    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/bnfold --shell /usr/sbin/nologin bnfold \
     && install -d -o bnfold -g bnfold /models
 WORKDIR /opt/bnfold
 # Dependencies first, read from pyproject.toml alone: this layer is rebuilt only when pyproject.toml changes.
