@@ -28,6 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from folding.arithmetic import ScaleShift, batchnorm_scale_shift
 from folding.errors import FoldingError
 from folding.torch_capture import overrides_forward
+from folding.torch_rules import has_hooks
 from folding.torch_tensors import as_f64, optional_f64
 
 FUNCTIONAL_BATCHNORMS = (functional.batch_norm, torch.batch_norm)
@@ -123,6 +124,8 @@ def _module_refusal(module: _BatchNorm) -> str | None:
         return "in training mode it normalises with batch statistics; call model.eval() before folding"
     if not module.track_running_stats or module.running_mean is None or module.running_var is None:
         return f"track_running_stats=False: it normalises with batch statistics at inference; {_BATCH_STATISTICS_FIX}"
+    if has_hooks(module):
+        return "it has forward hooks, which would no longer run if it were folded away; remove them to let it fold"
     if overrides_forward(module):
         base = _plain_base(type(module)).__name__
         return (

@@ -66,6 +66,11 @@ def _into_scale_shift(module: nn.Module, affine: ScaleShift, ndim: int | None) -
     return NewTensors({"scale": composed.scale, "shift": composed.shift})
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """True when the module runs forward (pre-)hooks of its own: folding cannot see what they do."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 def reads_zero_padding(conv: _ConvNd) -> bool:
     """True when the conv pads its input with zeros (padding_mode 'zeros' and some padding > 0)."""
     if conv.padding_mode != "zeros":
@@ -124,6 +129,8 @@ def apply_rule(
     rule = table.get(type(module))
     if rule is None:
         return f"{type(module).__name__} has no fold rule in this direction"
+    if has_hooks(module):
+        return "it has forward hooks (e.g. torch.nn.utils.weight_norm), which may recompute its weights or output"
     try:
         return rule(module, affine, ndim)
     except FoldingError as error:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from folding import Action, fold
+from folding import Action, FoldingError, fold
 from folding.torch_scale_shift import ChannelScaleShift
 from tests.folding.helpers import (
     FP32_REL,
@@ -209,3 +209,31 @@ def test_batchnorm_with_nan_statistics_is_kept_with_the_fix() -> None:
     entry = result.report["1"]
     assert entry.action is Action.KEPT
     assert entry.reason == "BatchNorm var holds NaN or Inf; re-estimate the statistics first"
+
+
+def test_layer_with_a_forward_hook_is_not_folded_into() -> None:
+    """A hook changing the conv's output (here + 1) would run after the fused conv: s·z + t + 1 ≠ s·(z + 1) + t."""
+    model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    model[0].register_forward_hook(lambda module, args, output: output + 1)
+    result = check_fold(model, (randn(2, 3, 6, 6),), remaining=0)
+    entry = result.report["1"]
+    assert entry.action is Action.LOWERED
+    assert "layer 0: it has forward hooks (e.g. torch.nn.utils.weight_norm)" in (entry.reason or "")
+
+
+def test_weight_norm_model_that_cannot_be_copied_gives_a_one_line_error() -> None:
+    model = prepared(nn.Sequential(torch.nn.utils.weight_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4)))
+    with pytest.raises(FoldingError) as raised:
+        fold(model, (randn(2, 3, 6, 6),))
+    message = str(raised.value)
+    assert message.startswith("cannot deep-copy Sequential (RuntimeError: ") and "\n" not in message
+    assert message.endswith("fold never mutates the caller's model, so the model must support copy.deepcopy")
+
+
+def test_batchnorm_with_a_forward_hook_is_kept() -> None:
+    model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    seen: list[int] = []
+    model[1].register_forward_hook(lambda module, args, output: seen.append(output.shape[0]))
+    result = check_fold(model, (randn(2, 3, 6, 6),), remaining=1)
+    assert result.report["1"].action is Action.KEPT
+    assert (result.report["1"].reason or "").startswith("it has forward hooks, which would no longer run")
