@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from rich.console import Console
+
 from models.errors import ModelsError
 
 EXIT_FAILED = 1
@@ -61,3 +63,9 @@ def run(command: str, work: Callable[[], Any], *, as_json: bool, show: Callable[
     else:
         show(result)
     return 0
+
+
+def stdout_console() -> Console:
+    """A rich console for tables on stdout: the terminal's width, or 200 columns when piped (no wrapping)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from models.cli_support import OneLineParser, run
+from models.cli_support import OneLineParser, run, stdout_console
 from models.entry_check import verify_entry
 from models.repository import read_manifest
 
@@ -55,7 +54,7 @@ def _show_report(manifest: dict[str, Any]) -> None:
         error = entry.get("max_error")
         table.add_row(entry["bn"], entry["action"], entry.get("target") or "—", entry.get("reason") or "—",
                       "—" if error is None else f"{error:.2e}")  # fmt: skip
-    console = Console()
+    console = stdout_console()
     console.print(table)
     variants = manifest["variants"]
     console.print(

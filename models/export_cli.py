@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from models.cli_support import OneLineParser, run
+from models.cli_support import OneLineParser, run, stdout_console
+from models.errors import BadInputError
 from models.progress import Progress
 
 TASKS = ("classification", "regression", "reconstruction")
@@ -36,6 +36,8 @@ def _fold_and_export_parser() -> OneLineParser:
     parser.add_argument("--input-shape", metavar="1,3,32,32", help="input shape (leading batch size is ignored)")
     parser.add_argument("--name", help="entry name (default: from the SPEC)")
     parser.add_argument("--task", choices=TASKS, help="how the service compares variants (default: regression)")
+    parser.add_argument("--atol", type=float, help="equivalence tolerance: absolute part (default 1e-6 for float32)")
+    parser.add_argument("--rtol", type=float, help="equivalence tolerance: part relative to max|reference| (1e-5)")
     parser.add_argument("--out", type=Path, required=True, metavar="REPO_DIR", help="the model repository")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     return parser  # fmt: skip
@@ -55,17 +57,28 @@ def fold_and_export_main(argv: Sequence[str]) -> int:
             weights=args.weights,
             input_shape=args.input_shape,
             task=args.task,
+            tolerance=_tolerance(args.atol, args.rtol),
             progress=progress,
         )
 
     return run("fold-and-export", work, as_json=args.json, show=_show_export)
 
 
+def _tolerance(atol: float | None, rtol: float | None) -> tuple[float, float] | None:
+    """(atol, rtol) when either is given (the other then defaults to float32's), else None."""
+    if atol is None and rtol is None:
+        return None
+    chosen = (1e-6 if atol is None else atol, 1e-5 if rtol is None else rtol)
+    if not all(0.0 <= value < float("inf") for value in chosen):
+        raise BadInputError(f"--atol/--rtol must be finite and ≥ 0, got {chosen}")
+    return chosen
+
+
 def _show_export(summary: Any) -> None:
     errors = ", ".join(f"{variant} {value:.2e}" for variant, value in summary.max_abs_error.items())
     print(f"wrote {summary.path}: {summary.fold_summary}; BatchNormalization nodes unfolded "
           f"{summary.batchnorm_nodes['unfolded']}, folded {summary.batchnorm_nodes['folded']}; "
-          f"max |Δ| vs PyTorch: {errors}")  # fmt: skip
+          f"max |Δ| vs {summary.reference}: {errors}")  # fmt: skip
     for note in summary.notes:
         print(f"note: {note}")
 
@@ -98,7 +111,7 @@ def _show_default(result: dict[str, Any]) -> None:
         metrics = ", ".join(f"{key} {value:.4g}" for key, value in model["metrics"].items())
         table.add_row(model["name"], model["status"], model["fold_summary"], metrics,
                       _seconds(model["train_seconds"]), _seconds(model["export_seconds"]))  # fmt: skip
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def _seconds(value: float | None) -> str:

@@ -26,7 +26,8 @@ class ExportSummary:
     source: str
     fold_summary: str
     batchnorm_nodes: dict[str, int]
-    max_abs_error: dict[str, float]
+    max_abs_error: dict[str, float]  # variant → max |Δ| against `reference`
+    reference: str  # "PyTorch" (the source model) or "unfolded.onnx" (ONNX input: no PyTorch model)
     metrics: dict[str, float]
     notes: list[str]
     seconds: float
@@ -48,6 +49,7 @@ class ExportSummary:
             "fold_summary": self.fold_summary,
             "batchnorm_nodes": self.batchnorm_nodes,
             "max_abs_error": self.max_abs_error,
+            "reference": self.reference,
             "metrics": self.metrics,
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
@@ -65,6 +67,7 @@ def fold_and_export(
     weights: Path | None = None,
     input_shape: str | None = None,
     task: str | None = None,
+    tolerance: tuple[float, float] | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> ExportSummary:
@@ -78,6 +81,8 @@ def fold_and_export(
     publish.check_target(out, name)
     if task is not None:
         candidate.task = task
+    if tolerance is not None:
+        candidate.tolerance = {"atol": tolerance[0], "rtol": tolerance[1]}
     with progress.step("verifying (onnx.checker, onnxruntime, BatchNorm counts)"):
         verified = publish.verify_candidate(candidate)
     path = publish.publish(candidate, verified, out, name)
@@ -88,6 +93,7 @@ def fold_and_export(
         fold_summary=str(candidate.fold_report["summary"]),
         batchnorm_nodes=verified.batchnorm_nodes,
         max_abs_error=verified.max_abs_error,
+        reference="PyTorch" if candidate.reference is not None else "unfolded.onnx",
         metrics=candidate.metrics,
         notes=candidate.notes,
         seconds=time.perf_counter() - start,
@@ -113,4 +119,10 @@ def _candidate(
     with progress.step(f"loading {spec}" + (" (training when not cached)" if spec.startswith("zoo:") else "")):
         loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir)
     load_seconds = time.perf_counter() - start
-    return candidate_from_model(loaded, progress), loaded.default_name, loaded.train_seconds, load_seconds
+    if spec.endswith(".pt2"):
+        from models.onnx_candidate import candidate_from_archive
+
+        candidate = candidate_from_archive(loaded, progress)
+    else:
+        candidate = candidate_from_model(loaded, progress)
+    return candidate, loaded.default_name, loaded.train_seconds, load_seconds

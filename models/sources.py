@@ -76,19 +76,28 @@ def _from_archive(spec: str, weights: Path | None, input_shape: str | None) -> L
         ) from None
     module = program.module()
     weights_sha = specs.load_weights(module, weights) if weights is not None else specs.sha256_file(path)
-    if input_shape is not None:
-        batch = specs.random_batch(specs.parse_shape(input_shape))
-    else:
-        batch = _archive_batch(program, path)
+    batch = _archive_batch(program, path, input_shape)
     return _finish(module, batch, spec, weights_sha, input_shape or "of the archive's example inputs")
 
 
-def _archive_batch(program: torch.export.ExportedProgram, path: Path) -> Tensor:
-    examples: tuple[tuple[object, ...], dict[str, object]] | None = getattr(program, "example_inputs", None)
-    args = examples[0] if examples else ()
-    if len(args) != 1 or not isinstance(args[0], Tensor):
-        raise BadInputError(f"{path} stores no single example input; pass --input-shape, e.g. 1,3,32,32")
-    return specs.random_batch(tuple(args[0].shape))
+def _archive_batch(program: torch.export.ExportedProgram, path: Path, input_shape: str | None) -> Tensor:
+    """A calibration batch for the archive's single input; its batch axis must have been exported dynamic."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    placeholders = [node for node in program.graph.nodes if node.op == "placeholder" and node.name in user_inputs]
+    values = [node.meta.get("val") for node in placeholders]
+    if len(values) != 1 or not isinstance(values[0], Tensor) or values[0].dim() == 0:
+        raise BadInputError(f"{path} takes {len(values)} inputs; fold-and-export handles one tensor input")
+    shape = values[0].shape
+    if isinstance(shape[0], int):
+        raise BadInputError(
+            f"{path} was exported with a fixed batch size {shape[0]}; re-export it with "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},)"
+        )
+    if input_shape is not None:
+        return specs.random_batch(specs.parse_shape(input_shape))
+    if not all(isinstance(size, int) for size in shape[1:]):
+        raise BadInputError(f"{path} has symbolic dimensions besides the batch; pass --input-shape")
+    return specs.random_batch((1, *(int(size) for size in shape[1:])))
 
 
 def _finish(module: nn.Module, batch: Tensor, source: str, weights_sha: str | None, shape_text: str) -> LoadedModel:

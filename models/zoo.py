@@ -44,11 +44,11 @@ ZOO: dict[str, ZooModel] = {
     for model in (
         ZooModel(
             "digits_resnet", architectures.DigitsResNet, "digits", "classification", "input", "logits",
-            TrainConfig(epochs=8),
+            TrainConfig(epochs=12),
         ),
         ZooModel(
             "digits_mobilenet", architectures.DigitsMobileNet, "digits", "classification", "input", "logits",
-            TrainConfig(epochs=10),
+            TrainConfig(epochs=15),
         ),
         ZooModel(
             "digits_autoencoder", architectures.DigitsAutoencoder, "digits", "reconstruction", "input",

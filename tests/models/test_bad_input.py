@@ -1,0 +1,131 @@
+"""Each bad input of issue 3: a one-line error naming the problem and the fix, exit ≠ 0, nothing left behind."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.models import tiny_nets
+from tests.models.cli_helpers import bnfold, repository_contents
+
+TINY = "tests/models/tiny_nets.py"
+
+
+def _fails_cleanly(ran_code: int, err: str, repository: Path, *fragments: str) -> None:
+    assert ran_code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bnfold fold-and-export: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert repository_contents(repository) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragments"),
+    [
+        ("tests/models/missing_net.py:build", ("missing_net.py not found", "check the path")),
+        (f"{TINY}:broken", ("raised ValueError: the factory is broken on purpose", "fix the factory")),
+        (f"{TINY}:not_a_module", ("returned a dict, not a torch.nn.Module",)),
+        (f"{TINY}:no_such_factory", ("has no function 'no_such_factory'",)),
+        ("tests.models.no_such_module:build", ("module 'tests.models.no_such_module' not found",)),
+        ("zoo:no_such_net", ("no zoo model 'no_such_net'", "digits_resnet")),
+        ("missing.pt2", ("missing.pt2 not found",)),
+        ("missing.onnx", ("missing.onnx not found",)),
+        ("justaname", ("is not a SPEC", "zoo:NAME")),
+    ],
+    ids=["missing_file", "factory_raises", "not_a_module", "missing_factory", "missing_module", "unknown_zoo",
+         "missing_pt2", "missing_onnx", "not_a_spec"],
+)  # fmt: skip
+def test_unusable_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path, spec: str, fragments: tuple[str]) -> None:
+    repository = tmp_path / "repo"
+    ran = bnfold(capsys, "fold-and-export", "--model", spec, "--input-shape", "1,3,8,8", "--out", repository)
+    _fails_cleanly(ran.code, ran.err, repository, *fragments)
+
+
+def test_weights_that_do_not_match_the_architecture(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    weights = tmp_path / "other.pt"
+    torch.save(tiny_nets.other_architecture().state_dict(), weights)
+    repository = tmp_path / "repo"
+    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--weights", weights,
+                 "--input-shape", "1,3,8,8", "--out", repository)  # fmt: skip
+    _fails_cleanly(ran.code, ran.err, repository, "other.pt do not match the architecture", "size mismatch")
+
+
+class _Marker:
+    """Unpickling this would create a file: proof that arbitrary objects were (not) unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def test_weights_are_never_unpickled(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    weights = tmp_path / "evil.pt"
+    weights.write_bytes(pickle.dumps(_Marker(str(marker))))
+    repository = tmp_path / "repo"
+    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--weights", weights,
+                 "--input-shape", "1,3,8,8", "--out", repository)  # fmt: skip
+    _fails_cleanly(ran.code, ran.err, repository, "cannot read weights", "state_dict")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("shape", "fragments"),
+    [("1,5,8,8", ("rejects input shape 1,5,8,8", "--input-shape it expects")),
+     ("1,3,eight", ("not a list of positive integers",)), ("1,0,8,8", ("not a list of positive integers",))],
+    ids=["rejected_by_model", "not_numbers", "zero_size"],
+)  # fmt: skip
+def test_bad_input_shape(capsys: pytest.CaptureFixture[str], tmp_path: Path, shape: str, fragments: tuple[str]) -> None:
+    repository = tmp_path / "repo"
+    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--input-shape", shape, "--out", repository)
+    _fails_cleanly(ran.code, ran.err, repository, *fragments)
+
+
+def test_missing_input_shape(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--out", repository)
+    _fails_cleanly(ran.code, ran.err, repository, "needs --input-shape")
+
+
+def test_output_directory_that_exists(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    (repository / "mine").mkdir(parents=True)
+    (repository / "mine" / "keep.txt").write_text("user data")
+    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--input-shape", "1,3,8,8",
+                 "--name", "mine", "--out", repository)  # fmt: skip
+    assert ran.code == 1 and "already exists" in ran.err and "--name" in ran.err
+    assert repository_contents(repository) == ["mine", "mine/keep.txt"]
+
+
+def test_name_the_format_forbids(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--input-shape", "1,3,8,8",
+                 "--name", "../escape", "--out", repository)  # fmt: skip
+    _fails_cleanly(ran.code, ran.err, repository, "model name '../escape' is not allowed")
+
+
+def test_failed_verification_names_the_excess_and_leaves_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A zero tolerance cannot be met by a folded float32 model: the check fails, by a stated amount."""
+    repository = tmp_path / "repo"
+    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--input-shape", "1,3,8,8",
+                 "--atol", "0", "--rtol", "0", "--out", repository, "--json")  # fmt: skip
+    _fails_cleanly(ran.code, ran.err, repository, "differs from the PyTorch model by max |Δ| = ", "over the tolerance")
+    assert ran.json()["ok"] is False
+
+
+def test_usage_error_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    ran = bnfold(capsys, "fold-and-export", "--out", tmp_path)
+    assert ran.code == 2
+    assert ran.err.strip().splitlines() == [
+        "bnfold fold-and-export: the following arguments are required: --model (see bnfold fold-and-export --help)"
+    ]
