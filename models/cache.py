@@ -76,7 +76,7 @@ def load(key: CacheKey, factory: Callable[[], nn.Module], cache_dir: Path | None
         meta = json.loads(meta_path.read_text())
         model = factory()
         model.load_state_dict(torch.load(weights_path, weights_only=True))
-    except (OSError, ValueError, RuntimeError, KeyError):
+    except Exception:  # torch.load on a damaged file raises anything (IndexError, UnpicklingError, …)
         return None
     model.eval()
     return CachedWeights(model, dict(meta["metrics"]), float(meta["seconds"]), weights_path)
