@@ -15,8 +15,9 @@ from torch import fx, nn
 from folding.report import FoldEntry, FoldReport
 from folding.torch_batchnorm import describe_batchnorm, is_batchnorm_node
 from folding.torch_capture import capture, normalise_inputs, private_copy
-from folding.torch_measure import Recording, max_abs_error, output_error, record
+from folding.torch_measure import output_error, record
 from folding.torch_plan import Outcome, decide
+from folding.torch_rules import INTO_NEXT
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,26 @@ def fold(model: nn.Module, example_inputs: object, *, lower_unfoldable: bool = T
     inputs = normalise_inputs(example_inputs)
     graph_module = capture(private_copy(model))
     batchnorms = [node for node in graph_module.graph.nodes if is_batchnorm_node(graph_module, node)]
-    keep = {node.name for node in batchnorms} | {user.name for node in batchnorms for user in node.users}
-    reference = record(graph_module, inputs, keep)
+    reference = record(graph_module, inputs, _measured_nodes(graph_module, batchnorms))
     outcomes = _fold_all(graph_module, batchnorms, reference.ndims, lower_unfoldable)
     graph_module.graph.lint()
     graph_module.delete_all_unused_submodules()
     _align_containers(graph_module)
     graph_module.recompile()
-    folded = record(graph_module, inputs, {outcome.replacement for outcome in outcomes})
-    return FoldResult(graph_module, _report(outcomes, reference, folded))
+    compare = {o.replacement: reference.values[o.reference] for o in outcomes if o.reference in reference.values}
+    folded = record(graph_module, inputs, set(), compare)
+    return FoldResult(graph_module, _report(outcomes, folded.errors, output_error(folded.output, reference.output)))
+
+
+def _measured_nodes(graph_module: fx.GraphModule, batchnorms: list[fx.Node]) -> set[str]:
+    """The nodes whose unfolded values the report needs: every BN, and every layer a BN may fold into
+    forward (its output is then the BN's replacement)."""
+    names = {node.name for node in batchnorms}
+    for node in batchnorms:
+        for user in node.users:
+            if user.op == "call_module" and type(graph_module.get_submodule(str(user.target))) in INTO_NEXT:
+                names.add(user.name)
+    return names
 
 
 def _fold_all(
@@ -74,15 +86,6 @@ def _align_containers(graph_module: fx.GraphModule) -> None:
             module.train(graph_module.training)
 
 
-def _report(outcomes: list[Outcome], reference: Recording, folded: Recording) -> FoldReport:
-    entries = [
-        FoldEntry(
-            bn=outcome.bn,
-            action=outcome.action,
-            target=outcome.target,
-            reason=outcome.reason,
-            max_error=max_abs_error(folded.values.get(outcome.replacement), reference.values.get(outcome.reference)),
-        )
-        for outcome in outcomes
-    ]
-    return FoldReport(entries=entries, max_output_error=output_error(folded.output, reference.output))
+def _report(outcomes: list[Outcome], errors: dict[str, float | None], output: float | None) -> FoldReport:
+    entries = [FoldEntry(o.bn, o.action, o.target, o.reason, errors.get(o.replacement)) for o in outcomes]
+    return FoldReport(entries=entries, max_output_error=output)

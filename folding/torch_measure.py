@@ -21,17 +21,21 @@ from folding.errors import FoldingError
 
 @dataclass
 class Recording:
-    """The graph's output, the kept nodes' values (by node name) and every tensor node's ndim."""
+    """The graph's output, the kept nodes' values and the compared nodes' errors (by node name), and every
+    tensor node's ndim."""
 
     output: Any
     values: dict[str, Tensor] = field(default_factory=dict)
+    errors: dict[str, float | None] = field(default_factory=dict)
     ndims: dict[str, int] = field(default_factory=dict)
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, graph_module: fx.GraphModule, keep: set[str], recording: Recording) -> None:
+    def __init__(
+        self, graph_module: fx.GraphModule, keep: set[str], compare: dict[str, Tensor], recording: Recording
+    ) -> None:
         super().__init__(graph_module)
-        self.keep, self.recording = keep, recording
+        self.keep, self.compare, self.recording = keep, compare, recording
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
@@ -39,6 +43,8 @@ class _Recorder(fx.Interpreter):
             self.recording.ndims[n.name] = result.dim()
             if n.name in self.keep:  # cloned: a later in-place op (ReLU(inplace=True)) would overwrite it
                 self.recording.values[n.name] = result.detach().clone()
+            if n.name in self.compare:  # compared now, before any in-place op: no copy needed
+                self.recording.errors[n.name] = max_abs_error(result, self.compare[n.name])
         return result
 
 
@@ -59,13 +65,19 @@ def _untouched(graph_module: fx.GraphModule) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-def record(graph_module: fx.GraphModule, inputs: tuple[Tensor, ...], keep: set[str]) -> Recording:
-    """Run the graph on `inputs`, keeping the values of the nodes named in `keep`."""
+def record(
+    graph_module: fx.GraphModule,
+    inputs: tuple[Tensor, ...],
+    keep: set[str],
+    compare: dict[str, Tensor] | None = None,
+) -> Recording:
+    """Run the graph on `inputs`, keeping the values of the nodes named in `keep` and measuring the max abs
+    error of each node named in `compare` against the reference tensor given there."""
     recording = Recording(output=None)
     try:
         with torch.no_grad(), _untouched(graph_module), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            recording.output = _Recorder(graph_module, keep, recording).run(*inputs)
+            recording.output = _Recorder(graph_module, keep, compare or {}, recording).run(*inputs)
     except Exception as error:  # the user's forward can raise anything on unsuitable inputs
         first_line = (str(error).strip().splitlines() or ["no message"])[0]
         raise FoldingError(
