@@ -9,7 +9,7 @@ PORT ?= 8000
 # The CPU build of torch lies on some machines' disk; use it when it is there.
 PIP_LOCAL := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: serve test lint typecheck pytest repository bench clean
+.PHONY: serve test lint typecheck pytest repository bench clean deploy-tools
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,12 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-pytest: $(BIN)/.installed
+pytest: $(BIN)/.installed deploy-tools
 	$(BIN)/python -m pytest -q
+
+## Debian packages the deploy tests run (nginx, shellcheck, a compose client); idempotent.
+deploy-tools:
+	sh scripts/ensure-deploy-tools.sh
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run_all
