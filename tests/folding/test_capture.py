@@ -129,3 +129,14 @@ def test_integer_and_empty_outputs_are_measured_end_to_end() -> None:
     result = fold(model, (randn(6, 4),))
     assert result.report.max_output_error is not None and result.report.max_output_error < 1e-5
     assert result.report["bn"].action.value == "folded_into_previous"
+
+
+def test_folding_a_folded_model_is_a_no_op() -> None:
+    """The result is itself foldable input (a GraphModule): nothing left to fold, same function."""
+    model = randomise_batchnorm(nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    x = randn(2, 3, 6, 6)
+    once = fold(model.eval(), (x,))
+    twice = check_fold(once.model, (x,), remaining=0)
+    assert [e.action.value for e in once.report] == ["lowered_to_scale_shift", "folded_into_previous"]
+    assert len(twice.report) == 0
+    assert relative_error(twice.model, model, x) <= FP32_REL
