@@ -109,10 +109,10 @@ def _show_default(result: dict[str, Any]) -> None:
         table.add_column(column)
     for model in models:
         metrics = ", ".join(f"{key} {value:.4g}" for key, value in model["metrics"].items())
-        table.add_row(model["name"], model["status"], model["fold_summary"], metrics,
-                      _seconds(model["train_seconds"]), _seconds(model["export_seconds"]))  # fmt: skip
+        train, export = _seconds(model["train_seconds"], "cached"), _seconds(model["export_seconds"], "reused")
+        table.add_row(model["name"], model["status"], model["fold_summary"], metrics, train, export)
     stdout_console().print(table)
 
 
-def _seconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f}"
+def _seconds(value: float | None, missing: str) -> str:
+    return missing if value is None else f"{value:.1f}"

@@ -119,6 +119,9 @@ def _candidate(
     with progress.step(f"loading {spec}" + (" (training when not cached)" if spec.startswith("zoo:") else "")):
         loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir)
     load_seconds = time.perf_counter() - start
+    if spec.startswith("zoo:"):
+        how = "weights from the cache" if loaded.train_seconds is None else f"trained in {loaded.train_seconds:.1f} s"
+        progress.say(f"  {how}; held-out {loaded.metrics}")
     if spec.endswith(".pt2"):
         from models.onnx_candidate import candidate_from_archive
 
