@@ -57,7 +57,7 @@ async def _lifespan(app: FastAPI, plane: DataPlane) -> AsyncIterator[None]:
 
 
 async def _load(plane: DataPlane) -> None:
-    await anyio.to_thread.run_sync(load_all, plane.registry, plane.settings, abandon_on_cancel=True)
+    await anyio.to_thread.run_sync(load_all, plane.registry, plane.settings, plane.metrics, abandon_on_cancel=True)
     metrics = plane.metrics
     for model in plane.registry.models.values():
         metrics.model_ready.labels(model.name).set(model.state == "ready")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnxruntime as ort
+
+from service.batching import BatchingRunner
 from service.equivalence import Equivalence, compare
+from service.metrics import ServiceMetrics
 from service.model import Registry, ServedModel, Variant
 from service.repository import Entry, EntryError, load_calibration, read_entry
-from service.runtime import SessionConfig, SessionRunner, check_signature, open_session
+from service.runtime import Runner, SessionConfig, SessionRunner, check_signature, open_session
 from service.settings import Settings
 
 log = logging.getLogger("bnfold.service")
@@ -23,25 +29,63 @@ def session_configs(settings: Settings, session_count: int) -> dict[str, Session
     }
 
 
-def load_all(registry: Registry, settings: Settings) -> None:
+@dataclass
+class RunnerFactory:
+    """Wraps each variant's SessionRunner: a process-wide gate on concurrent onnxruntime runs (cores //
+    intra-op threads, so sessions never oversubscribe the cores), and the dynamic batcher when enabled."""
+
+    settings: Settings
+    concurrent_runs: int
+    metrics: ServiceMetrics | None = None
+    gate: threading.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = threading.Semaphore(self.concurrent_runs)
+
+    def session_runner(self, session: ort.InferenceSession) -> SessionRunner:
+        return SessionRunner(session, self.gate)
+
+    def serving_runner(self, model: str, variant: str, runner: SessionRunner) -> Runner:
+        if not self.settings.dynamic_batching:
+            return runner
+        metrics = self.metrics
+
+        def observe(requests: int, samples: int) -> None:
+            if metrics is not None:
+                metrics.observe_batch(model, variant, requests, samples)
+
+        settings = self.settings
+        return BatchingRunner(
+            runner, settings.max_batch_size, settings.max_batch_delay_ms, self.concurrent_runs, observe
+        )
+
+
+def load_all(registry: Registry, settings: Settings, metrics: ServiceMetrics | None = None) -> None:
     """Load every model of the registry in turn (blocking; run it in a worker thread)."""
-    configs = session_configs(settings, 2 * len(registry.models))
+    session_count = 2 * len(registry.models)
+    configs = session_configs(settings, session_count)
+    factory = RunnerFactory(settings, settings.concurrent_runs(session_count), metrics)
     for model in registry.models.values():
-        load_into(model, settings.repository / model.name, configs)
+        load_into(model, settings.repository / model.name, configs, factory)
     registry.loaded = True
     ready = sum(model.state == "ready" for model in registry.models.values())
     log.info("loading ended: %d of %d models ready", ready, len(registry.models))
 
 
-def load_into(model: ServedModel, directory: Path, configs: dict[str, SessionConfig]) -> None:
+def load_into(model: ServedModel, directory: Path, configs: dict[str, SessionConfig], factory: RunnerFactory) -> None:
     """Fill `model` from its directory; on any refusal it becomes unavailable with the reason logged."""
     try:
         entry = read_entry(directory)
         model.manifest = entry.manifest
-        runners = _open_runners(entry, configs)
+        runners = _open_runners(entry, configs, factory)
         model.calibration = _calibrate(entry, runners)
         model.variants = {
-            name: Variant(name, runner, configs[name], entry.manifest.variants[name].batchnorm_nodes)
+            name: Variant(
+                name,
+                factory.serving_runner(model.name, name, runner),
+                configs[name],
+                entry.manifest.variants[name].batchnorm_nodes,
+            )
             for name, runner in runners.items()
         }
     except EntryError as error:
@@ -56,12 +100,12 @@ def load_into(model: ServedModel, directory: Path, configs: dict[str, SessionCon
     log.info("model %r ready (calibration %s)", model.name, model.calibration.describe())
 
 
-def _open_runners(entry: Entry, configs: dict[str, SessionConfig]) -> dict[str, SessionRunner]:
+def _open_runners(entry: Entry, configs: dict[str, SessionConfig], factory: RunnerFactory) -> dict[str, SessionRunner]:
     runners = {}
     for name, config in configs.items():
         session = open_session(entry.variant_path(name), config)
         check_signature(session, entry.manifest.inputs, entry.manifest.outputs)
-        runners[name] = SessionRunner(session)
+        runners[name] = factory.session_runner(session)
     return runners
 
 

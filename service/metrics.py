@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from service.equivalence import Equivalence
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -29,6 +30,20 @@ class ServiceMetrics:
             "onnxruntime run time of one variant",
             ("model", "variant"),
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            "bnfold_batch_requests",
+            "Requests merged into one onnxruntime run by the dynamic batcher (count = runs, sum = requests)",
+            ("model", "variant"),
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_samples = Histogram(
+            "bnfold_batch_samples",
+            "Samples (axis 0) of one onnxruntime run made by the dynamic batcher",
+            ("model", "variant"),
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self._equivalence_metrics()
@@ -59,6 +74,10 @@ class ServiceMetrics:
             self.mismatches.labels(model).inc()
         self.max_abs.labels(model).set(max_abs_seen)
         self.max_rel.labels(model).set(max_rel_seen)
+
+    def observe_batch(self, model: str, variant: str, requests: int, samples: int) -> None:
+        self.batch_requests.labels(model, variant).observe(requests)
+        self.batch_samples.labels(model, variant).observe(samples)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

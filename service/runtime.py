@@ -7,7 +7,9 @@ the data plane or the HTTP layer changing.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,12 +102,15 @@ def _check_node(kind: str, spec: TensorSpec, node: Any) -> None:
 class SessionRunner:
     """A `Runner` on one InferenceSession; `run` executes it in a worker thread (ORT releases the GIL)."""
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, gate: threading.Semaphore | None = None) -> None:
         self.session = session
         self.output_names = [node.name for node in session.get_outputs()]
+        # Shared by every session of the process: at most `concurrent_runs` onnxruntime runs at once.
+        self.gate: AbstractContextManager[Any] = gate if gate is not None else nullcontext()
 
     def run_sync(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
-        values = self.session.run(self.output_names, dict(inputs))
+        with self.gate:
+            values = self.session.run(self.output_names, dict(inputs))
         return dict(zip(self.output_names, values, strict=True))
 
     async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:

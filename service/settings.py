@@ -25,7 +25,18 @@ class Settings(BaseSettings):
         None, description="Bearer token; when set, every endpoint except health and /metrics requires it."
     )
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body accepted (413).")
-    max_batch_size: int = Field(1024, gt=0, description="Largest batch (axis 0) accepted per request (413).")
+    max_batch_size: int = Field(
+        1024, gt=0, description="Largest batch (axis 0) accepted per request (413) and per merged run."
+    )
+    dynamic_batching: bool = Field(
+        True, description="Merge concurrent requests for the same model and variant into one onnxruntime run."
+    )
+    max_batch_delay_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long a run may wait for more requests to merge (0: merge only what is already waiting).",
+    )
     equivalence_policy: EquivalencePolicy = Field(
         "sample", description="When a default (unversioned) request also runs the unfolded variant."
     )
@@ -66,3 +77,8 @@ class Settings(BaseSettings):
         if self.intra_op_threads:
             return self.intra_op_threads
         return max(1, (os.cpu_count() or 1) // max(1, session_count))
+
+    def concurrent_runs(self, session_count: int) -> int:
+        """onnxruntime runs allowed at once in the whole process: cores // intra-op threads (at least 1), so
+        runs of all sessions together never oversubscribe the cores."""
+        return max(1, (os.cpu_count() or 1) // self.threads_per_session(session_count))

@@ -1,0 +1,196 @@
+"""Dynamic batching: a `Runner` that merges concurrent calls for one model variant along axis 0.
+
+Each call is one validated request (`inputs` by name, every input with the same leading dimension n_i).
+Calls whose inputs agree on everything but axis 0 (same names, dtypes and trailing shapes) are merged:
+
+    X = concat(X_1, …, X_k) along axis 0,  Y = model(X),  Y_i = Y[o_i : o_i + n_i],  o_i = n_1 + … + n_{i−1}
+
+which equals model(X_i) for every model that treats the samples of a batch independently (every model of a
+bnfold repository: inference-time BatchNorm uses fixed statistics). A merged batch holds at most
+`max_batch_size` samples. A dispatcher starts a run whenever one of the runner's run slots is free: it takes
+the oldest waiting call, adds every compatible waiting call that fits, and — when `max_batch_delay_ms` > 0 —
+waits up to that long for more. With delay 0 nothing waits: merging happens only while all slots are busy,
+so an idle server answers with the latency of an unbatched run.
+
+One bad request never fails its neighbours: if the merged run fails (or an output lacks the batch axis), each
+call is run alone and gets its own result or its own error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+import numpy as np
+
+from service.runtime import SessionRunner, Tensors
+
+# (input name, dtype, shape without axis 0) per input, in name order; None when the call cannot be merged.
+Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
+BatchObserver = Callable[[int, int], None]  # (requests merged, samples) of one run
+
+
+@dataclass
+class _Call:
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    signature: Signature | None
+    future: asyncio.Future[Tensors] = field(repr=False)
+
+
+def signature_of(inputs: Mapping[str, np.ndarray]) -> tuple[Signature | None, int]:
+    """The merge key of a call and its number of samples (axis 0); key None if the inputs disagree on n."""
+    arrays = [np.asarray(value) for value in inputs.values()]
+    if not arrays or any(array.ndim == 0 for array in arrays):
+        return None, 1
+    rows = {array.shape[0] for array in arrays}
+    if len(rows) != 1:
+        return None, max(rows)
+    key = tuple(sorted((name, str(np.asarray(v).dtype), np.asarray(v).shape[1:]) for name, v in inputs.items()))
+    return key, rows.pop()
+
+
+def split_outputs(outputs: Tensors, counts: list[int]) -> list[Tensors] | None:
+    """Per-call outputs cut from the merged ones along axis 0; None if an output has no such batch axis."""
+    total = sum(counts)
+    if any(np.ndim(value) == 0 or np.shape(value)[0] != total for value in outputs.values()):
+        return None
+    bounds = np.cumsum(counts)[:-1]
+    pieces = {name: np.split(value, bounds) for name, value in outputs.items()}
+    return [{name: pieces[name][index] for name in outputs} for index in range(len(counts))]
+
+
+class BatchingRunner:
+    """A `Runner` wrapping a `SessionRunner`: concurrent `run` calls are merged, run once and split back."""
+
+    def __init__(
+        self,
+        inner: SessionRunner,
+        max_batch_size: int,
+        max_batch_delay_ms: float,
+        run_slots: int,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self.inner = inner
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_batch_delay_ms / 1000.0
+        self.run_slots = max(1, run_slots)
+        self.observe = observe or (lambda requests, rows: None)
+        self._queue: deque[_Call] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    def run_sync(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """Unbatched run in the calling thread (loading, calibration)."""
+        return self.inner.run_sync(inputs)
+
+    async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        signature, rows = signature_of(inputs)
+        call = _Call(inputs, rows, signature, asyncio.get_running_loop().create_future())
+        self._start()
+        self._queue.append(call)
+        assert self._arrived is not None
+        self._arrived.set()
+        return await call.future
+
+    def _start(self) -> None:
+        if self._dispatcher is None or self._dispatcher.done():
+            self._arrived = asyncio.Event()
+            self._slots = asyncio.Semaphore(self.run_slots)
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        """Forever: take a free run slot, wait for a call, gather its batch and start running it."""
+        assert self._arrived is not None and self._slots is not None
+        while True:
+            await self._slots.acquire()
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            batch = await self._gather()
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _gather(self) -> list[_Call]:
+        """The oldest call plus compatible waiting calls (≤ max_batch_size samples), waiting ≤ the delay."""
+        batch = [self._queue.popleft()]
+        if batch[0].signature is None:
+            return batch
+        deadline = time.monotonic() + self.max_delay
+        while True:
+            self._take_compatible(batch)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or sum(call.rows for call in batch) >= self.max_batch_size:
+                return batch
+            assert self._arrived is not None
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                self._take_compatible(batch)
+                return batch
+
+    def _take_compatible(self, batch: list[_Call]) -> None:
+        """Move waiting calls with the batch's signature into it while they fit; others keep their order."""
+        rows = sum(call.rows for call in batch)
+        kept: deque[_Call] = deque()
+        while self._queue:
+            call = self._queue.popleft()
+            if call.signature == batch[0].signature and rows + call.rows <= self.max_batch_size:
+                batch.append(call)
+                rows += call.rows
+            else:
+                kept.append(call)
+        self._queue.extend(kept)
+
+    async def _run_batch(self, batch: list[_Call]) -> None:
+        assert self._slots is not None
+        try:
+            results = await anyio.to_thread.run_sync(self._run_merged, batch)
+        except BaseException as error:  # cancelled at shutdown: every waiting caller gets the error
+            results = [error] * len(batch)
+            if not isinstance(error, Exception):
+                self._deliver(batch, results)
+                raise
+        finally:
+            self._slots.release()
+        self._deliver(batch, results)
+
+    @staticmethod
+    def _deliver(batch: list[_Call], results: list[Tensors | BaseException]) -> None:
+        for call, result in zip(batch, results, strict=True):
+            if call.future.done():
+                continue
+            if isinstance(result, BaseException):
+                call.future.set_exception(result)
+            else:
+                call.future.set_result(result)
+
+    def _run_merged(self, batch: list[_Call]) -> list[Tensors | BaseException]:
+        """Worker thread: one merged run split back, or — if it fails or cannot be split — each call alone."""
+        if len(batch) > 1:
+            names = list(batch[0].inputs)
+            merged = {name: np.concatenate([call.inputs[name] for call in batch]) for name in names}
+            try:
+                pieces = split_outputs(self.inner.run_sync(merged), [call.rows for call in batch])
+            except Exception:
+                pieces = None
+            if pieces is not None:
+                self.observe(len(batch), sum(call.rows for call in batch))
+                return list(pieces)
+        return [self._run_alone(call) for call in batch]
+
+    def _run_alone(self, call: _Call) -> Tensors | BaseException:
+        try:
+            outputs = self.inner.run_sync(call.inputs)
+        except Exception as error:
+            return error
+        self.observe(1, call.rows)
+        return outputs
