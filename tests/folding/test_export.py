@@ -41,3 +41,11 @@ def test_folded_model_exports_with_only_the_kept_batchnorms() -> None:
     with torch.no_grad():
         reference = model(x).numpy()
     assert discrepancy(np.asarray(onnx_out), reference).max_rel <= FP32_REL
+
+
+def test_public_api_reexports_the_onnx_engine_lazily() -> None:
+    import folding
+    from folding import onnx_fold
+
+    assert folding.fold_onnx is onnx_fold.fold_onnx and folding.OnnxFoldResult is onnx_fold.OnnxFoldResult
+    assert set(folding.__all__) >= {"fold", "FoldResult", "FoldReport", "FoldEntry", "Action", "FoldingError"}
