@@ -77,7 +77,8 @@ def record(
     try:
         with torch.no_grad(), _untouched(graph_module), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            recording.output = _Recorder(graph_module, keep, compare or {}, recording).run(*inputs)
+            fresh = tuple(x.clone() for x in inputs)  # a forward that writes to its input must not leak
+            recording.output = _Recorder(graph_module, keep, compare or {}, recording).run(*fresh)
     except Exception as error:  # the user's forward can raise anything on unsuitable inputs
         first_line = (str(error).strip().splitlines() or ["no message"])[0]
         raise FoldingError(

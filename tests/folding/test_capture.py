@@ -140,3 +140,26 @@ def test_folding_a_folded_model_is_a_no_op() -> None:
     assert [e.action.value for e in once.report] == ["lowered_to_scale_shift", "folded_into_previous"]
     assert len(twice.report) == 0
     assert relative_error(twice.model, model, x) <= FP32_REL
+
+
+class InPlaceInput(nn.Module):
+    """Writes to its input: measuring must run both graphs on the same values and leave the caller's alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x.mul_(2.0)
+        return self.linear(self.bn(x))
+
+
+def test_forward_writing_to_its_input_is_measured_on_the_same_values() -> None:
+    model = randomise_batchnorm(InPlaceInput()).eval()
+    x = randn(3, 4)
+    original = x.clone()
+    result = fold(model, (x,))
+    assert torch.equal(x, original)
+    assert result.report["bn"].max_error is not None and result.report["bn"].max_error < 1e-5
+    assert result.report.max_output_error is not None and result.report.max_output_error < 1e-5
