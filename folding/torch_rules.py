@@ -103,6 +103,15 @@ def _linear_absorbs(module: nn.Module, affine: ScaleShift, ndim: int | None) -> 
     return NewTensors({"weight": weight, "bias": bias})
 
 
+def _conv_transpose_refuses(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
+    """BN → ConvTranspose: the shift t reaches each output through a position-dependent subset of the
+    kernel taps (borders, stride phases), so no per-channel bias can stand in for it."""
+    return (
+        "a transposed conv sums a position-dependent subset of its kernel taps per output, so the BN's "
+        "shift cannot become a bias"
+    )
+
+
 INTO_PREVIOUS: dict[type[nn.Module], Rule] = {
     nn.Conv1d: _into_conv,
     nn.Conv2d: _into_conv,
@@ -119,6 +128,9 @@ INTO_NEXT: dict[type[nn.Module], Rule] = {
     nn.Conv2d: _conv_absorbs,
     nn.Conv3d: _conv_absorbs,
     nn.Linear: _linear_absorbs,
+    nn.ConvTranspose1d: _conv_transpose_refuses,
+    nn.ConvTranspose2d: _conv_transpose_refuses,
+    nn.ConvTranspose3d: _conv_transpose_refuses,
 }
 
 

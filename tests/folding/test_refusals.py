@@ -237,3 +237,11 @@ def test_batchnorm_with_a_forward_hook_is_kept() -> None:
     result = check_fold(model, (randn(2, 3, 6, 6),), remaining=1)
     assert result.report["1"].action is Action.KEPT
     assert (result.report["1"].reason or "").startswith("it has forward hooks, which would no longer run")
+
+
+def test_batchnorm_then_conv_transpose_is_not_folded_forward() -> None:
+    model = prepared(nn.Sequential(nn.BatchNorm2d(4), nn.ConvTranspose2d(4, 3, 3, stride=2)))
+    result = check_fold(model, (randn(2, 4, 5, 5),), remaining=0)
+    entry = result.report["0"]
+    assert entry.action is Action.LOWERED
+    assert "next: layer 1: a transposed conv sums a position-dependent subset" in (entry.reason or "")
