@@ -14,7 +14,7 @@ from models.entry_check import verify_entry
 from models.errors import BadInputError, ModelsError
 from models.fold_and_export import ExportSummary, fold_and_export
 from models.progress import Progress
-from models.repository import read_manifest
+from models.repository import check_repository, read_manifest
 from models.zoo import ZOO
 
 
@@ -36,8 +36,7 @@ class DefaultEntry:
 def build_default(out: Path, *, cache_dir: Path | None = None, progress: Progress | None = None) -> list[DefaultEntry]:
     """Build (or reuse) REPO_DIR/NAME for every zoo model; returns one DefaultEntry per model."""
     progress = progress or Progress(quiet=True)
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"--out {out} is a file, not a directory; give a directory path")
+    check_repository(out)
     return [_reuse(out / name) or _build(name, out, cache_dir, progress) for name in ZOO]
 
 

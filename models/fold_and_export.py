@@ -15,6 +15,7 @@ from typing import Any
 from models import publish
 from models.manifest import Candidate
 from models.progress import Progress
+from models.repository import check_repository
 
 
 @dataclass
@@ -74,6 +75,7 @@ def fold_and_export(
     """Build and write one repository entry from a SPEC; see the module docstring."""
     progress = progress or Progress(quiet=True)
     start = time.perf_counter()
+    check_repository(out)
     if name is not None:
         publish.check_target(out, name)
     candidate, default_name, train_seconds, load_seconds = _candidate(spec, weights, input_shape, cache_dir, progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -58,6 +59,17 @@ def entry_path(repository: Path, name: str) -> Path:
     return target
 
 
+def check_repository(repository: Path) -> None:
+    """Refuse, before any slow step, an --out that is a file or lies below one, or cannot be written."""
+    existing = repository
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInputError(f"--out {repository}: {existing} is a file, not a directory; give a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot write into {existing} (permission denied); choose a writable --out")
+
+
 def write_entry(
     repository: Path,
     name: str,
@@ -67,8 +79,11 @@ def write_entry(
 ) -> Path:
     """Write REPO_DIR/NAME atomically: ONNX files, calibration.npz and model.json, then one rename."""
     target = entry_path(repository, name)
-    repository.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=repository, prefix=f".{name}.tmp-"))
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(dir=repository, prefix=f".{name}.tmp-"))
+    except OSError as error:
+        raise BadInputError(f"cannot write into {repository} ({error.strerror}); choose a writable --out") from None
     try:
         for file_name, data in onnx_files.items():
             (temporary / file_name).write_bytes(data)

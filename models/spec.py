@@ -79,6 +79,7 @@ def _factory_from_file(path_text: str, function: str) -> Callable[..., Any]:
     try:
         spec.loader.exec_module(module)
     except Exception as error:
+        sys.modules.pop(module_name, None)
         raise BadInputError(f"importing {path} raised {_describe(error)}; fix the file") from None
     return _attribute(module, function, str(path))
 

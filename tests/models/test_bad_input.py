@@ -129,3 +129,31 @@ def test_usage_error_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert ran.err.strip().splitlines() == [
         "bnfold fold-and-export: the following arguments are required: --model (see bnfold fold-and-export --help)"
     ]
+
+
+@pytest.mark.parametrize("layout", ["out_is_a_file", "out_below_a_file"])
+def test_output_path_that_cannot_be_a_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, layout: str
+) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    out = blocker if layout == "out_is_a_file" else blocker / "repo"
+    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--input-shape", "1,3,8,8", "--out", out)
+    assert ran.code == 1 and len(ran.err.strip().splitlines()) == 1
+    assert f"--out {out}: {blocker} is a file, not a directory; give a directory path" in ran.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"] and blocker.read_text() == "not a directory"
+
+
+def test_onnx_file_with_a_fixed_batch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])],
+    )  # fmt: skip
+    source = tmp_path / "fixed.onnx"
+    save(helper.make_model(graph), str(source))
+    repository = tmp_path / "repo"
+    ran = bnfold(capsys, "fold-and-export", "--model", source, "--out", repository)
+    _fails_cleanly(ran.code, ran.err, repository, "input 'x' has no dynamic batch axis 0", "re-export")
