@@ -75,6 +75,7 @@ def test_default_name_from_the_factory_file(capsys: pytest.CaptureFixture[str], 
     assert ran.code == 0, ran.err
     assert (tmp_path / "tiny_nets" / "model.json").is_file()
     assert ran.out.startswith(f"wrote {tmp_path / 'tiny_nets'}: 1/1 BatchNorm folded")
+    assert "✓ exporting folded.onnx" in ran.err and "✓ verifying" in ran.err  # progress goes to stderr
 
 
 def test_torch_export_archive(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -1,0 +1,48 @@
+"""The repository writer is atomic and the reader refuses what the format forbids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.errors import BadInputError, VerificationError
+from models.repository import FORMAT, read_manifest, write_entry
+
+
+def test_failure_while_writing_leaves_nothing(tmp_path: Path) -> None:
+    """np.savez refuses an object array (no pickles): the half-written temporary entry is removed."""
+    calibration = {"input": np.array([{"a": 1}], dtype=object)}
+    with pytest.raises(ValueError, match="allow_pickle"):
+        write_entry(tmp_path, "half", {"format": FORMAT, "name": "half"}, {"unfolded.onnx": b"x"}, calibration)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_entry_is_complete_and_readable(tmp_path: Path) -> None:
+    manifest = {"format": FORMAT, "name": "whole"}
+    entry = write_entry(tmp_path, "whole", manifest, {"unfolded.onnx": b"u", "folded.onnx": b"f"},
+                        {"input": np.zeros((2, 3), np.float32)})  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole"]
+    assert sorted(p.name for p in entry.iterdir()) == ["calibration.npz", "folded.onnx", "model.json", "unfolded.onnx"]
+    assert read_manifest(entry) == manifest
+    with np.load(entry / "calibration.npz", allow_pickle=False) as archive:
+        assert archive["input"].shape == (2, 3)
+    with pytest.raises(BadInputError, match="already exists"):
+        write_entry(tmp_path, "whole", manifest, {}, {})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [('{"format": "other/2", "name": "e"}', "has format 'other/2', expected 'bnfold-repository/1'"),
+     (json.dumps({"format": FORMAT, "name": "x"}), "names the model 'x' but its directory is 'e'"),
+     ("{", "is not valid JSON")],
+    ids=["other_format", "name_mismatch", "bad_json"],
+)  # fmt: skip
+def test_reader_refusals(tmp_path: Path, content: str, message: str) -> None:
+    entry = tmp_path / "e"
+    entry.mkdir()
+    (entry / "model.json").write_text(content)
+    with pytest.raises(VerificationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_manifest(entry)
