@@ -22,11 +22,16 @@ _CAPTURE_ADVICE = (
 )
 
 
+# SyncBatchNorm's forward only differs from BatchNorm's when training with a process group: in eval mode it
+# is plain batch norm, and a BN in training mode is never folded anyway.
+_STOCK_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def overrides_forward(module: nn.Module) -> bool:
     """True for a BatchNorm subclass whose class defines its own forward (it may do more than BN)."""
     cls = type(module)
     return isinstance(module, _BatchNorm) and not any(
-        cls.forward is base.forward for base in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, _BatchNorm)
+        cls.forward is base.forward for base in (*_STOCK_BATCHNORMS, _BatchNorm)
     )
 
 

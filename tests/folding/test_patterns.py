@@ -226,3 +226,10 @@ def test_shared_conv_with_one_batchnorm_leaves_the_other_call_site_intact() -> N
     (entry,) = result.report
     assert entry.action is Action.FOLDED_INTO_PREVIOUS and entry.target == "conv_bn_a"
     assert torch.equal(result.model.get_parameter("conv.weight"), model.conv.weight)
+
+
+def test_sync_batchnorm_in_eval_mode_folds() -> None:
+    """SyncBatchNorm only synchronises while training; in eval mode it is plain BN."""
+    model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4)))
+    result = check_fold(model, sample(2, 3), remaining=0)
+    assert result.report["1"].action is Action.FOLDED_INTO_PREVIOUS
