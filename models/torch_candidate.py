@@ -42,7 +42,6 @@ def candidate_from_model(loaded: LoadedModel, progress: Progress) -> Candidate:
     example = (loaded.calibration,)
     with progress.step("folding"):
         result = fold(loaded.module, example)
-    result.model.eval()  # a fresh GraphModule starts in training mode; its BNs (if kept) must not
     with progress.step("exporting unfolded.onnx"):
         unfolded = quiet_export(loaded.module, example, loaded.output_names, loaded.input_name)
     notes = []
