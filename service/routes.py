@@ -16,6 +16,7 @@ from service.auth import Guard
 from service.dataplane import DataPlane
 from service.errors import NotReadyError, PayloadTooLargeError
 from service.handlers import infer_v2, predict
+from service.openapi import INFER_BODY, INFER_RESPONSES, PREDICT_BODY, PREDICT_RESPONSES
 
 JSON = "application/json"
 
@@ -81,8 +82,8 @@ def protected_router(plane: DataPlane, guard: Guard) -> APIRouter:
     _add_metadata_routes(router, plane)
     limit = plane.settings.max_body_bytes
 
-    @router.post("/v2/models/{model}/infer")
-    @router.post("/v2/models/{model}/versions/{version}/infer")
+    @router.post("/v2/models/{model}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
+    @router.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
     async def infer(model: str, request: Request, version: str | None = None) -> Response:
         body = await read_body(request, limit)
         header = request.headers.get("inference-header-content-length")
@@ -92,7 +93,7 @@ def protected_router(plane: DataPlane, guard: Guard) -> APIRouter:
         headers = {"Inference-Header-Content-Length": str(json_length)}
         return Response(content, media_type="application/octet-stream", headers=headers)
 
-    @router.post("/predict")
+    @router.post("/predict", openapi_extra=PREDICT_BODY, responses=PREDICT_RESPONSES)
     async def predict_route(request: Request) -> Response:
         return json_response(await predict(plane, await read_body(request, limit)))
 

@@ -90,7 +90,7 @@ def decode_inputs(
 
 def _declared_spec(item: dict[str, Any], declared: dict[str, TensorSpec], seen: dict[str, Any]) -> TensorSpec:
     name = item.get("name")
-    if name not in declared:
+    if not isinstance(name, str) or name not in declared:
         raise BadRequestError(f"unexpected input {name!r}; the model's inputs are {sorted(declared)}")
     if name in seen:
         raise BadRequestError(f"input {name!r} is given twice; send each input once")
