@@ -7,6 +7,7 @@ result = fold_onnx(onnx_model)         # ONNX (folding/onnx_fold.py), imported o
 
 from typing import Any
 
+from folding.compare import Discrepancy, Tolerance, discrepancy
 from folding.errors import BnfoldError, EquivalenceError, FoldingError
 from folding.report import Action, FoldEntry, FoldReport
 from folding.torch_fold import FoldResult, fold
@@ -16,22 +17,33 @@ __all__ = [
     "Action",
     "BnfoldError",
     "ChannelScaleShift",
+    "Discrepancy",
     "EquivalenceError",
     "FoldEntry",
     "FoldReport",
     "FoldResult",
     "FoldingError",
     "OnnxFoldResult",
+    "Tolerance",
+    "count_op",
+    "discrepancy",
+    "export_onnx",
     "fold",
     "fold_onnx",
 ]
 
-_LAZY = {"fold_onnx", "OnnxFoldResult"}  # the ONNX engine pulls in onnx and onnx-ir: loaded when asked for
+# The ONNX engine and the exporter pull in onnx and onnx-ir: loaded when first asked for.
+_LAZY = {
+    "fold_onnx": "folding.onnx_fold",
+    "OnnxFoldResult": "folding.onnx_fold",
+    "export_onnx": "folding.export",
+    "count_op": "folding.export",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from folding import onnx_fold
+        import importlib
 
-        return getattr(onnx_fold, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'folding' has no attribute {name!r}")
