@@ -1,0 +1,80 @@
+"""Server processes for the serving benchmarks: `bnfold serve` and the bare ASGI floor, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Server:
+    port: int
+    pid: int
+
+    def rss_bytes(self) -> int:
+        """Resident set size (VmRSS of /proc/<pid>/status)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmRSS for pid {self.pid}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get_status(port: int, path: str) -> int | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            return int(sock.recv(64)[9:12])
+    except OSError:
+        return None
+
+
+@contextmanager
+def running(command: list[str], port: int, ready_path: str, env: dict[str, str], timeout: float) -> Iterator[Server]:
+    """Start `command`, wait until GET ready_path answers (200, or any status for the bare server), stop it."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while (status := _get_status(port, ready_path)) is None or (ready_path != "/" and status != 200):
+            if process.poll() is not None or time.monotonic() > deadline:
+                error = process.stderr.read().decode()[-2000:] if process.stderr else ""
+                raise RuntimeError(f"server {command[:3]} did not become ready: {error}")
+            time.sleep(0.05)
+        yield Server(port, process.pid)
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+
+
+@contextmanager
+def bnfold_serve(repository: Path, **settings: str) -> Iterator[Server]:
+    """`bnfold serve` on the repository with BNFOLD_<NAME>=value settings, log level warning."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
+    env = {**clean, "BNFOLD_REPOSITORY": str(repository), **{f"BNFOLD_{k.upper()}": v for k, v in settings.items()}}
+    command = [str(BIN / "bnfold"), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    with running(command, port, "/v2/health/ready", env, timeout=300) as server:
+        yield server
+
+
+@contextmanager
+def bare_server() -> Iterator[Server]:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.bare_server", "--port", str(port)]
+    with running(command, port, "/", dict(os.environ), timeout=60) as server:
+        yield server
