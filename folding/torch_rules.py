@@ -40,9 +40,28 @@ def _conv_weights(module: nn.Module) -> tuple[_ConvNd, F64, F64 | None]:
     return module, as_f64(module.weight), optional_f64(module.bias)
 
 
+def _unbatched_conv(conv: _ConvNd, ndim: int | None, side: str) -> str | None:
+    """The reason to refuse when the BN's tensor is not the conv's batched (N, C, spatial…) layout, else None.
+
+    A conv also accepts unbatched (C, spatial…) input; its channels then sit on axis 0, while a BatchNorm
+    always normalises axis 1, so shapes can line up (L == C) although the axes differ (trap 11).
+    """
+    expected = len(conv.kernel_size) + 2
+    if ndim == expected:
+        return None
+    return (
+        f"the conv's {side} is {ndim}-D, not the batched {expected}-D (N, C, …) layout, so the BatchNorm "
+        "normalises an axis other than the conv's channels; only batched inputs fold"
+    )
+
+
 def _into_conv(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
-    """Conv/ConvTranspose → BN: scale the output channels (per group for transposed, trap 1)."""
+    """Conv/ConvTranspose → BN: scale the output channels (per group for transposed, trap 1); only when the
+    conv's output is batched, so that the BN's channel axis 1 is the conv's output-channel axis."""
     conv, weight, bias = _conv_weights(module)
+    unbatched = _unbatched_conv(conv, ndim, "output")
+    if unbatched is not None:
+        return unbatched
     new_weight, new_bias = fold_into_previous(weight, bias, affine, transposed=conv.transposed, groups=conv.groups)
     return NewTensors({"weight": new_weight, "bias": new_bias})
 
@@ -83,8 +102,12 @@ def reads_zero_padding(conv: _ConvNd) -> bool:
 
 
 def _conv_absorbs(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
-    """BN → Conv (forward folding): exact only when the conv reads no zero padding (trap 6)."""
+    """BN → Conv (forward folding): exact only when the conv reads no zero padding (trap 6) and its input
+    is batched (the BN's channel axis 1 is the conv's input-channel axis, trap 11)."""
     conv, weight, bias = _conv_weights(module)
+    unbatched = _unbatched_conv(conv, ndim, "input")
+    if unbatched is not None:
+        return unbatched
     if reads_zero_padding(conv):
         return (
             f"the next conv pads with zeros (padding={conv.padding}), whose border would receive the BN's "

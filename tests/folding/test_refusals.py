@@ -245,3 +245,62 @@ def test_batchnorm_then_conv_transpose_is_not_folded_forward() -> None:
     entry = result.report["0"]
     assert entry.action is Action.LOWERED
     assert "next: layer 1: a transposed conv sums a position-dependent subset" in (entry.reason or "")
+
+
+class UnbatchedConvThenBatchNorm(nn.Module):
+    """Conv1d on unbatched (C_in, L) gives (C_out, L); BatchNorm1d(L) then normalises axis 1 = L."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 1)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x: Tensor) -> Tensor:  # (3, 4) → (4, 4)
+        return self.bn(self.conv(x))
+
+
+def test_unbatched_conv_then_batchnorm_is_not_folded_into_the_conv() -> None:
+    """Trap 11: with L == C_out the shapes line up, but the BN's axis 1 is L, not the conv's channels."""
+    model = prepared(UnbatchedConvThenBatchNorm())
+    x = randn(3, 4)
+    before, count_before = snapshot(model), batchnorm_count(model)
+    result = fold(model, (x,), lower_unfoldable=False)
+    entry = result.report["bn"]
+    assert entry.action is Action.KEPT
+    assert "the conv's output is 2-D, not the batched 3-D (N, C, …) layout" in (entry.reason or "")
+    assert batchnorm_count(result.model) == 1
+    assert relative_error(result.model, model, x) <= FP32_REL
+    assert_unchanged(model, before, count_before)
+
+
+def test_unbatched_conv2d_then_batchnorm1d_is_lowered_not_folded() -> None:
+    model = prepared(nn.Sequential(nn.Conv2d(3, 5, 1), nn.BatchNorm1d(5)))
+    x = randn(3, 5, 6)  # conv output (5, 5, 6): BatchNorm1d sees N=5, C=5, L=6
+    result = fold(model, (x,))
+    entry = result.report["1"]
+    assert entry.action is Action.LOWERED
+    assert "the conv's output is 3-D, not the batched 4-D" in (entry.reason or "")
+    assert relative_error(result.model, model, x) <= FP32_REL
+
+
+def test_batchnorm_then_unbatched_conv_is_not_folded_forward() -> None:
+    """Trap 11, forward: BatchNorm1d(4) on (4, L=4) normalises L, while the unbatched Conv1d(4, …) reads
+    axis 0 as its channels."""
+    model = prepared(nn.Sequential(nn.BatchNorm1d(4), nn.Conv1d(4, 2, 1)))
+    x = randn(4, 4)
+    result = fold(model, (x,), lower_unfoldable=False)
+    entry = result.report["0"]
+    assert entry.action is Action.KEPT
+    assert "the conv's input is 2-D, not the batched 3-D (N, C, …) layout" in (entry.reason or "")
+    assert batchnorm_count(result.model) == 1
+    assert relative_error(result.model, model, x) <= FP32_REL
+
+
+def test_batched_conv1d_with_length_equal_to_channels_still_folds_both_ways() -> None:
+    """The refusal is about the layout only: the same layers on batched input fold."""
+    model = prepared(
+        nn.Sequential(nn.Conv1d(3, 4, 1), nn.BatchNorm1d(4), nn.ReLU(), nn.BatchNorm1d(4), nn.Conv1d(4, 2, 1))
+    )
+    result = check_fold(model, (randn(2, 3, 4),), remaining=0, lower_unfoldable=False)
+    assert result.report["1"].action is Action.FOLDED_INTO_PREVIOUS
+    assert result.report["3"].action is Action.FOLDED_INTO_NEXT
