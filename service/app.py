@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from service.auth import bearer_guard
 from service.dataplane import DataPlane
 from service.errors import ServiceError
+from service.fast_infer import FastInferMiddleware
 from service.loader import load_all
 from service.metadata import SERVER_VERSION
 from service.metrics import ServiceMetrics
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(public_router(plane))
     app.include_router(protected_router(plane, bearer_guard(settings.api_key)))
     _add_error_handlers(app)
+    app.add_middleware(FastInferMiddleware, plane=plane)  # V2 infer requests skip FastAPI's routing
     return app
 
 

@@ -31,17 +31,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
+        raise too_large(int(declared), limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(size, limit)
+            raise too_large(size, limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(size: int, limit: int) -> PayloadTooLargeError:
+def too_large(size: int, limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(
         f"request body of {size} bytes or more is over the limit of {limit} bytes; send a smaller batch "
         "or raise BNFOLD_MAX_BODY_BYTES"
