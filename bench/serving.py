@@ -95,17 +95,22 @@ def batching(repository: Path, window: float) -> dict:
     return results
 
 
-def equivalence_costs(zoo: Path, resnet: Path | None, window: float) -> dict:
-    """Policies off / sample 1% / always: digits_resnet throughput at 32 and p50 at 1; ResNet-18 p50 at 1."""
+def equivalence_costs(zoo: Path, resnet: Path | None, window: float, rounds: int = 3) -> dict:
+    """Policies off / sample 1% / always, `rounds` interleaved rounds (a fresh server each), best round kept:
+    digits_resnet throughput at 32 and p50 at 1; ResNet-18 p50 at 1."""
     out: dict[str, Any] = {"digits_resnet": {}, "resnet18": {}}
     requests = model_requests(zoo, "digits_resnet")
-    for policy in ("off", "sample", "always"):
-        with bnfold_serve(zoo, equivalence_policy=policy, equivalence_sample_rate="0.01") as server:
-            target = Target(server.port, requests.binary, server.pid)
-            out["digits_resnet"][policy] = {"c32": measure(target, 32, window).to_json()}
-            if policy != "sample":
-                out["digits_resnet"][policy]["c1"] = measure(target, 1, window).to_json()
-            log(f"equivalence digits_resnet {policy}: {out['digits_resnet'][policy]['c32']['throughput_rps']:.0f}/s")
+    seen: dict[str, dict[str, list[dict]]] = {policy: {"c32": [], "c1": []} for policy in ("off", "sample", "always")}
+    for _ in range(rounds):
+        for policy, runs in seen.items():
+            with bnfold_serve(zoo, equivalence_policy=policy, equivalence_sample_rate="0.01") as server:
+                target = Target(server.port, requests.binary, server.pid)
+                runs["c32"].append(measure(target, 32, window).to_json())
+                if policy != "sample":
+                    runs["c1"].append(measure(target, 1, window).to_json())
+            log(f"equivalence digits_resnet {policy}: {runs['c32'][-1]['throughput_rps']:.0f}/s")
+    for policy, runs in seen.items():
+        out["digits_resnet"][policy] = {"rounds": runs, **_best(runs)}
     out["digits_resnet"]["unfolded_in_process_p50_ms"] = _unfolded_p50(zoo / "digits_resnet", 1)
     if resnet is not None:
         big = model_requests(resnet, "resnet18")
@@ -116,6 +121,15 @@ def equivalence_costs(zoo: Path, resnet: Path | None, window: float) -> dict:
                 log(f"equivalence resnet18 {policy}: p50 {result.p50_ms:.1f} ms")
         out["resnet18"]["unfolded_in_process_p50_ms"] = _unfolded_p50(resnet / "resnet18", 1)
     return out
+
+
+def _best(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """The best round: highest throughput at 32, lowest p50 at 1 (other tenants of a shared machine only ever
+    slow a round down)."""
+    best = {"c32": max(runs["c32"], key=lambda row: row["throughput_rps"])}
+    if runs["c1"]:
+        best["c1"] = min(runs["c1"], key=lambda row: row["p50_ms"])
+    return best
 
 
 def _unfolded_p50(entry: Path, threads: int) -> float:

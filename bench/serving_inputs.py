@@ -37,11 +37,12 @@ def calibration_inputs(entry: Path, batch: int = 1) -> dict[str, np.ndarray]:
         return {name: np.ascontiguousarray(archive[name][:batch]) for name in archive.files}
 
 
-def model_requests(repository: Path, model: str, batch: int = 1) -> ModelRequests:
+def model_requests(repository: Path, model: str, batch: int = 1, version: str | None = None) -> ModelRequests:
+    """Requests for the default variant, or for `version` (folded / unfolded)."""
     entry = repository / model
     manifest = json.loads((entry / "model.json").read_text())
     inputs = calibration_inputs(entry, batch)
-    path = f"/v2/models/{model}/infer"
+    path = f"/v2/models/{model}/infer" if version is None else f"/v2/models/{model}/versions/{version}/infer"
     items = [
         {"name": s["name"], "datatype": s["datatype"], "shape": list(inputs[s["name"]].shape)}
         for s in manifest["inputs"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.fuzzing import fuzz
 from service.settings import Settings
-from tests.load.fuzzing import fuzz
 from tests.service.builders import write_entry
 from tests.service.server import running_server
 
@@ -28,3 +28,15 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path, rng: np.random.Gener
     print(f"fuzz: {result.requests} requests, by status {dict(sorted(result.by_status.items()))}")
     assert result.server_errors == []
     assert result.requests >= EXAMPLES // 2 and {200, 400, 404} <= set(result.by_status)
+
+
+def test_non_string_input_name_is_a_400_not_a_500(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Found by the fuzzer: an input named by an object made the decoder raise TypeError (500)."""
+    write_entry(tmp_path, "digits", rng)
+    with running_server(Settings(repository=tmp_path)) as server:
+        for name in ({}, [], 3, None):
+            response = server.client.post("/v2/models/digits/infer", json={"inputs": [{"name": name}]})
+            assert (response.status_code, response.json()) == (
+                400,
+                {"error": f"unexpected input {name!r}; the model's inputs are ['input']"},
+            )

@@ -1,5 +1,8 @@
 """Schemathesis against the service's own OpenAPI schema, over HTTP: every operation, valid and invalid data,
-path parameters that hit real models and versions as well as random ones. Shared by tests/load and bench/fuzz.py."""
+path parameters that hit real models and versions as well as random ones.
+
+Shared by tests/load/test_fuzz.py (small budget) and bench/fuzz.py (long run).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from dataclasses import dataclass, field
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis.core.result import Ok
 
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 
@@ -42,6 +46,8 @@ def case_strategy(url: str, models: list[str]) -> st.SearchStrategy[schemathesis
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     strategies = []
     for result in schema.get_all_operations():
+        if not isinstance(result, Ok):
+            raise RuntimeError(f"the service's OpenAPI schema has an invalid operation: {result.err()}")
         operation = result.ok()
         for pinned in _path_choices(operation.path, models):
             strategies += [operation.as_strategy(mode, path_parameters=pinned) for mode in MODES]
