@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from models import spec as specs
 from models.errors import BadInputError
+from models.pt2_allowlist import check_archive
 from models.spec import LoadedModel
 from models.zoo import ZOO, trained
 
@@ -68,6 +69,7 @@ def _from_archive(spec: str, weights: Path | None, input_shape: str | None) -> L
     path = Path(spec)
     if not path.is_file():
         raise BadInputError(f"torch.export archive {path} not found; check the path in --model")
+    check_archive(path)  # before torch.export.load, which may unpickle arbitrary objects
     try:
         program = torch.export.load(path)
     except Exception as error:
