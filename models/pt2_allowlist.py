@@ -55,10 +55,13 @@ _FIX = (
 )
 
 
-def check_archive(path: Path) -> None:
-    """Raise BadInputError naming the first part of the archive that could unpickle arbitrary objects."""
+def checked_archive_bytes(path: Path) -> bytes:
+    """The archive's bytes, read once, after checking them; raise BadInputError naming the first part that
+    could unpickle arbitrary objects. Load exactly these bytes (io.BytesIO), not the path again, so the file
+    cannot change between the check and the load."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        data = path.read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             entries = _relative_names(archive, path)
             for name in entries:
                 if name not in _FIXED_NAMES and not _ALLOWED.fullmatch(name):
@@ -71,6 +74,7 @@ def check_archive(path: Path) -> None:
             ):
                 _check_payload_config(path, archive, entries, directory, config)
             _check_sample_inputs(path, archive.read(entries["data/sample_inputs/model.pt"]))
+        return data
     except (zipfile.BadZipFile, OSError, KeyError) as error:
         raise BadInputError(f"{path} is not a readable torch.export archive ({type(error).__name__}); {_FIX}") from None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from torch import Tensor, nn
 
 from models import spec as specs
 from models.errors import BadInputError
-from models.pt2_allowlist import check_archive
+from models.pt2_allowlist import checked_archive_bytes
 from models.spec import LoadedModel
 from models.zoo import ZOO, trained
 
@@ -69,15 +71,15 @@ def _from_archive(spec: str, weights: Path | None, input_shape: str | None) -> L
     path = Path(spec)
     if not path.is_file():
         raise BadInputError(f"torch.export archive {path} not found; check the path in --model")
-    check_archive(path)  # before torch.export.load, which may unpickle arbitrary objects
+    data = checked_archive_bytes(path)  # torch.export.load may unpickle arbitrary objects: check first
     try:
-        program = torch.export.load(path)
+        program = torch.export.load(io.BytesIO(data))
     except Exception as error:
         raise BadInputError(
             f"{path} is not a readable torch.export archive ({type(error).__name__}); re-save it with torch.export.save"
         ) from None
     module = program.module()
-    weights_sha = specs.load_weights(module, weights) if weights is not None else specs.sha256_file(path)
+    weights_sha = specs.load_weights(module, weights) if weights is not None else hashlib.sha256(data).hexdigest()
     batch = _archive_batch(program, path, input_shape)
     return _finish(module, batch, spec, weights_sha, input_shape or "of the archive's example inputs")
 
