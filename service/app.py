@@ -63,7 +63,7 @@ async def _load(plane: DataPlane) -> None:
     metrics = plane.metrics
     for model in plane.registry.models.values():
         metrics.model_ready.labels(model.name).set(model.state == "ready")
-        for family in (metrics.checks, metrics.mismatches, metrics.failovers, metrics.degraded):
+        for family in (metrics.checks, metrics.mismatches, metrics.inconclusive, metrics.failovers, metrics.degraded):
             family.labels(model.name)  # every model shows its zero counts from the start
 
 

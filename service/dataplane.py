@@ -89,8 +89,10 @@ class DataPlane:
         model.stats.record(result, request_id)
         self.metrics.observe_check(model.name, result, model.stats.max_abs_diff_seen, model.stats.max_rel_diff_seen)
         seconds = {"folded": t_folded, "unfolded": t_unfolded}
-        if not result.agree:
+        if result.mismatch:
             self._on_mismatch(model, result, request_id)
+        elif result.inconclusive:
+            log.info("equivalence check on model %r, request %s: %s", model.name, request_id, result.describe())
         if model.folded_degraded:
             self.metrics.failovers.labels(model.name).inc()
             return Outcome(unfolded, "unfolded", result, True, seconds)

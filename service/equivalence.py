@@ -9,10 +9,17 @@ NaN in f where u is not NaN counts as an infinite error. For classifiers the arg
 must also agree on every sample. Two variants agree when every output is within tolerance and (for
 classifiers) every arg-max agrees. Same rule as folding/compare.py, re-implemented here because the
 service must not import folding.
+
+A check is *inconclusive* when any unfolded (reference) output holds NaN or ±Inf: with no finite reference
+there is nothing to judge folded against (typically finite inputs near the float range overflow the
+unfolded graph's un-folded intermediates while folded stays finite). An inconclusive check neither agrees
+nor mismatches; its figures are not reported. In JSON, figures that are not finite (an infinite max |Δ|)
+are null, since JSON has no NaN/Infinity.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +37,7 @@ class OutputAgreement:
     max_rel: float
     within_tolerance: bool
     argmax_agree: bool | None
+    reference_finite: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,19 +64,44 @@ class Equivalence:
         return all(flags) if flags else None
 
     @property
+    def inconclusive(self) -> bool:
+        """Some unfolded (reference) output is not finite: the check can neither pass nor fail."""
+        return any(not output.reference_finite for output in self.outputs)
+
+    @property
     def agree(self) -> bool:
-        return self.within_tolerance and self.argmax_agree is not False
+        """Conclusively in agreement (false for inconclusive checks, which are not mismatches either)."""
+        return not self.inconclusive and self.within_tolerance and self.argmax_agree is not False
+
+    @property
+    def mismatch(self) -> bool:
+        """Conclusively out of tolerance (or arg-max differs): the only outcome that may fail over."""
+        return not self.inconclusive and not self.agree
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-safe summary: inconclusive checks report only `inconclusive`; non-finite figures are null."""
+        if self.inconclusive:
+            return {
+                "agree": None,
+                "inconclusive": True,
+                "max_abs_diff": None,
+                "max_rel_diff": None,
+                "within_tolerance": None,
+                "argmax_agree": None,
+            }
         return {
             "agree": self.agree,
-            "max_abs_diff": self.max_abs,
-            "max_rel_diff": self.max_rel,
+            "inconclusive": False,
+            "max_abs_diff": finite_or_none(self.max_abs),
+            "max_rel_diff": finite_or_none(self.max_rel),
             "within_tolerance": self.within_tolerance,
             "argmax_agree": self.argmax_agree,
         }
 
     def describe(self) -> str:
+        if self.inconclusive:
+            names = [output.name for output in self.outputs if not output.reference_finite]
+            return f"inconclusive: unfolded output(s) {names} hold NaN or Inf, so there is no finite reference"
         worst = max(self.outputs, key=lambda output: output.max_abs)
         argmax = "" if self.argmax_agree is not False else ", arg-max differs"
         return f"output {worst.name!r}: max |Δ| = {worst.max_abs:.3e} (rel {worst.max_rel:.3e}){argmax}"
@@ -91,9 +124,11 @@ def _compare_output(
     b = np.asarray(reference, dtype=np.float64)
     if a.shape != b.shape:
         return OutputAgreement(name, float("inf"), float("inf"), False, False if classifier else None)
+    if not np.isfinite(b).all():  # no finite reference: inconclusive, no figures
+        return OutputAgreement(name, float("nan"), float("nan"), False, None, reference_finite=False)
     diff = np.abs(a - b)
     diff = np.where(np.isnan(diff) & ~(np.isnan(a) & np.isnan(b)), np.inf, diff)
-    max_abs = float(np.nan_to_num(diff, nan=0.0).max()) if diff.size else 0.0
+    max_abs = float(np.nan_to_num(diff, nan=0.0, posinf=np.inf).max()) if diff.size else 0.0
     finite = np.abs(b[np.isfinite(b)])
     scale = float(finite.max()) if finite.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
@@ -101,3 +136,8 @@ def _compare_output(
     if classifier and a.ndim >= 1 and a.size:
         argmax = bool(np.array_equal(np.argmax(a, axis=-1), np.argmax(b, axis=-1)))
     return OutputAgreement(name, max_abs, max_rel, max_abs <= atol + rtol * scale, argmax)
+
+
+def finite_or_none(value: float) -> float | None:
+    """The value, or None when it is NaN or ±Inf (JSON cannot carry them)."""
+    return value if math.isfinite(value) else None

@@ -7,6 +7,7 @@ Exception hierarchy::
     ├── UnauthorizedError (401)    missing or wrong bearer token
     ├── NotFoundError (404)        unknown model, version or route
     ├── PayloadTooLargeError (413) body over BNFOLD_MAX_BODY_BYTES or batch over BNFOLD_MAX_BATCH_SIZE
+    ├── UnrepresentableOutputError (422)  an output asked for as JSON holds NaN/Inf (JSON cannot carry them)
     ├── NotReadyError (503)        model still loading, or refused at load (reason in its metadata)
     └── InferenceError (500)       onnxruntime failed on input that passed every check (logged)
 
@@ -48,6 +49,12 @@ class PayloadTooLargeError(ServiceError):
     """The body or the batch is over its configured limit."""
 
     status = 413
+
+
+class UnrepresentableOutputError(ServiceError):
+    """An output asked for as JSON holds NaN or Inf, which JSON cannot carry; binary tensor data can."""
+
+    status = 422
 
 
 class NotReadyError(ServiceError):

@@ -112,5 +112,5 @@ def _headers(
 
 
 def _json_error(message: str, extra: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    content = json.dumps({"error": message}, separators=(",", ":"), ensure_ascii=False).encode()
+    content = json.dumps({"error": message}, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     return content, _headers(b"application/json", content, extra)

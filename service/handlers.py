@@ -14,7 +14,7 @@ from service.dataplane import DataPlane, Outcome, new_request_id
 from service.errors import BadRequestError, ServiceError
 from service.repository import VARIANTS, TensorSpec
 from service.v2_request import Limits, decode_inputs, parse_json, split_body
-from service.v2_response import encode, requested_outputs
+from service.v2_response import BINARY_FIX, encode, requested_outputs, require_finite
 
 PREDICT_VARIANTS = ("folded", "unfolded", "both")
 
@@ -36,7 +36,7 @@ async def infer_v2(
         document, tail = split_body(body, binary_header)
         request_id = _request_id(document)
         inputs = decode_inputs(document, tail, manifest.inputs, _limits(plane))
-        wanted = requested_outputs(document, [spec.name for spec in manifest.outputs])
+        wanted = requested_outputs(document, [spec.name for spec in manifest.outputs], binary_header is not None)
         outcome = await plane.execute(model, version, inputs, request_id or new_request_id(), plane.wants_check())
         variant = outcome.variant
         header: dict[str, Any] = {"model_name": name, "model_version": outcome.variant}
@@ -88,6 +88,8 @@ async def predict(plane: DataPlane, body: bytes) -> dict[str, Any]:
         check = variant == "both" or (variant == "default" and plane.wants_check())
         outcome = await plane.execute(model, version, inputs, request_id, check)
         variant = outcome.variant
+        for key, value in outcome.outputs.items():
+            require_finite(key, np.asarray(value), f"use POST /v2/models/{model.name}/infer and {BINARY_FIX}")
     except ServiceError as error:
         plane.observe(label, variant, error.status, None)
         raise

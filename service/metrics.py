@@ -53,6 +53,12 @@ class ServiceMetrics:
         registry = self.registry
         self.checks = Counter("bnfold_equivalence_checks", "Equivalence checks made", model, registry=registry)
         self.mismatches = Counter("bnfold_equivalence_mismatches", "Checks out of tolerance", model, registry=registry)
+        self.inconclusive = Counter(
+            "bnfold_equivalence_inconclusive",
+            "Checks whose unfolded reference output was not finite (neither agreement nor mismatch)",
+            model,
+            registry=registry,
+        )
         self.failovers = Counter(
             "bnfold_failovers", "Requests answered by unfolded after a mismatch", model, registry=registry
         )
@@ -70,8 +76,10 @@ class ServiceMetrics:
 
     def observe_check(self, model: str, result: Equivalence, max_abs_seen: float, max_rel_seen: float) -> None:
         self.checks.labels(model).inc()
-        if not result.agree:
+        if result.mismatch:
             self.mismatches.labels(model).inc()
+        if result.inconclusive:
+            self.inconclusive.labels(model).inc()
         self.max_abs.labels(model).set(max_abs_seen)
         self.max_rel.labels(model).set(max_rel_seen)
 

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.equivalence import Equivalence
+from service.equivalence import Equivalence, finite_or_none
 from service.errors import NotFoundError, NotReadyError
 from service.repository import VARIANTS, Manifest
 from service.runtime import Runner, SessionConfig
@@ -26,36 +26,48 @@ class Variant:
 
 @dataclass
 class AgreementStats:
-    """Running figures of the equivalence checks made while serving."""
+    """Running figures of the equivalence checks made while serving.
+
+    `checks` counts every check; `inconclusive` ones (non-finite unfolded reference) are neither agreements
+    nor mismatches, do not move the max-diff figures, and are left out of `agreement_rate`.
+    """
 
     checks: int = 0
     mismatches: int = 0
+    inconclusive: int = 0
     argmax_disagreements: int = 0
     max_abs_diff_seen: float = 0.0
     max_rel_diff_seen: float = 0.0
     last_mismatch: str | None = None
+    last_inconclusive: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, result: Equivalence, request_id: str) -> None:
         with self._lock:
             self.checks += 1
+            if result.inconclusive:
+                self.inconclusive += 1
+                self.last_inconclusive = f"request {request_id}: {result.describe()}"
+                return
             self.max_abs_diff_seen = max(self.max_abs_diff_seen, result.max_abs)
             self.max_rel_diff_seen = max(self.max_rel_diff_seen, result.max_rel)
             self.argmax_disagreements += result.argmax_agree is False
-            if not result.agree:
+            if result.mismatch:
                 self.mismatches += 1
                 self.last_mismatch = f"request {request_id}: {result.describe()}"
 
     def to_json(self) -> dict[str, Any]:
-        agreement = 1.0 - self.mismatches / self.checks if self.checks else None
+        conclusive = self.checks - self.inconclusive
         return {
             "checks": self.checks,
             "mismatches": self.mismatches,
-            "agreement_rate": agreement,
+            "inconclusive": self.inconclusive,
+            "agreement_rate": 1.0 - self.mismatches / conclusive if conclusive else None,
             "argmax_disagreements": self.argmax_disagreements,
-            "max_abs_diff_seen": self.max_abs_diff_seen,
-            "max_rel_diff_seen": self.max_rel_diff_seen,
+            "max_abs_diff_seen": finite_or_none(self.max_abs_diff_seen),
+            "max_rel_diff_seen": finite_or_none(self.max_rel_diff_seen),
             "last_mismatch": self.last_mismatch,
+            "last_inconclusive": self.last_inconclusive,
         }
 
 

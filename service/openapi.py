@@ -78,6 +78,7 @@ _ERRORS = {
     "401": "Missing or wrong bearer token",
     "404": "Unknown model or version",
     "413": "Body or batch over the limit",
+    "422": "An output asked for as JSON holds NaN or Infinity (JSON cannot carry them); ask for binary data",
     "500": "onnxruntime failed on a valid-looking input",
     "503": "Model loading or refused at load",
 }
@@ -101,6 +102,6 @@ INFER_BODY = body(
 PREDICT_BODY = body(PREDICT_REQUEST, "Simple prediction request.")
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "V2 inference response", "content": {"application/json": {"schema": INFER_RESPONSE}}},
-    **_errors(("400", "401", "404", "413", "500", "503")),
+    **_errors(("400", "401", "404", "413", "422", "500", "503")),
 }
-PREDICT_RESPONSES = _errors(("400", "401", "404", "413", "500", "503"))
+PREDICT_RESPONSES = _errors(("400", "401", "404", "413", "422", "500", "503"))

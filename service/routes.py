@@ -6,7 +6,6 @@ Protected when BNFOLD_API_KEY is set: everything else.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -17,14 +16,13 @@ from service.dataplane import DataPlane
 from service.errors import NotReadyError, PayloadTooLargeError
 from service.handlers import infer_v2, predict
 from service.openapi import INFER_BODY, INFER_RESPONSES, PREDICT_BODY, PREDICT_RESPONSES
+from service.v2_response import encode_json
 
 JSON = "application/json"
 
 
 def json_response(document: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(document, separators=(",", ":"), ensure_ascii=False), status_code=status, media_type=JSON
-    )
+    return Response(encode_json(document), status_code=status, media_type=JSON)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -99,9 +99,15 @@ def test_open_server_and_non_finite_allowed(repository: Path) -> None:
         x = np.zeros((1, 1, 8, 8), np.float32)
         x[0, 0, 0, 0] = np.nan
         body = json.dumps(json_request(x)).encode()  # Python's json writes NaN, as many clients do
-        response = running.client.post("/v2/models/digits/versions/unfolded/infer", content=body)
+        path = "/v2/models/digits/versions/unfolded/infer"
+        response = running.client.post(path, content=body)  # NaN spreads through the global pool to every logit
+        assert response.status_code == 422  # the NaN output cannot travel in strict JSON (review L3)
+        assert response.json()["error"].startswith("output 'logits' holds nan (first at flat index 0)")
+        binary = json.dumps(json_request(x, parameters={"binary_data_output": True})).encode()
+        response = running.client.post(path, content=binary)
         assert response.status_code == 200
-        assert np.isnan(response.json()["outputs"][0]["data"]).all()  # NaN spreads through the global pool
+        length = int(response.headers["inference-header-content-length"])
+        assert np.isnan(np.frombuffer(response.content[length:], np.float32)).all()
 
 
 def test_server_is_live_before_it_is_ready(repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
