@@ -16,6 +16,8 @@ import numpy as np
 import onnx_ir as ir
 from numpy.typing import NDArray
 
+from folding.rounding import round_once
+
 ONNX_DOMAINS = ("", "ai.onnx")
 _FOLD_SUFFIX = re.compile(r"(_bnfold(_\d+)?)+$")
 FloatArray = NDArray[np.floating]
@@ -178,5 +180,6 @@ class GraphEditor:
 
 
 def rounded(array: NDArray[np.float64], like: FloatArray) -> FloatArray:
-    """Round a float64 result once to the dtype of the tensor it replaces."""
-    return np.asarray(array, dtype=np.float64).astype(like.dtype)
+    """Round a float64 result once, to nearest-even, to the dtype of the tensor it replaces (bfloat16 and
+    float16 through round-to-odd float32, folding/rounding.py; a plain astype would round bfloat16 twice)."""
+    return cast(FloatArray, round_once(array, like.dtype))

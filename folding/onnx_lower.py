@@ -1,7 +1,8 @@
 """Lower an inference BatchNorm that has no foldable neighbour to y = x·s + t (one Mul and one Add).
 
 s and t (folding.arithmetic.batchnorm_scale_shift) are stored with shape (C, 1, …, 1) so that they
-broadcast over channel axis 1 of an (N, C, D1, …) input, in the dtype of the BN's input X. This needs
+broadcast over channel axis 1 of an (N, C, D1, …) input, in the dtype of the BN's input X (rounded once,
+folding/rounding.py). This needs
 the rank of X, which shape inference must have found.
 """
 
@@ -12,6 +13,7 @@ import onnx_ir as ir
 
 from folding.onnx_batchnorm import InferenceBatchNorm, bn_input, bn_name
 from folding.onnx_graph import Folded, GraphEditor
+from folding.rounding import round_once
 
 
 def lower_batchnorm(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
@@ -23,8 +25,8 @@ def lower_batchnorm(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchN
     dtype = _input_dtype(editor, x, batchnorm)
     broadcast = (-1,) + (1,) * (rank - 2)  # (C,) → (C, 1, …) to meet (N, C, …)
     name = bn_name(bn)
-    scale = editor.initializer(f"{name}_scale", batchnorm.affine.scale.reshape(broadcast).astype(dtype))
-    shift = editor.initializer(f"{name}_shift", batchnorm.affine.shift.reshape(broadcast).astype(dtype))
+    scale = editor.initializer(f"{name}_scale", round_once(batchnorm.affine.scale.reshape(broadcast), dtype))
+    shift = editor.initializer(f"{name}_shift", round_once(batchnorm.affine.shift.reshape(broadcast), dtype))
     multiply = editor.node("Mul", [x, scale], (), editor.unique(f"{name}_mul"))
     add = editor.node("Add", [multiply.outputs[0], shift], (), editor.unique(f"{name}_add"))
     probe = str(bn.outputs[0].name)
