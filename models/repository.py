@@ -1,13 +1,16 @@
 """Write and read entries of a model repository (docs/repository-format.md); no torch needed.
 
 A writer builds the whole entry in a hidden sibling directory `.NAME.tmp-XXXX` (ignored by readers) and
-renames it to `NAME` at the end, so a reader sees either a complete entry or none. On any failure the
-temporary directory is removed: nothing is left behind.
+renames it to `NAME` at the end, so a reader sees either a complete entry or none. Every file and the
+temporary directory are fsynced before the rename and the repository directory after it, so after a crash
+or power loss an entry that is visible is also complete. On any failure the temporary directory is
+removed: nothing is left behind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -79,6 +82,7 @@ def write_entry(
 ) -> Path:
     """Write REPO_DIR/NAME atomically: ONNX files, calibration.npz and model.json, then one rename."""
     target = entry_path(repository, name)
+    created = not repository.exists()
     try:
         repository.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(dir=repository, prefix=f".{name}.tmp-"))
@@ -86,16 +90,38 @@ def write_entry(
         raise BadInputError(f"cannot write into {repository} ({error.strerror}); choose a writable --out") from None
     try:
         for file_name, data in onnx_files.items():
-            (temporary / file_name).write_bytes(data)
-        with (temporary / CALIBRATION_FILE).open("wb") as handle:
-            np.savez(handle, allow_pickle=False, **{key: np.asarray(value) for key, value in calibration.items()})
-        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            _write_synced(temporary / file_name, data)
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **{key: np.asarray(value) for key, value in calibration.items()})
+        _write_synced(temporary / CALIBRATION_FILE, buffer.getvalue())
+        _write_synced(temporary / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
         temporary.chmod(0o755)
+        _fsync_directory(temporary)  # the entries' names are durable before the entry becomes visible
         temporary.rename(target)
+        _fsync_directory(repository)  # the rename itself is durable
+        if created:
+            _fsync_directory(repository.parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return target
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write `data` to a new file and fsync it, so a crash after the rename cannot leave it empty or short."""
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    """fsync a directory, making the names created or renamed in it durable."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def read_manifest(entry: Path) -> dict[str, Any]:

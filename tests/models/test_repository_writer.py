@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +47,35 @@ def test_reader_refusals(tmp_path: Path, content: str, message: str) -> None:
     (entry / "model.json").write_text(content)
     with pytest.raises(VerificationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_manifest(entry)
+
+
+def test_files_and_directories_are_fsynced_around_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durability: every file and the temporary directory are fsynced before the rename, the repository
+    directory after it (and its parent, since the repository was created). os.fsync and os.rename are
+    spied on — the real calls still run — to see which paths were synced and in what order."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def rename(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        events.append(("rename", os.fspath(target)))
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    repository = tmp_path / "repo"
+    files = {"unfolded.onnx": b"u", "folded.onnx": b"f"}
+    manifest = {"format": FORMAT, "name": "durable"}
+    entry = write_entry(repository, "durable", manifest, files, {"input": np.zeros((2, 3), np.float32)})
+    renamed = events.index(("rename", str(entry)))
+    before, after = {path for _, path in events[:renamed]}, [path for _, path in events[renamed + 1 :]]
+    temporary = {Path(path).parent for path in before if Path(path).name == "model.json"}
+    assert len(temporary) == 1 and temporary.pop().name.startswith(".durable.tmp-")
+    synced_files = {Path(path).name for path in before if Path(path).parent.name.startswith(".durable.tmp-")}
+    assert synced_files == {"unfolded.onnx", "folded.onnx", "calibration.npz", "model.json"}
+    assert any(Path(path).name.startswith(".durable.tmp-") and Path(path).parent == repository for path in before)
+    assert after == [str(repository), str(tmp_path)]
+    assert (entry / "folded.onnx").read_bytes() == b"f"
