@@ -80,9 +80,16 @@ def protected_router(plane: DataPlane, guard: Guard) -> APIRouter:
     _add_metadata_routes(router, plane)
     limit = plane.settings.max_body_bytes
 
-    @router.post("/v2/models/{model}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
+    # Normally answered by service.fast_infer before routing; kept for the OpenAPI schema and as a fallback.
     @router.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
-    async def infer(model: str, request: Request, version: str | None = None) -> Response:
+    async def infer_version(model: str, version: str, request: Request) -> Response:
+        return await _infer(model, version, request)
+
+    @router.post("/v2/models/{model}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
+    async def infer(model: str, request: Request) -> Response:
+        return await _infer(model, None, request)
+
+    async def _infer(model: str, version: str | None, request: Request) -> Response:
         body = await read_body(request, limit)
         header = request.headers.get("inference-header-content-length")
         content, json_length = await infer_v2(plane, model, version, body, header)
