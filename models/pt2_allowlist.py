@@ -16,9 +16,11 @@ the archive is checked *before* torch.export.load, against an allow-list of what
 - every payload config entry has "use_pickle": false and a path_name weight_N (weights) or tensor_N
   (constants) that is in the archive;
 - the sample inputs load with `torch.load(weights_only=True)` (torch tries exactly that first, so its
-  `weights_only=False` fallback is never reached).
+  `weights_only=False` fallback is never reached);
+- models/model.json passes models/pt2_program.py: its shape expressions (which torch hands to
+  sympy.sympify, an eval) and its node targets (resolved by attribute walks from `torch`) are allow-listed.
 
-Only torch's restricted weights-only unpickler ever sees bytes of the archive here.
+Only torch's restricted weights-only unpickler and json ever see bytes of the archive here.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 
 from models.errors import BadInputError
+from models.pt2_program import program_refusal, safe_name
 
 _FIXED_NAMES = frozenset(
     {
@@ -74,6 +77,9 @@ def checked_archive_bytes(path: Path) -> bytes:
             ):
                 _check_payload_config(path, archive, entries, directory, config)
             _check_sample_inputs(path, archive.read(entries["data/sample_inputs/model.pt"]))
+            refusal = program_refusal(archive.read(entries["models/model.json"]))
+            if refusal is not None:
+                raise BadInputError(f"{path}: {refusal}; {_FIX}")
         return data
     except (zipfile.BadZipFile, OSError, KeyError) as error:
         raise BadInputError(f"{path} is not a readable torch.export archive ({type(error).__name__}); {_FIX}") from None
@@ -111,6 +117,8 @@ def _check_payload_config(
     except (ValueError, KeyError, TypeError, AttributeError):
         raise BadInputError(f"{path}: {name} is not a valid payload config; {_FIX}") from None
     for fqn, use_pickle, path_name in items:
+        if not safe_name(fqn):
+            raise BadInputError(f"{path}: {name} names {fqn[:80]!r}, not a dotted path of letters and digits; {_FIX}")
         if use_pickle is not False:
             raise BadInputError(
                 f"{path}: {fqn!r} is stored pickled (use_pickle), which could run code when loaded; {_FIX}"

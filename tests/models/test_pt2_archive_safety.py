@@ -1,4 +1,5 @@
-"""A crafted .pt2 must never get a chance to unpickle: fold-and-export refuses it before torch.export.load.
+"""A crafted .pt2 must never get a chance to run code: fold-and-export refuses it before torch.export.load
+(which unpickles payloads and sympify-evals shape expressions).
 
 Each malicious archive is first shown to be live (torch.export.load on it creates the marker file), then
 fold-and-export must refuse it with a one-line error while the marker stays absent.
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+from models.pt2_allowlist import checked_archive_bytes
 from tests.models import tiny_nets
 from tests.models.cli_helpers import bnfold, repository_contents
 
@@ -94,14 +97,35 @@ def _pickled_sample_inputs(marker: Path) -> Callable[[Entries], None]:
     return edit
 
 
+SYMBOL = "Symbol('s77', positive=True, integer=True)"  # how torch.export writes the dynamic batch size
+
+
+def _program(entries: Entries) -> tuple[str, str]:
+    name = _name(entries, "models/model.json")
+    text = entries[name].decode()
+    assert SYMBOL in text
+    return name, text
+
+
+def _eval_in_shape_expression(marker: Path) -> Callable[[Entries], None]:
+    """A shape expression with a call in it: torch hands it to sympy.sympify, which evals it."""
+
+    def edit(entries: Entries) -> None:
+        name, text = _program(entries)
+        entries[name] = text.replace(SYMBOL, f"(open('{marker}', 'w') and {SYMBOL})").encode()
+
+    return edit
+
+
 @pytest.mark.parametrize(
     ("tamper", "fragment"),
     [
         (_pickled_weight, "'conv.weight' is stored pickled (use_pickle), which could run code when loaded"),
         (_opaque_constant, "contains 'data/constants/opaque_obj_0', which a plain torch.export archive does not have"),
         (_pickled_sample_inputs, "its sample inputs need a full unpickler (UnpicklingError), which could run code"),
+        (_eval_in_shape_expression, "is not a plain sympy expression (sympify would eval it)"),
     ],
-    ids=["pickled_weight", "opaque_constant", "pickled_sample_inputs"],
+    ids=["pickled_weight", "opaque_constant", "pickled_sample_inputs", "shape_expression"],
 )
 def test_malicious_archive_is_refused_before_anything_is_unpickled(
     capsys: pytest.CaptureFixture[str],
@@ -151,6 +175,15 @@ def _outside_root(entries: Entries) -> None:
     entries["version"] = b"0.1"
 
 
+def _replace_in_program(old: str, new: str) -> Callable[[Entries], None]:
+    def edit(entries: Entries) -> None:
+        name, text = _program(entries)
+        assert old in text
+        entries[name] = text.replace(old, new).encode()
+
+    return edit
+
+
 @pytest.mark.parametrize(
     ("edit", "fragment"),
     [
@@ -160,8 +193,25 @@ def _outside_root(entries: Entries) -> None:
         (_drop("data/constants/model_constants_config.json"), "has no data/constants/model_constants_config.json"),
         (_case_twin, "entries whose names differ only in case"),
         (_outside_root, "has an entry 'version' outside its top-level directory"),
+        (
+            _replace_in_program('"torch.ops.aten.relu.default"', '"torch.os.system"'),
+            "a graph node calls 'torch.os.system', which is not an ATen/prims operator or allowed helper",
+        ),
+        (
+            _replace_in_program('"parameter_name": "conv.weight"', '"parameter_name": "conv.w\\") or exec(\\"1"'),
+            "is not a dotted path of letters, digits, '_' and '-'",
+        ),
     ],
-    ids=["aoti", "legacy_weights", "custom_object", "legacy_constants", "case_twin", "legacy_format"],
+    ids=[
+        "aoti",
+        "legacy_weights",
+        "custom_object",
+        "legacy_constants",
+        "case_twin",
+        "legacy_format",
+        "python_target",
+        "quoted_name",
+    ],
 )
 def test_archive_parts_outside_the_allow_list_are_refused(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, edit: Callable[[Entries], None], fragment: str
@@ -184,3 +234,21 @@ def test_an_untampered_rewrite_still_loads(capsys: pytest.CaptureFixture[str], t
     ran = bnfold(capsys, "fold-and-export", "--model", copy, "--out", tmp_path / "repo", "--json")
     assert ran.code == 0, ran.err
     assert ran.json()["batchnorm_nodes"] == {"unfolded": 1, "folded": 0}
+
+
+class _Reshapes(nn.Module):
+    """Shape arithmetic on the dynamic batch: model.json holds Mul(Integer(2), Symbol(…)) expressions and
+    an _operator.mul node."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.reshape(-1, 4)
+        return torch.cat([y[: y.shape[0] // 2], y[: y.shape[0] // 2]]).flatten()
+
+
+def test_shape_arithmetic_of_a_plain_export_is_allowed(tmp_path: Path) -> None:
+    archive = tmp_path / "reshapes.pt2"
+    program = torch.export.export(_Reshapes(), (torch.randn(3, 8),), dynamic_shapes=({0: torch.export.Dim("b")},))
+    torch.export.save(program, archive)
+    text = zipfile.ZipFile(archive).read("reshapes/models/model.json").decode()
+    assert "Mul(Integer(2), Symbol(" in text and '"_operator.mul"' in text
+    assert checked_archive_bytes(archive) == archive.read_bytes()
