@@ -130,8 +130,11 @@ def _interleaved(
             policy: stack.enter_context(bnfold_serve(repository, equivalence_policy=policy, **extra))
             for policy, extra in policies.items()
         }
-        for _ in range(rounds):
-            for policy, server in servers.items():
+        names = list(servers)
+        for round_index in range(rounds):  # rotated order, so no policy always runs first (bench.common's rule)
+            shift = round_index % len(names)
+            for policy in names[shift:] + names[:shift]:
+                server = servers[policy]
                 for concurrency in levels:
                     result = measure(Target(server.port, requests.binary, server.pid), concurrency, window)
                     found[policy][f"c{concurrency}"].append(result.to_json())
