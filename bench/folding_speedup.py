@@ -15,9 +15,10 @@ unfolded ÷ folded (the speed-up folding gives) and folded ÷ bn_deleted (how fa
 ideal; target ≤ 1.03). Each variant's BN count (modules / ONNX nodes) and the folded-vs-unfolded output
 error are recorded too.
 
-Run: ``.venv/bin/python -m bench.folding_speedup`` (about 10 minutes on 2 cores: 100 repetitions at batch 1,
-15 at batch 32, 2 warm-up rounds) or ``--quick`` (smoke run, 64×64, batch 1 and 4, 2 repetitions; saved as
-folding_speedup_quick.json). Results are saved after every model, with "complete": false until the end.
+Run: ``.venv/bin/python -m bench.folding_speedup`` (100 repetitions at batch 1, 10 at batch 32, 2 warm-up
+rounds: about 7 minutes on 2 quiet cores, about 14 on a busy machine) or ``--quick`` (smoke run, 64×64,
+batch 1 and 4, 2 repetitions; saved as folding_speedup_quick.json). Results are saved after every model,
+with "complete": false until the end.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Settings:
     """Batches, repetitions per batch, warm-up rounds and the thread count of both runtimes."""
 
     batches: tuple[int, ...] = (1, 32)
-    repetitions: dict[int, int] = field(default_factory=lambda: {1: 100, 32: 15})
+    repetitions: dict[int, int] = field(default_factory=lambda: {1: 100, 32: 10})
     warmup: int = 2
     threads: int = 2
 
@@ -208,7 +209,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 64×64, batch 1 and 4, 2 repetitions")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and ORT intra-op threads")
     parser.add_argument("--models", nargs="*", help="only these model names (default: all)")
-    parser.add_argument("--repetitions", type=int, nargs=2, metavar=("BATCH1", "BATCH32"), default=(100, 15))
+    parser.add_argument("--repetitions", type=int, nargs=2, metavar=("BATCH1", "BATCH32"), default=(100, 10))
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing (default 2)")
     return parser.parse_args(argv)
 
