@@ -77,8 +77,8 @@ def session_options(threads: int, *, optimise: bool = True) -> ort.SessionOption
     """`threads` intra-op threads, 1 inter-op thread, no spinning; default optimisation level unless not `optimise`.
 
     Spinning is off because the sessions of the variants run alternately: an idle pool that spins after
-    its run steals a core from the next session (measured: 3.7× slower ResNet-18 batch-1 latency on a busy
-    2-core machine). Each session's pool then sleeps between runs, for every variant alike.
+    its run steals a core from the next session (interleaved ResNet-18 batch 1 on 2 cores: 55–66 ms with
+    spinning, 12–24 ms without). Each session's pool then sleeps between runs, for every variant alike.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
