@@ -32,6 +32,7 @@ from service.runtime import SessionRunner, Tensors
 # (input name, dtype, shape without axis 0) per input, in name order; None when the call cannot be merged.
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 BatchObserver = Callable[[int, int], None]  # (requests merged, samples) of one run
+RunFunction = Callable[[Mapping[str, np.ndarray]], Tensors]
 
 
 @dataclass
@@ -153,7 +154,10 @@ class BatchingRunner:
     async def _run_batch(self, batch: list[_Call]) -> None:
         assert self._slots is not None
         try:
-            results = await anyio.to_thread.run_sync(self._run_merged, batch)
+            if self.inner.runs_inline(sum(call.rows for call in batch)):
+                results = self._run_merged(batch, self.inner.run_inline)
+            else:
+                results = await anyio.to_thread.run_sync(self._run_merged, batch, self.inner.run_sync)
         except BaseException as error:  # cancelled at shutdown: every waiting caller gets the error
             results = [error] * len(batch)
             if not isinstance(error, Exception):
@@ -173,23 +177,24 @@ class BatchingRunner:
             else:
                 call.future.set_result(result)
 
-    def _run_merged(self, batch: list[_Call]) -> list[Tensors | BaseException]:
-        """Worker thread: one merged run split back, or — if it fails or cannot be split — each call alone."""
+    def _run_merged(self, batch: list[_Call], run: RunFunction) -> list[Tensors | BaseException]:
+        """One merged run split back, or — if it fails or cannot be split — each call alone. In a worker thread
+        (`run` = run_sync, gated), or inline on the loop for runs within the inline budget (`run_inline`)."""
         if len(batch) > 1:
             names = list(batch[0].inputs)
             merged = {name: np.concatenate([call.inputs[name] for call in batch]) for name in names}
             try:
-                pieces = split_outputs(self.inner.run_sync(merged), [call.rows for call in batch])
+                pieces = split_outputs(run(merged), [call.rows for call in batch])
             except Exception:
                 pieces = None
             if pieces is not None:
                 self.observe(len(batch), sum(call.rows for call in batch))
                 return list(pieces)
-        return [self._run_alone(call) for call in batch]
+        return [self._run_alone(call, run) for call in batch]
 
-    def _run_alone(self, call: _Call) -> Tensors | BaseException:
+    def _run_alone(self, call: _Call, run: RunFunction) -> Tensors | BaseException:
         try:
-            outputs = self.inner.run_sync(call.inputs)
+            outputs = run(call.inputs)
         except Exception as error:
             return error
         self.observe(1, call.rows)

@@ -43,7 +43,7 @@ class RunnerFactory:
         self.gate = threading.Semaphore(self.concurrent_runs)
 
     def session_runner(self, session: ort.InferenceSession) -> SessionRunner:
-        return SessionRunner(session, self.gate)
+        return SessionRunner(session, self.gate, self.settings.inline_run_budget_ms / 1000)
 
     def serving_runner(self, model: str, variant: str, runner: SessionRunner) -> Runner:
         if not self.settings.dynamic_batching:
@@ -115,7 +115,7 @@ def _calibrate(entry: Entry, runners: dict[str, SessionRunner]) -> Equivalence:
     outputs = {}
     for name, runner in runners.items():
         try:
-            outputs[name] = runner.run_sync(batch)
+            outputs[name] = runner.timed_run(batch)
         except Exception as error:  # onnxruntime's runtime failures
             raise EntryError(f"{name} variant fails on the calibration batch: {error}") from None
     tolerance = entry.manifest.tolerance

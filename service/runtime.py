@@ -8,6 +8,7 @@ the data plane or the HTTP layer changing.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
@@ -99,19 +100,57 @@ def _check_node(kind: str, spec: TensorSpec, node: Any) -> None:
         raise EntryError(f"graph {kind} {spec.name!r} has shape {list(graph_shape)}, model.json {spec.shape}")
 
 
-class SessionRunner:
-    """A `Runner` on one InferenceSession; `run` executes it in a worker thread (ORT releases the GIL)."""
+# A run whose estimated time (samples × seconds per sample measured at load) is within the inline budget
+# (BNFOLD_INLINE_RUN_BUDGET_MS) executes on the event loop's thread: for sub-millisecond models the hop to a
+# worker thread — and the wait for the GIL to come back (up to the 5 ms switch interval while the loop is
+# busy) — costs more than the run.
 
-    def __init__(self, session: ort.InferenceSession, gate: threading.Semaphore | None = None) -> None:
+
+def rows_of(inputs: Mapping[str, np.ndarray]) -> int:
+    """Samples of a call: the largest axis-0 size among its inputs (1 for scalars)."""
+    return max((np.shape(value)[0] for value in inputs.values() if np.ndim(value)), default=1)
+
+
+class SessionRunner:
+    """A `Runner` on one InferenceSession: cheap runs inline, others in a worker thread (ORT releases the GIL)."""
+
+    def __init__(
+        self, session: ort.InferenceSession, gate: threading.Semaphore | None = None, inline_budget_s: float = 0.0
+    ) -> None:
         self.session = session
+        self.inline_budget_s = inline_budget_s
         self.output_names = [node.name for node in session.get_outputs()]
         # Shared by every session of the process: at most `concurrent_runs` onnxruntime runs at once.
         self.gate: AbstractContextManager[Any] = gate if gate is not None else nullcontext()
+        self.seconds_per_sample: float | None = None  # measured by `timed_run` at load
 
     def run_sync(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         with self.gate:
-            values = self.session.run(self.output_names, dict(inputs))
+            return self.run_inline(inputs)
+
+    def run_inline(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """Run in the calling thread without the gate (for runs within the inline budget only)."""
+        values = self.session.run(self.output_names, dict(inputs))
         return dict(zip(self.output_names, values, strict=True))
 
+    def timed_run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """run_sync, recording seconds per sample (from a second run when the first, which allocates, was
+        fast; a slow first run is already an upper bound that keeps the model off the inline path)."""
+        start = time.perf_counter()
+        outputs = self.run_sync(inputs)
+        seconds = time.perf_counter() - start
+        if seconds < 0.05:
+            start = time.perf_counter()
+            self.run_sync(inputs)
+            seconds = time.perf_counter() - start
+        self.seconds_per_sample = seconds / max(1, rows_of(inputs))
+        return outputs
+
+    def runs_inline(self, rows: int) -> bool:
+        per_sample = self.seconds_per_sample
+        return per_sample is not None and self.inline_budget_s > 0 and rows * per_sample <= self.inline_budget_s
+
     async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        if self.runs_inline(rows_of(inputs)):
+            return self.run_inline(inputs)
         return await anyio.to_thread.run_sync(self.run_sync, inputs)

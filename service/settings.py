@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         True, description="After a failed check, mark folded degraded and serve default requests unfolded."
     )
     allow_non_finite: bool = Field(False, description="Accept NaN/Inf in input tensors (rejected by default).")
+    inline_run_budget_ms: float = Field(
+        0.5,
+        ge=0.0,
+        le=100.0,
+        description="Runs estimated (from the load-time speed) to take at most this long execute on the event "
+        "loop's thread instead of a worker thread (0: always a worker thread).",
+    )
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime intra-op threads per session; 0 = CPU cores / number of sessions."
     )
