@@ -54,7 +54,8 @@ def main() -> None:
         "by_status": {str(k): v for k, v in sorted(result.by_status.items())},
         "findings": result.server_errors,
     }
-    print(f"\nsaved {save_results('fuzz', payload)}")
+    name = "fuzz" if arguments.examples >= 3000 else "fuzz_quick"  # a smoke run keeps the real one
+    print(f"\nsaved {save_results(name, payload)}")
 
 
 if __name__ == "__main__":
