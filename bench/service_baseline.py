@@ -25,23 +25,12 @@ import numpy as np
 import onnxruntime as ort
 import uvicorn
 
+from bench.bare_server import bare_post_handler
 from bench.common import Summary, interleaved_timings, machine_description, markdown_table, save_results
 from service.app import create_app
 from service.settings import Settings
 
 ASGIApp = Callable[..., Any]
-
-
-async def bare_post_handler(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-    """The least an ASGI server can do for a POST: read the whole body, answer a fixed JSON."""
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b'{"ok":true}'})
 
 
 @contextmanager
