@@ -16,7 +16,7 @@ ideal; target ≤ 1.03). Each variant's BN count (modules / ONNX nodes) and the 
 error are recorded too.
 
 Run: ``.venv/bin/python -m bench.folding_speedup`` (100 repetitions at batch 1, 10 at batch 32, 2 warm-up
-rounds: about 7 minutes on 2 quiet cores, about 14 on a busy machine) or ``--quick`` (smoke run, 64×64,
+rounds: 4.8 minutes on 2 idle cores, about 14 on a busy machine) or ``--quick`` (smoke run, 64×64,
 batch 1 and 4, 2 repetitions; saved as folding_speedup_quick.json). Results are saved after every model,
 with "complete": false until the end.
 """
