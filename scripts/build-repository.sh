@@ -12,12 +12,7 @@ if [ -z "$out" ]; then
 fi
 bnfold build-default --out "$out"
 
-count=0
-for entry in "$out"/*/; do
-  [ -f "${entry}model.json" ] || continue
-  bnfold verify "${entry%/}"
-  count=$((count + 1))
-done
+count="$("$(dirname "$0")/verify-repository.sh" "$out")"
 if [ "$count" -eq 0 ]; then
   echo "build-repository.sh: bnfold build-default wrote no model into $out" >&2
   exit 1

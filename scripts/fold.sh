@@ -37,12 +37,7 @@ for model in "$incoming"/*.onnx "$incoming"/*.pt2; do
   bnfold fold-and-export --model "$model" --out "$repository" --name "$name" $options
 done
 
-count=0
-for entry in "$repository"/*/; do
-  [ -f "${entry}model.json" ] || continue
-  bnfold verify "${entry%/}"
-  count=$((count + 1))
-done
+count="$("$(dirname "$0")/verify-repository.sh" "$repository")"
 if [ "$count" -eq 0 ]; then
   echo "fold.sh: no model in $repository; the image's default repository $defaults is missing or empty" >&2
   exit 1

@@ -30,6 +30,10 @@ def test_script_is_executable(script: Path) -> None:
     [
         (["install-deps.sh", "everything"], "install-deps.sh: expected 'serve' or 'fold', got 'everything'"),
         (["build-repository.sh"], "build-repository.sh: missing OUT_DIR; usage: scripts/build-repository.sh OUT_DIR"),
+        (
+            ["verify-repository.sh"],
+            "verify-repository.sh: missing REPO_DIR; usage: scripts/verify-repository.sh REPO_DIR",
+        ),
     ],
 )
 def test_bad_arguments_get_one_line_with_the_fix(command: list[str], message: str) -> None:
