@@ -91,6 +91,13 @@ class BatchingRunner:
         """Unbatched run in the calling thread (loading, calibration)."""
         return self.inner.run_sync(inputs)
 
+    def runs_inline(self, rows: int) -> bool:
+        return self.inner.runs_inline(rows)
+
+    def run_inline(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """Unbatched run on the calling thread, bypassing the queue (for runs within the inline budget)."""
+        return self.inner.run_inline(inputs)
+
     async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         signature, rows = signature_of(inputs)
         call = _Call(inputs, rows, signature, asyncio.get_running_loop().create_future())

@@ -38,6 +38,14 @@ class Runner(Protocol):
 
     async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors: ...
 
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a run of `rows` samples is within the inline budget (executes on the loop's thread)."""
+        ...
+
+    def run_inline(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """Run now, in the calling thread, unbatched (only for runs where `runs_inline` holds)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SessionConfig:
