@@ -7,8 +7,9 @@ Variants of one network (all in eval mode):
 - ``bn_deleted``: every BatchNorm removed, the best folding can possibly do.
 
 All three are torch.fx GraphModules (``fold`` returns one; the other two are traced here, and the
-nn.Identity left by ``delete_batchnorm`` is dropped from the graph), so in eager mode they differ only in
-their BatchNorms, not in Python call overhead: tracing flattens the nested Sequential/block calls.
+nn.Identity modules that ``delete_batchnorm`` put in place of the BatchNorms are dropped from the graph,
+the network's own Identity modules are not), so in eager mode they differ only in their BatchNorms, not in
+Python call overhead: tracing flattens the nested Sequential/block calls.
 
 ``ort_optimised_op_count`` tells how many BatchNormalization nodes onnxruntime's own default-level
 optimiser leaves in a graph: it fuses Conv+BN itself when the conv's weight and bias are constants.
@@ -43,7 +44,7 @@ def build_variants(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, n
     models: dict[str, nn.Module] = {
         "unfolded": fx.symbolic_trace(model),
         "folded": result.model,
-        "bn_deleted": without_identity_calls(fx.symbolic_trace(delete_batchnorm(model))),
+        "bn_deleted": without_calls_of(fx.symbolic_trace(delete_batchnorm(model)), _batchnorm_names(model)),
     }
     for variant in models.values():
         variant.eval()
@@ -54,10 +55,17 @@ def build_variants(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, n
     return models, info
 
 
-def without_identity_calls(graph_module: fx.GraphModule) -> fx.GraphModule:
-    """Remove every call of an nn.Identity submodule from the graph (its users read its input instead)."""
+def _batchnorm_names(model: nn.Module) -> set[str]:
+    return {name for name, _ in batchnorm_modules(model)}
+
+
+def without_calls_of(graph_module: fx.GraphModule, names: set[str]) -> fx.GraphModule:
+    """Remove every call of the nn.Identity submodules called `names` (the ones that replaced BatchNorms;
+    the network's own Identity modules, such as a ResNet's identity shortcut, stay as in the other
+    variants): their users read their input instead."""
     for node in list(graph_module.graph.nodes):
-        if node.op == "call_module" and isinstance(graph_module.get_submodule(str(node.target)), nn.Identity):
+        if node.op == "call_module" and str(node.target) in names:
+            assert isinstance(graph_module.get_submodule(str(node.target)), nn.Identity)
             node.replace_all_uses_with(node.args[0])
             graph_module.graph.erase_node(node)
     graph_module.delete_all_unused_submodules()

@@ -99,7 +99,7 @@ def test_folded_variant_equals_unfolded_and_deleted_variant_differs() -> None:
     # every variant is a flat fx graph; the BN-deleted one has no call left where a BN was
     assert all(isinstance(model, fx.GraphModule) for model in models.values())
     calls = {
-        name: [str(node.target) for node in model.graph.nodes if node.op == "call_module"]  # type: ignore[union-attr]
+        name: [str(node.target) for node in model.graph.nodes if node.op == "call_module"]
         for name, model in models.items()
     }
     assert calls["bn_deleted"] == [target for target in calls["unfolded"] if target not in ("body.1", "body.4")]
@@ -136,3 +136,36 @@ def test_markdown_table_and_atomic_save(tmp_path: Path) -> None:
     path = save_results("demo", {"value": 1.5}, directory=tmp_path)
     assert json.loads(path.read_text()) == {"value": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["demo.json"]
+
+
+class ShortcutNet(nn.Module):
+    """y = relu(BN(conv(x)) + shortcut(x)) with an identity shortcut: an nn.Identity that is not a BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)) + self.shortcut(x))
+
+
+def test_bn_deleted_differs_from_folded_only_in_batchnorm() -> None:
+    """The network's own Identity calls stay in every variant; only the BatchNorms go."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(ShortcutNet().eval(), seed=3)
+    x = torch.randn(2, 4, 6, 6)
+    models, _ = build_variants(model, x)
+    called = {
+        name: sorted(str(node.target) for node in variant.graph.nodes if node.op == "call_module")
+        for name, variant in models.items()
+    }
+    assert called == {
+        "unfolded": ["bn", "conv", "shortcut"],
+        "folded": ["conv", "shortcut"],
+        "bn_deleted": ["conv", "shortcut"],
+    }
+    with torch.no_grad():
+        conv_out = torch.nn.functional.conv2d(x, model.conv.weight, padding=1)
+        torch.testing.assert_close(models["bn_deleted"](x), torch.relu(conv_out + x))
