@@ -16,7 +16,8 @@ ideal; target ≤ 1.03). Each variant's BN count (modules / ONNX nodes) and the 
 error are recorded too.
 
 Run: ``.venv/bin/python -m bench.folding_speedup`` (100 repetitions at batch 1, 10 at batch 32, 2 warm-up
-rounds: 4.8 minutes on 2 idle cores, about 14 on a busy machine) or ``--quick`` (smoke run, 64×64,
+rounds, and more rounds for cells faster than ``--min-seconds`` 2 s — up to 20,000, so that the tiny zoo
+models' sub-millisecond medians are stable to well under 3 %) or ``--quick`` (smoke run, 64×64,
 batch 1 and 4, 2 repetitions; saved as folding_speedup_quick.json). Results are saved after every model,
 with "complete": false until the end.
 """
@@ -72,6 +73,7 @@ class Settings:
     repetitions: dict[int, int] = field(default_factory=lambda: {1: 100, 32: 10})
     warmup: int = 2
     threads: int = 2
+    min_seconds: float = 0.0  # per cell: more rounds than `repetitions` when the variants are that fast
 
 
 def reference_cases(resolution: int = 224, names: Sequence[str] = tuple(REFERENCE_NETS)) -> list[BenchCase]:
@@ -103,11 +105,29 @@ def zoo_cases() -> tuple[list[BenchCase], str | None]:
     return cases, None
 
 
-def time_cell(runners: dict[str, Callable[[], object]], repetitions: int, warmup: int) -> dict[str, Any]:
+MAX_REPETITIONS = 20_000
+
+
+def repetitions_for(runners: dict[str, Callable[[], object]], repetitions: int, min_seconds: float) -> int:
+    """`repetitions`, or more rounds (≤ MAX_REPETITIONS) so that the cell lasts about `min_seconds`: a
+    sub-millisecond variant's median over 100 calls moves by more than the 3 % being measured."""
+    if min_seconds <= 0:
+        return repetitions
+    start = time.perf_counter()
+    for runner in runners.values():
+        runner()
+    round_seconds = max(time.perf_counter() - start, 1e-9)
+    return max(repetitions, min(MAX_REPETITIONS, int(min_seconds / round_seconds)))
+
+
+def time_cell(
+    runners: dict[str, Callable[[], object]], repetitions: int, warmup: int, min_seconds: float = 0.0
+) -> dict[str, Any]:
     """Interleaved timings of the variants of one (model, runtime, batch) cell, and the ratios."""
+    rounds = repetitions_for(runners, repetitions, min_seconds)
     summaries = {
         name: Summary.of(samples)
-        for name, samples in interleaved_timings(runners, repetitions=repetitions, warmup=warmup).items()
+        for name, samples in interleaved_timings(runners, repetitions=rounds, warmup=warmup).items()
     }
     median = {name: summary.median_ms for name, summary in summaries.items()}
     cell: dict[str, Any] = {
@@ -140,7 +160,8 @@ def measure_case(case: BenchCase, settings: Settings) -> dict[str, Any]:
     }
     for batch in settings.batches:
         x = torch.randn(batch, *case.sample_shape, generator=generator)
-        result["cells"] += time_batch(models, sessions, x, settings.repetitions[batch], settings.warmup)
+        repetitions = settings.repetitions[batch]
+        result["cells"] += time_batch(models, sessions, x, repetitions, settings.warmup, settings.min_seconds)
     return result
 
 
@@ -150,15 +171,20 @@ def time_batch(
     x: torch.Tensor,
     repetitions: int,
     warmup: int,
+    min_seconds: float = 0.0,
 ) -> list[dict[str, Any]]:
     """The torch cell (under inference_mode) and the onnxruntime cell of one batch."""
     batch = int(x.shape[0])
     with torch.inference_mode():
         torch_runners = {name: _torch_runner(models[name], x) for name in VARIANTS}
-        torch_cell = {"runtime": "torch", "batch": batch, **time_cell(torch_runners, repetitions, warmup)}
+        torch_timing = time_cell(torch_runners, repetitions, warmup, min_seconds)
     feed = {INPUT_NAME: x.numpy()}
     ort_runners = {name: _ort_runner(sessions[name], feed) for name in VARIANTS}
-    return [torch_cell, {"runtime": "onnxruntime", "batch": batch, **time_cell(ort_runners, repetitions, warmup)}]
+    ort_timing = time_cell(ort_runners, repetitions, warmup, min_seconds)
+    return [
+        {"runtime": "torch", "batch": batch, **torch_timing},
+        {"runtime": "onnxruntime", "batch": batch, **ort_timing},
+    ]
 
 
 def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -179,10 +205,15 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
             latency = {name: cell["latency_ms"][name]["median_ms"] for name in VARIANTS}
             rows.append([
                 result["model"], cell["runtime"], cell["batch"],
-                *(f"{latency[name]:.2f}" for name in VARIANTS),
+                *(format_ms(latency[name]) for name in VARIANTS),
                 f"{cell['unfolded_over_folded']:.3f}", f"{cell['folded_over_bn_deleted']:.3f}",
             ])  # fmt: skip
     return markdown_table(header, rows)
+
+
+def format_ms(milliseconds: float) -> str:
+    """Two decimals, or three significant digits below 1 ms (0.0231), so tiny models' ratios can be read."""
+    return f"{milliseconds:.2f}" if milliseconds >= 1 else f"{milliseconds:.3g}"
 
 
 def batchnorm_table(results: Sequence[dict[str, Any]]) -> str:
@@ -211,6 +242,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--models", nargs="*", help="only these model names (default: all)")
     parser.add_argument("--repetitions", type=int, nargs=2, metavar=("BATCH1", "BATCH32"), default=(100, 10))
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing (default 2)")
+    parser.add_argument(
+        "--min-seconds", type=float, default=2.0, help="more rounds for fast cells: each cell lasts ≥ this (default 2)"
+    )
     return parser.parse_args(argv)
 
 
@@ -219,7 +253,10 @@ def settings_for(args: argparse.Namespace) -> tuple[Settings, int]:
     if args.quick:
         return Settings(batches=(1, 4), repetitions={1: 2, 4: 2}, warmup=1, threads=args.threads), 64
     batch1, batch32 = args.repetitions
-    return Settings(repetitions={1: batch1, 32: batch32}, warmup=args.warmup, threads=args.threads), 224
+    repetitions = {1: batch1, 32: batch32}
+    return Settings(
+        repetitions=repetitions, warmup=args.warmup, threads=args.threads, min_seconds=args.min_seconds
+    ), 224
 
 
 def select_cases(names: Sequence[str] | None, resolution: int) -> tuple[list[BenchCase], str | None]:
@@ -286,7 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "resolution": resolution,
         "machine": machine,
-        "settings": {"batches": settings.batches, "repetitions": settings.repetitions, "warmup": settings.warmup},
+        "settings": {
+            "batches": settings.batches,
+            "repetitions": settings.repetitions,
+            "warmup": settings.warmup,
+            "min_seconds_per_cell": settings.min_seconds,
+        },
         "zoo_note": zoo_note,
     }
     name = "folding_speedup_quick" if args.quick else "folding_speedup"

@@ -6,6 +6,7 @@ No timing is asserted: only the structure of the result, BN counts, and that fol
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,14 @@ def test_bn_deleted_differs_from_folded_only_in_batchnorm() -> None:
     with torch.no_grad():
         conv_out = torch.nn.functional.conv2d(x, model.conv.weight, padding=1)
         torch.testing.assert_close(models["bn_deleted"](x), torch.relu(conv_out + x))
+
+
+def test_fast_cells_get_more_rounds_up_to_the_cap() -> None:
+    from bench.folding_speedup import MAX_REPETITIONS, repetitions_for
+
+    fast = {"a": lambda: None, "b": lambda: None}
+    assert repetitions_for(fast, 7, 0.0) == 7
+    assert repetitions_for(fast, 7, 10.0) == MAX_REPETITIONS
+    slow = {"a": lambda: time.sleep(0.01)}
+    assert repetitions_for(slow, 3, 0.02) == 3  # ~2 rounds would fill 0.02 s: never fewer than asked
+    assert 5 <= repetitions_for(slow, 1, 0.3) <= 30
