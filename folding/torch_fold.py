@@ -2,8 +2,9 @@
 
 Pipeline: deep-copy the model → capture it with torch.fx → run it once on the example inputs, recording
 each BN's output (the reference) → for each BN in graph order fold it into the previous layer, else into
-the next, else lower it to a per-channel scale/shift (or keep it) → run the folded graph → measure each BN's
-output against its replacement's, and the model output end to end.
+the next, else lower it to a per-channel scale/shift (or keep it) → a ConvTranspose that received a BN
+becomes its SeparateBias subclass (same function, faster in eager mode: folding/torch_conv_transpose.py) →
+run the folded graph → measure each BN's output against its replacement's, and the model output end to end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import fx, nn
 from folding.report import FoldEntry, FoldReport
 from folding.torch_batchnorm import describe_batchnorm, is_batchnorm_node
 from folding.torch_capture import capture, normalise_inputs, private_copy
+from folding.torch_conv_transpose import separate_bias
 from folding.torch_measure import output_error, record
 from folding.torch_plan import Outcome, decide
 from folding.torch_rules import INTO_NEXT
@@ -42,6 +44,8 @@ def fold(model: nn.Module, example_inputs: object, *, lower_unfoldable: bool = T
     batchnorms = [node for node in graph_module.graph.nodes if is_batchnorm_node(graph_module, node)]
     reference = record(graph_module, inputs, _measured_nodes(graph_module, batchnorms))
     outcomes = _fold_all(graph_module, batchnorms, reference.ndims, lower_unfoldable)
+    for target in {o.target for o in outcomes if o.target is not None}:
+        separate_bias(graph_module.get_submodule(target))  # a fused ConvTranspose: eager fast path
     graph_module.graph.lint()
     graph_module.delete_all_unused_submodules()
     _align_containers(graph_module)

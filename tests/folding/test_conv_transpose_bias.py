@@ -1,0 +1,106 @@
+"""A ConvTranspose that receives a BN becomes its SeparateBias subclass: same function in eager mode, one
+biased ConvTranspose node (no Add) when exported, and onnxruntime agrees; BN statistics are random."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from folding import export_onnx, fold
+from folding.torch_conv_transpose import (
+    ConvTranspose1dSeparateBias,
+    ConvTranspose2dSeparateBias,
+    ConvTranspose3dSeparateBias,
+)
+from models.reference_nets import randomize_batchnorm
+
+CASES = {
+    # name: (ConvTranspose, BatchNorm, its SeparateBias class, input shape)
+    "1d groups 4 stride 2": (
+        lambda: nn.ConvTranspose1d(8, 12, 3, stride=2, padding=1, output_padding=1, groups=4, bias=False),
+        nn.BatchNorm1d(12),
+        ConvTranspose1dSeparateBias,
+        (3, 8, 7),
+    ),
+    "2d groups 2 dilation 2 with bias": (
+        lambda: nn.ConvTranspose2d(6, 4, 3, padding=2, dilation=2, groups=2),
+        nn.BatchNorm2d(4),
+        ConvTranspose2dSeparateBias,
+        (2, 6, 5, 5),
+    ),
+    "2d depthwise stride 2": (
+        lambda: nn.ConvTranspose2d(8, 8, 2, stride=2, groups=8, bias=False),
+        nn.BatchNorm2d(8),
+        ConvTranspose2dSeparateBias,
+        (2, 8, 4, 4),
+    ),
+    "3d groups 1": (
+        lambda: nn.ConvTranspose3d(4, 6, 2, stride=(1, 2, 2), bias=False),
+        nn.BatchNorm3d(6),
+        ConvTranspose3dSeparateBias,
+        (2, 4, 3, 4, 4),
+    ),
+}
+
+
+def unfolded_model(name: str) -> nn.Module:
+    make_conv, batchnorm, _, _ = CASES[name]
+    torch.manual_seed(sum(map(ord, name)))
+    model = nn.Sequential(make_conv(), batchnorm, nn.ReLU())
+    return randomize_batchnorm(model.eval(), seed=len(name))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_folded_conv_transpose_adds_its_bias_separately_and_exports_one_node(name: str) -> None:
+    _, _, separate_class, shape = CASES[name]
+    model = unfolded_model(name)
+    x = torch.randn(*shape)
+    result = fold(model, (x,))
+    folded_conv = result.model.get_submodule("0")
+    assert type(folded_conv) is separate_class
+    assert folded_conv.bias is not None and result.report.summary().startswith("1/1 BatchNorm folded")
+    assert type(model[0]) is not separate_class  # the caller's model is untouched
+    for batch in (x, torch.randn(5, *shape[1:])):
+        with torch.no_grad():
+            expected = model(batch)
+            got = result.model(batch)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+    proto = export_onnx(result.model, (x,), input_names=["input"], output_names=["output"])
+    nodes = [(node.op_type, len(node.input)) for node in proto.graph.node]
+    assert ("ConvTranspose", 3) in nodes, nodes  # the bias travels inside the ConvTranspose node
+    assert not any(op in ("Add", "BatchNormalization") for op, _ in nodes), nodes
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_separate_bias_forward_equals_the_parent_forward() -> None:
+    """Unbatched input and the output_size argument take the same path as nn.ConvTranspose2d's forward."""
+    torch.manual_seed(3)
+    plain = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, groups=2).eval()
+    separate = ConvTranspose2dSeparateBias(4, 6, 3, stride=2, padding=1, groups=2).eval()
+    separate.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for x, size in (
+            (torch.randn(2, 4, 5, 5), None),
+            (torch.randn(4, 5, 5), None),
+            (torch.randn(2, 4, 5, 5), [10, 10]),
+        ):
+            expected = plain(x, size)
+            got = separate(x, size)
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_conv_transpose_without_a_batchnorm_keeps_its_class() -> None:
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.ConvTranspose2d(3, 3, 2), nn.ReLU(), nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4))
+    model = randomize_batchnorm(model.eval(), seed=2)
+    result = fold(model, (torch.randn(2, 3, 4, 4),))
+    assert type(result.model.get_submodule("0")) is nn.ConvTranspose2d
+    assert type(result.model.get_submodule("2")) is nn.Conv2d
