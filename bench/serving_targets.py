@@ -31,8 +31,12 @@ def _sweep_targets(sweep: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _batching_target(batching: dict[str, Any]) -> dict[str, Any]:
+    """Also gives the most any batcher could gain here: onnxruntime's own batch-32 ÷ batch-1 throughput."""
     ratio = batching["batching"]["throughput_rps"] / batching["no batching"]["throughput_rps"]
-    return _target("ResNet-18 224×224 at 64 in flight: batching ≥ 2× no batching", f"{ratio:.2f}×", ratio >= 2.0)
+    limits = batching["in_process"]
+    ceiling = limits["batch 32"]["throughput_sps"] / limits["batch 1"]["throughput_sps"]
+    measured = f"{ratio:.2f}× (onnxruntime in process, batch 32 ÷ batch 1: {ceiling:.2f}×)"
+    return _target("ResNet-18 224×224 at 64 in flight: batching ≥ 2× no batching", measured, ratio >= 2.0)
 
 
 def _equivalence_targets(equivalence: dict[str, Any]) -> list[dict[str, Any]]:
