@@ -14,6 +14,7 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from folding.errors import FoldingError
+from folding.torch_conv_transpose import SEPARATE_BIAS_CLASSES
 
 _CAPTURE_ADVICE = (
     "torch.fx cannot trace Python control flow that depends on tensor values (if/while on a tensor, "
@@ -43,15 +44,19 @@ class BatchNormLeafTracer(fx.Tracer):
     ordinary graph nodes that folding leaves in place, and its batch norm becomes a functional batch_norm
     call on its own buffers, which folds like any other. The shape check `_check_input_dim` (`if
     input.dim() != 4: raise`, untraceable) is skipped while tracing; it only raises on bad input.
+    A ConvTranspose that an earlier fold turned into its SeparateBias subclass is one leaf too, as it was
+    before that fold, so a folded model can be captured and folded again.
     """
 
-    def __init__(self, trace_subclasses: bool) -> None:
+    def __init__(self, trace_subclasses: bool = True) -> None:  # the default lets torch.load rebuild a graph
         super().__init__()
         self.trace_subclasses = trace_subclasses
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, _BatchNorm):
             return not (self.trace_subclasses and overrides_forward(m))
+        if type(m) in SEPARATE_BIAS_CLASSES:  # bnfold's own folded ConvTranspose: one layer, as before folding
+            return True
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(

@@ -21,6 +21,11 @@ from torch.nn.modules.conv import _ConvNd
 
 from folding.arithmetic import F64, ScaleShift, compose, fold_into_next, fold_into_previous
 from folding.errors import FoldingError
+from folding.torch_conv_transpose import (
+    ConvTranspose1dSeparateBias,
+    ConvTranspose2dSeparateBias,
+    ConvTranspose3dSeparateBias,
+)
 from folding.torch_scale_shift import ChannelScaleShift
 from folding.torch_tensors import as_f64, optional_f64
 
@@ -142,6 +147,9 @@ INTO_PREVIOUS: dict[type[nn.Module], Rule] = {
     nn.ConvTranspose1d: _into_conv,
     nn.ConvTranspose2d: _into_conv,
     nn.ConvTranspose3d: _into_conv,
+    ConvTranspose1dSeparateBias: _into_conv,
+    ConvTranspose2dSeparateBias: _into_conv,
+    ConvTranspose3dSeparateBias: _into_conv,
     nn.Linear: _into_linear,
     ChannelScaleShift: _into_scale_shift,
 }
@@ -154,6 +162,9 @@ INTO_NEXT: dict[type[nn.Module], Rule] = {
     nn.ConvTranspose1d: _conv_transpose_refuses,
     nn.ConvTranspose2d: _conv_transpose_refuses,
     nn.ConvTranspose3d: _conv_transpose_refuses,
+    ConvTranspose1dSeparateBias: _conv_transpose_refuses,
+    ConvTranspose2dSeparateBias: _conv_transpose_refuses,
+    ConvTranspose3dSeparateBias: _conv_transpose_refuses,
 }
 
 

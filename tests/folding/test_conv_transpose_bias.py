@@ -3,6 +3,8 @@ biased ConvTranspose node (no Add) when exported, and onnxruntime agrees; BN sta
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -104,3 +106,43 @@ def test_a_conv_transpose_without_a_batchnorm_keeps_its_class() -> None:
     result = fold(model, (torch.randn(2, 3, 4, 4),))
     assert type(result.model.get_submodule("0")) is nn.ConvTranspose2d
     assert type(result.model.get_submodule("2")) is nn.Conv2d
+
+
+def folded_pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """A Conv→BN→ReLU→grouped ConvTranspose→BN model and its folded version."""
+    torch.manual_seed(11)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2, bias=False),
+        nn.BatchNorm2d(4),
+    )
+    model = randomize_batchnorm(model.eval(), seed=4)
+    x = torch.randn(2, 3, 6, 6)
+    return model, fold(model, (x,)).model, x
+
+
+def test_a_folded_model_folds_again_into_its_separate_bias_conv_transpose() -> None:
+    """The SeparateBias class is one layer to the capture and has the ConvTranspose rules."""
+    _, folded, x = folded_pair()
+    extra = randomize_batchnorm(nn.BatchNorm2d(4).eval(), seed=9)
+    chained = nn.Sequential(folded, extra).eval()
+    result = fold(chained, (x,))
+    assert result.report.summary().startswith("1/1 BatchNorm folded")
+    assert type(result.model.get_submodule("0.3")) is ConvTranspose2dSeparateBias
+    with torch.no_grad():
+        expected = chained(x)
+        torch.testing.assert_close(result.model(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_a_folded_model_survives_torch_save_and_torch_jit_script(tmp_path: Path) -> None:
+    model, folded, x = folded_pair()
+    torch.save(folded, tmp_path / "folded.pt")
+    loaded = torch.load(tmp_path / "folded.pt", weights_only=False)
+    scripted = torch.jit.script(folded)
+    with torch.no_grad():
+        expected = model(x)
+        for candidate in (folded, loaded, scripted):
+            torch.testing.assert_close(candidate(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert type(loaded.get_submodule("3")) is ConvTranspose2dSeparateBias
