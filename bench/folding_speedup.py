@@ -110,13 +110,21 @@ MAX_REPETITIONS = 20_000
 
 def repetitions_for(runners: dict[str, Callable[[], object]], repetitions: int, min_seconds: float) -> int:
     """`repetitions`, or more rounds (≤ MAX_REPETITIONS) so that the cell lasts about `min_seconds`: a
-    sub-millisecond variant's median over 100 calls moves by more than the 3 % being measured."""
+    sub-millisecond variant's median over 100 calls moves by more than the 3 % being measured.
+
+    The round time is estimated after one untimed round, over rounds adding up to ≥ min_seconds / 20 (a
+    single cold round overestimates it several times over)."""
     if min_seconds <= 0:
         return repetitions
-    start = time.perf_counter()
     for runner in runners.values():
         runner()
-    round_seconds = max(time.perf_counter() - start, 1e-9)
+    rounds, start, elapsed = 0, time.perf_counter(), 0.0
+    while elapsed < min_seconds / 20 and rounds < MAX_REPETITIONS:
+        for runner in runners.values():
+            runner()
+        rounds += 1
+        elapsed = time.perf_counter() - start
+    round_seconds = max(elapsed / rounds, 1e-9)
     return max(repetitions, min(MAX_REPETITIONS, int(min_seconds / round_seconds)))
 
 
