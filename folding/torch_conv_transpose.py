@@ -13,18 +13,18 @@ path. These subclasses compute the same function,
 
     y = ConvTransposeNd(x; W, no bias) + b[c]    (b broadcast over the channel axis of (N, C, …) or (C, …)),
 
-with the add as a separate operation in eager mode. While being exported (torch.export, torch.onnx) or run
-by TorchScript they pass the bias to the convolution as the parent class does, so the exported graph has
+with the add as a separate operation in eager mode. While being exported (torch.export, torch.onnx) or
+compiled by torch.jit.script they pass the bias to the convolution as the parent class does (torch.jit.trace
+records the eager path: a convolution and an add), so the exported graph has
 one ConvTranspose node carrying its bias: onnxruntime adds a bias inside ConvTranspose for about 3 % of the
 layer (397 vs 384 µs on the layer above), where a separate Add node costs 9 % (420 µs). A fold that does
 not touch a layer keeps the plain nn.ConvTranspose class. The three forwards are spelled out because
 TorchScript compiles each one and supports neither super() nor function arguments.
 """
 
-# torch types ConvTranspose's stride/padding/dilation as `str | tuple` (a Conv may have padding="same"), while
-# _output_padding and F.conv_transpose* want lists; ConvTranspose only ever holds int tuples (torch's own
-# ConvTranspose forwards carry the same ignores).
-# mypy: disable-error-code="arg-type"
+# The `type: ignore[arg-type]`s: torch types ConvTranspose's stride/padding/dilation as `str | tuple` (a Conv
+# may have padding="same") where _output_padding and F.conv_transpose* want int lists; a ConvTranspose only
+# ever holds int tuples (torch's own ConvTranspose forwards carry the same ignores).
 # No `from __future__ import annotations`: TorchScript resolves these annotations as objects.
 
 import torch
@@ -42,72 +42,63 @@ class ConvTranspose1dSeparateBias(nn.ConvTranspose1d):
     """nn.ConvTranspose1d whose bias is added after the convolution in eager mode (same function)."""
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        weight, stride, padding, dilation, groups = self.weight, self.stride, self.padding, self.dilation, self.groups
+        # fmt: off
         output_padding = self._output_padding(
-            input,
-            output_size,
-            self.stride,
-            self.padding,
-            self.kernel_size,
-            1,
-            self.dilation,
+            input, output_size, stride, padding, self.kernel_size, 1, dilation  # type: ignore[arg-type]
         )
         bias = self.bias
         if bias is None or torch.jit.is_scripting() or _exporting():
             return F.conv_transpose1d(
-                input, self.weight, bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+                input, weight, bias, stride, padding, output_padding, groups, dilation  # type: ignore[arg-type]
             )
         y = F.conv_transpose1d(
-            input, self.weight, None, self.stride, self.padding, output_padding, self.groups, self.dilation
+            input, weight, None, stride, padding, output_padding, groups, dilation  # type: ignore[arg-type]
         )
-        return y + bias.reshape(-1, 1)
+        # fmt: on
+        return y + bias.to(y.dtype).reshape(-1, 1)  # autocast: keep the convolution's dtype
 
 
 class ConvTranspose2dSeparateBias(nn.ConvTranspose2d):
     """nn.ConvTranspose2d whose bias is added after the convolution in eager mode (same function)."""
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        weight, stride, padding, dilation, groups = self.weight, self.stride, self.padding, self.dilation, self.groups
+        # fmt: off
         output_padding = self._output_padding(
-            input,
-            output_size,
-            self.stride,
-            self.padding,
-            self.kernel_size,
-            2,
-            self.dilation,
+            input, output_size, stride, padding, self.kernel_size, 2, dilation  # type: ignore[arg-type]
         )
         bias = self.bias
         if bias is None or torch.jit.is_scripting() or _exporting():
             return F.conv_transpose2d(
-                input, self.weight, bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+                input, weight, bias, stride, padding, output_padding, groups, dilation  # type: ignore[arg-type]
             )
         y = F.conv_transpose2d(
-            input, self.weight, None, self.stride, self.padding, output_padding, self.groups, self.dilation
+            input, weight, None, stride, padding, output_padding, groups, dilation  # type: ignore[arg-type]
         )
-        return y + bias.reshape(-1, 1, 1)
+        # fmt: on
+        return y + bias.to(y.dtype).reshape(-1, 1, 1)  # autocast: keep the convolution's dtype
 
 
 class ConvTranspose3dSeparateBias(nn.ConvTranspose3d):
     """nn.ConvTranspose3d whose bias is added after the convolution in eager mode (same function)."""
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        weight, stride, padding, dilation, groups = self.weight, self.stride, self.padding, self.dilation, self.groups
+        # fmt: off
         output_padding = self._output_padding(
-            input,
-            output_size,
-            self.stride,
-            self.padding,
-            self.kernel_size,
-            3,
-            self.dilation,
+            input, output_size, stride, padding, self.kernel_size, 3, dilation  # type: ignore[arg-type]
         )
         bias = self.bias
         if bias is None or torch.jit.is_scripting() or _exporting():
             return F.conv_transpose3d(
-                input, self.weight, bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+                input, weight, bias, stride, padding, output_padding, groups, dilation  # type: ignore[arg-type]
             )
         y = F.conv_transpose3d(
-            input, self.weight, None, self.stride, self.padding, output_padding, self.groups, self.dilation
+            input, weight, None, stride, padding, output_padding, groups, dilation  # type: ignore[arg-type]
         )
-        return y + bias.reshape(-1, 1, 1, 1)
+        # fmt: on
+        return y + bias.to(y.dtype).reshape(-1, 1, 1, 1)  # autocast: keep the convolution's dtype
 
 
 SEPARATE_BIAS: dict[type[nn.Module], type[nn.Module]] = {

@@ -1,6 +1,8 @@
-"""The per-channel affine module a BatchNorm with no foldable neighbour is lowered to."""
+"""The per-channel affine module a BatchNorm with no foldable neighbour is lowered to.
 
-from __future__ import annotations
+No `from __future__ import annotations`: torch.jit.script resolves the annotations as objects, and a folded
+model with a lowered BN must stay scriptable like the unfolded one.
+"""
 
 from torch import Tensor, nn
 
@@ -23,7 +25,7 @@ class ChannelScaleShift(nn.Module):
         self.register_buffer("shift", shift)
 
     def forward(self, x: Tensor) -> Tensor:
-        broadcast = (-1,) + (1,) * (x.dim() - 2)  # (C,) → (C, 1, …) to meet (N, C, …)
+        broadcast = [-1] + [1] * (x.dim() - 2)  # (C,) → (C, 1, …) to meet (N, C, …)
         return x * self.scale.reshape(broadcast) + self.shift.reshape(broadcast)
 
     def extra_repr(self) -> str:

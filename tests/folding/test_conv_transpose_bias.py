@@ -146,3 +146,29 @@ def test_a_folded_model_survives_torch_save_and_torch_jit_script(tmp_path: Path)
         for candidate in (folded, loaded, scripted):
             torch.testing.assert_close(candidate(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     assert type(loaded.get_submodule("3")) is ConvTranspose2dSeparateBias
+
+
+def test_separate_bias_keeps_the_autocast_dtype() -> None:
+    torch.manual_seed(8)
+    plain = nn.ConvTranspose2d(4, 6, 3, stride=2).eval()
+    separate = ConvTranspose2dSeparateBias(4, 6, 3, stride=2).eval()
+    separate.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 4, 5, 5)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+            expected, got = plain(x), separate(x)
+        assert got.dtype == expected.dtype == dtype
+        torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2 * float(expected.abs().max()))
+
+
+def test_a_folded_model_with_a_lowered_batchnorm_scripts() -> None:
+    """BN on the input has no producer and feeds a ReLU: it is lowered to ChannelScaleShift."""
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 3))
+    model = randomize_batchnorm(model.eval(), seed=6)
+    x = torch.randn(2, 3, 6, 6)
+    result = fold(model, (x,))
+    assert "1 lowered" in result.report.summary()
+    scripted = torch.jit.script(result.model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
