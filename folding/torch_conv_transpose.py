@@ -14,12 +14,13 @@ path. These subclasses compute the same function,
     y = ConvTransposeNd(x; W, no bias) + b[c]    (b broadcast over the channel axis of (N, C, …) or (C, …)),
 
 with the add as a separate operation in eager mode. While being exported (torch.export, torch.onnx) or
-compiled by torch.jit.script they pass the bias to the convolution as the parent class does (torch.jit.trace
-records the eager path: a convolution and an add), so the exported graph has
-one ConvTranspose node carrying its bias: onnxruntime adds a bias inside ConvTranspose for about 3 % of the
-layer (397 vs 384 µs on the layer above), where a separate Add node costs 9 % (420 µs). A fold that does
-not touch a layer keeps the plain nn.ConvTranspose class. The three forwards are spelled out because
-TorchScript compiles each one and supports neither super() nor function arguments.
+compiled by torch.jit.script they pass the bias to the convolution as the parent class does, so the exported
+graph has one ConvTranspose node carrying its bias: onnxruntime adds a bias inside ConvTranspose for about
+3 % of the layer (397 vs 384 µs on the layer above), where a separate Add node costs 9 % (420 µs).
+(torch.jit.trace records the eager path: a convolution and an add.) Under autocast the bias is cast to the
+convolution's dtype, as the parent's kernel does. A fold that does not touch a layer keeps the plain
+nn.ConvTranspose class. The three forwards are spelled out because TorchScript compiles each one and
+supports neither super() nor function arguments.
 """
 
 # The `type: ignore[arg-type]`s: torch types ConvTranspose's stride/padding/dilation as `str | tuple` (a Conv
