@@ -28,6 +28,7 @@ COPY scripts/install-deps.sh ./scripts/
 RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" scripts/install-deps.sh fold
 # Then the source, installed without touching the dependencies.
 COPY README.md ./
+COPY bnfold/ ./bnfold/
 COPY folding/ ./folding/
 COPY models/ ./models/
 COPY service/ ./service/
@@ -56,6 +57,7 @@ COPY pyproject.toml ./
 COPY scripts/install-deps.sh ./scripts/
 RUN scripts/install-deps.sh serve
 COPY README.md ./
+COPY bnfold/ ./bnfold/
 COPY folding/ ./folding/
 COPY models/ ./models/
 COPY service/ ./service/

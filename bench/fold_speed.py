@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from bench.common import Summary, interleaved_timings, machine_description, markdown_table, save_results
-from folding import FoldResult, fold
-from folding.compare import discrepancy
-from models.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet50
+from bnfold.folding import FoldResult, fold
+from bnfold.folding.compare import discrepancy
+from bnfold.models.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet50
 
 NETWORKS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: resnet50(num_classes=1000),

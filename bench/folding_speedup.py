@@ -48,9 +48,9 @@ from bench.folding_variants import (
     ort_session,
     output_errors,
 )
-from folding.errors import BnfoldError
-from folding.export import count_op
-from models.reference_nets import REFERENCE_NETS, randomize_batchnorm
+from bnfold.folding.errors import BnfoldError
+from bnfold.folding.export import count_op
+from bnfold.models.reference_nets import REFERENCE_NETS, randomize_batchnorm
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -90,8 +90,8 @@ def _randomised(factory: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
 def zoo_cases() -> tuple[list[BenchCase], str | None]:
     """Every zoo model (trained, from the weights cache when present), or ([], why) when there is no zoo."""
     try:
-        from models.data import load_split
-        from models.zoo import ZOO, trained
+        from bnfold.models.data import load_split
+        from bnfold.models.zoo import ZOO, trained
     except ImportError as error:
         return [], f"the model zoo is not importable ({error}); only reference nets were measured"
 

@@ -26,9 +26,9 @@ import onnxruntime as ort
 import torch
 from torch import fx, nn
 
-from folding.compare import Tolerance, discrepancy
-from folding.export import count_op, export_onnx
-from models.batchnorm_variants import batchnorm_modules, delete_batchnorm
+from bnfold.folding.compare import Tolerance, discrepancy
+from bnfold.folding.export import count_op, export_onnx
+from bnfold.models.batchnorm_variants import batchnorm_modules, delete_batchnorm
 
 VARIANTS = ("unfolded", "folded", "bn_deleted")
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -38,7 +38,7 @@ OUTPUT_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
 
 def build_variants(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     """The modules of VARIANTS, and the fold summary with each variant's BN module count."""
-    from folding import fold
+    from bnfold.folding import fold
 
     result = fold(model, (example,))
     models: dict[str, nn.Module] = {

@@ -25,12 +25,12 @@ from numpy.typing import NDArray
 from torch import nn
 
 from bench.common import Summary, machine_description, markdown_table, save_results
-from folding.compare import discrepancy
-from folding.export import count_op, export_onnx
-from folding.onnx_fold import fold_onnx
-from folding.onnx_measure import run_all_optimisations_off
-from models.reference_nets import densenet_small, mobilenet_v2, resnet50
-from models.zoo import ZOO, trained
+from bnfold.folding.compare import discrepancy
+from bnfold.folding.export import count_op, export_onnx
+from bnfold.folding.onnx_fold import fold_onnx
+from bnfold.folding.onnx_measure import run_all_optimisations_off
+from bnfold.models.reference_nets import densenet_small, mobilenet_v2, resnet50
+from bnfold.models.zoo import ZOO, trained
 
 REFERENCE_NETS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: resnet50(num_classes=1000),

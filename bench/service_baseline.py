@@ -27,8 +27,8 @@ import uvicorn
 
 from bench.bare_server import bare_post_handler
 from bench.common import Summary, interleaved_timings, machine_description, markdown_table, save_results
-from service.app import create_app
-from service.settings import Settings
+from bnfold.service.app import create_app
+from bnfold.service.settings import Settings
 
 ASGIApp = Callable[..., Any]
 

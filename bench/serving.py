@@ -45,7 +45,7 @@ def build_zoo(out: Path) -> Path:
 
 
 def build_resnet(out: Path) -> Path:
-    command = [str(BIN / "bnfold"), "fold-and-export", "--model", "models.reference_nets:resnet18"]
+    command = [str(BIN / "bnfold"), "fold-and-export", "--model", "bnfold.models.reference_nets:resnet18"]
     command += ["--input-shape", "1,3,224,224", "--name", "resnet18", "--task", "classification", "--out", str(out)]
     subprocess.run(command, check=True, capture_output=True)
     return out

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.http_load import http_request, send_once
-from service.runtime import SessionConfig, session_options
+from bnfold.service.runtime import SessionConfig, session_options
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine_description, markdown_table, save_results
-from models.default_repository import build_default
+from bnfold.models.default_repository import build_default
 
 TRAINING_BUDGET_SECONDS = 120.0
 

@@ -1,17 +1,17 @@
 """bnfold's folding engine: fold inference-time BatchNorm into neighbouring layers and report each one.
 
-from folding import fold, fold_onnx
+from bnfold.folding import fold, fold_onnx
 result = fold(model, example_inputs)   # PyTorch: result.model (folded nn.Module), result.report
 result = fold_onnx(onnx_model)         # ONNX (folding/onnx_fold.py), imported on first use
 """
 
 from typing import Any
 
-from folding.compare import Discrepancy, Tolerance, discrepancy
-from folding.errors import BnfoldError, EquivalenceError, FoldingError
-from folding.report import Action, FoldEntry, FoldReport
-from folding.torch_fold import FoldResult, fold
-from folding.torch_scale_shift import ChannelScaleShift
+from bnfold.folding.compare import Discrepancy, Tolerance, discrepancy
+from bnfold.folding.errors import BnfoldError, EquivalenceError, FoldingError
+from bnfold.folding.report import Action, FoldEntry, FoldReport
+from bnfold.folding.torch_fold import FoldResult, fold
+from bnfold.folding.torch_scale_shift import ChannelScaleShift
 
 __all__ = [
     "Action",
@@ -34,10 +34,10 @@ __all__ = [
 
 # The ONNX engine and the exporter pull in onnx and onnx-ir: loaded when first asked for.
 _LAZY = {
-    "fold_onnx": "folding.onnx_fold",
-    "OnnxFoldResult": "folding.onnx_fold",
-    "export_onnx": "folding.export",
-    "count_op": "folding.export",
+    "fold_onnx": "bnfold.folding.onnx_fold",
+    "OnnxFoldResult": "bnfold.folding.onnx_fold",
+    "export_onnx": "bnfold.folding.export",
+    "count_op": "bnfold.folding.export",
 }
 
 

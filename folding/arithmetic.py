@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from folding.errors import FoldingError
+from bnfold.folding.errors import FoldingError
 
 F64 = NDArray[np.float64]
 

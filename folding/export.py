@@ -22,8 +22,8 @@ import onnx_ir as ir
 import torch
 from torch import Tensor, nn
 
-from folding.errors import FoldingError
-from folding.onnx_constants import fold_constant_subexpressions
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.onnx_constants import fold_constant_subexpressions
 
 BATCH_DIM = "batch"
 # Node metadata that embeds source paths / line numbers: machine-dependent, so it is dropped.

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from folding.arithmetic import ScaleShift, batchnorm_scale_shift
-from folding.errors import FoldingError
-from folding.onnx_graph import FloatArray, constant, float_attr, int_attr
+from bnfold.folding.arithmetic import ScaleShift, batchnorm_scale_shift
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.onnx_graph import FloatArray, constant, float_attr, int_attr
 
 DEFAULT_EPSILON = 1e-5
 _ROLES = ("scale (γ)", "B (β)", "input_mean (μ)", "input_var (σ²)")

@@ -14,7 +14,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.optimizer import fold_constants
 
-from folding.onnx_graph import is_op
+from bnfold.folding.onnx_graph import is_op
 
 
 def fold_constant_subexpressions(model: ir.Model) -> None:

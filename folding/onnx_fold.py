@@ -22,16 +22,16 @@ import onnx
 import onnx_ir as ir
 from numpy.typing import NDArray
 
-from folding.errors import FoldingError
-from folding.onnx_batchnorm import InferenceBatchNorm, bn_name, read_batchnorm
-from folding.onnx_constants import fold_constant_subexpressions
-from folding.onnx_graph import Folded, GraphEditor, is_op
-from folding.onnx_lower import lower_batchnorm
-from folding.onnx_measure import measure_fold
-from folding.onnx_next import fold_into_next
-from folding.onnx_previous import fold_into_previous
-from folding.onnx_shapes import infer_ranks
-from folding.report import Action, FoldEntry, FoldReport
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, bn_name, read_batchnorm
+from bnfold.folding.onnx_constants import fold_constant_subexpressions
+from bnfold.folding.onnx_graph import Folded, GraphEditor, is_op
+from bnfold.folding.onnx_lower import lower_batchnorm
+from bnfold.folding.onnx_measure import measure_fold
+from bnfold.folding.onnx_next import fold_into_next
+from bnfold.folding.onnx_previous import fold_into_previous
+from bnfold.folding.onnx_shapes import infer_ranks
+from bnfold.folding.report import Action, FoldEntry, FoldReport
 
 
 @dataclass(frozen=True)

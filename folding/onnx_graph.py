@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 from numpy.typing import NDArray
 
-from folding.rounding import round_once
+from bnfold.folding.rounding import round_once
 
 ONNX_DOMAINS = ("", "ai.onnx")
 _FOLD_SUFFIX = re.compile(r"(_bnfold(_\d+)?)+$")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from folding.onnx_batchnorm import InferenceBatchNorm, bn_input, bn_name
-from folding.onnx_graph import Folded, GraphEditor
-from folding.rounding import round_once
+from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, bn_input, bn_name
+from bnfold.folding.onnx_graph import Folded, GraphEditor
+from bnfold.folding.rounding import round_once
 
 
 def lower_batchnorm(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:

@@ -16,9 +16,9 @@ import onnx
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from folding.compare import discrepancy
-from folding.errors import FoldingError
-from folding.report import FoldReport
+from bnfold.folding.compare import discrepancy
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.report import FoldReport
 
 
 def measure_fold(

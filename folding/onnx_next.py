@@ -16,10 +16,10 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from folding.arithmetic import fold_into_next as fold_arithmetic
-from folding.errors import FoldingError
-from folding.onnx_batchnorm import InferenceBatchNorm, bn_input
-from folding.onnx_graph import (
+from bnfold.folding.arithmetic import fold_into_next as fold_arithmetic
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, bn_input
+from bnfold.folding.onnx_graph import (
     Folded,
     GraphEditor,
     constant,

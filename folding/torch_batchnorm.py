@@ -25,11 +25,11 @@ from torch import Tensor, fx
 from torch.nn import functional
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from folding.arithmetic import ScaleShift, batchnorm_scale_shift
-from folding.errors import FoldingError
-from folding.torch_capture import overrides_forward
-from folding.torch_rules import has_hooks
-from folding.torch_tensors import as_f64, optional_f64
+from bnfold.folding.arithmetic import ScaleShift, batchnorm_scale_shift
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.torch_capture import overrides_forward
+from bnfold.folding.torch_rules import has_hooks
+from bnfold.folding.torch_tensors import as_f64, optional_f64
 
 FUNCTIONAL_BATCHNORMS = (functional.batch_norm, torch.batch_norm)
 _FUNCTIONAL_SIGNATURE = inspect.signature(functional.batch_norm)

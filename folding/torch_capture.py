@@ -13,8 +13,8 @@ from typing import Any
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from folding.errors import FoldingError
-from folding.torch_conv_transpose import SEPARATE_BIAS_CLASSES
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.torch_conv_transpose import SEPARATE_BIAS_CLASSES
 
 _CAPTURE_ADVICE = (
     "torch.fx cannot trace Python control flow that depends on tensor values (if/while on a tensor, "

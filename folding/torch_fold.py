@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 from torch import fx, nn
 
-from folding.report import FoldEntry, FoldReport
-from folding.torch_batchnorm import describe_batchnorm, is_batchnorm_node
-from folding.torch_capture import capture, normalise_inputs, private_copy
-from folding.torch_conv_transpose import separate_bias
-from folding.torch_measure import output_error, record
-from folding.torch_plan import Outcome, decide
-from folding.torch_rules import INTO_NEXT
+from bnfold.folding.report import FoldEntry, FoldReport
+from bnfold.folding.torch_batchnorm import describe_batchnorm, is_batchnorm_node
+from bnfold.folding.torch_capture import capture, normalise_inputs, private_copy
+from bnfold.folding.torch_conv_transpose import separate_bias
+from bnfold.folding.torch_measure import output_error, record
+from bnfold.folding.torch_plan import Outcome, decide
+from bnfold.folding.torch_rules import INTO_NEXT
 
 
 @dataclass(frozen=True)

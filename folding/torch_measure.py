@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, fx
 from torch.utils import _pytree
 
-from folding.errors import FoldingError
+from bnfold.folding.errors import FoldingError
 
 
 @dataclass

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from folding.report import Action
-from folding.torch_batchnorm import BatchNormSite
-from folding.torch_rewrite import install, lower, remove_batchnorm
-from folding.torch_rules import INTO_NEXT, INTO_PREVIOUS, NewTensors, apply_rule
+from bnfold.folding.report import Action
+from bnfold.folding.torch_batchnorm import BatchNormSite
+from bnfold.folding.torch_rewrite import install, lower, remove_batchnorm
+from bnfold.folding.torch_rules import INTO_NEXT, INTO_PREVIOUS, NewTensors, apply_rule
 
 
 @dataclass

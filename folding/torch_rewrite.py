@@ -12,11 +12,11 @@ import copy
 
 from torch import fx, nn
 
-from folding.errors import FoldingError
-from folding.torch_batchnorm import BatchNormSite
-from folding.torch_rules import NewTensors
-from folding.torch_scale_shift import ChannelScaleShift
-from folding.torch_tensors import rounded_tensor
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.torch_batchnorm import BatchNormSite
+from bnfold.folding.torch_rules import NewTensors
+from bnfold.folding.torch_scale_shift import ChannelScaleShift
+from bnfold.folding.torch_tensors import rounded_tensor
 
 
 def reference_count(graph: fx.Graph, path: str) -> int:

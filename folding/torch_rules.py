@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from folding.arithmetic import F64, ScaleShift, compose, fold_into_next, fold_into_previous
-from folding.errors import FoldingError
-from folding.torch_conv_transpose import (
+from bnfold.folding.arithmetic import F64, ScaleShift, compose, fold_into_next, fold_into_previous
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.torch_conv_transpose import (
     ConvTranspose1dSeparateBias,
     ConvTranspose2dSeparateBias,
     ConvTranspose3dSeparateBias,
 )
-from folding.torch_scale_shift import ChannelScaleShift
-from folding.torch_tensors import as_f64, optional_f64
+from bnfold.folding.torch_scale_shift import ChannelScaleShift
+from bnfold.folding.torch_tensors import as_f64, optional_f64
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from folding.rounding import round_to_odd_float32
+from bnfold.folding.rounding import round_to_odd_float32
 
 F64 = NDArray[np.float64]
 

@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from models.errors import VerificationError
+from bnfold.models.errors import VerificationError
 
 
 @dataclass(frozen=True)

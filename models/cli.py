@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 # command -> ("module:function", one-line help). Each function takes argv (without the command) and
 # returns the process exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fold-and-export": ("models.export_cli:fold_and_export_main", "fold a model and write a repository entry"),
-    "verify": ("models.entry_cli:verify_main", "re-run the checks of a repository entry"),
-    "inspect": ("models.entry_cli:inspect_main", "show a repository entry's fold report"),
-    "train": ("models.train_cli:train_main", "train zoo models and print their accuracy"),
-    "recalibrate": ("models.recalibrate_cli:recalibrate_main", "re-estimate BatchNorm population statistics"),
-    "build-default": ("models.export_cli:build_default_main", "build the default repository from the zoo"),
-    "serve": ("service.cli:serve_main", "serve a model repository over HTTP (Open Inference Protocol v2)"),
+    "fold-and-export": ("bnfold.models.export_cli:fold_and_export_main", "fold a model and write a repository entry"),
+    "verify": ("bnfold.models.entry_cli:verify_main", "re-run the checks of a repository entry"),
+    "inspect": ("bnfold.models.entry_cli:inspect_main", "show a repository entry's fold report"),
+    "train": ("bnfold.models.train_cli:train_main", "train zoo models and print their accuracy"),
+    "recalibrate": ("bnfold.models.recalibrate_cli:recalibrate_main", "re-estimate BatchNorm population statistics"),
+    "build-default": ("bnfold.models.export_cli:build_default_main", "build the default repository from the zoo"),
+    "serve": ("bnfold.service.cli:serve_main", "serve a model repository over HTTP (Open Inference Protocol v2)"),
 }
 
 

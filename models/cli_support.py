@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from models.errors import ModelsError
+from bnfold.models.errors import ModelsError
 
 EXIT_FAILED = 1
 
@@ -35,7 +35,7 @@ def one_line(error: BaseException) -> str:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """ModelsError, plus the folding side's BnfoldError when folding was imported (it needs torch)."""
-    folding_errors = sys.modules.get("folding.errors")
+    folding_errors = sys.modules.get("bnfold.folding.errors")
     if folding_errors is None:
         return (ModelsError,)
     return (ModelsError, folding_errors.BnfoldError)

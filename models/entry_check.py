@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models import checks
-from models.errors import BadInputError, VerificationError
-from models.repository import read_calibration, read_manifest, sha256_bytes
+from bnfold.models import checks
+from bnfold.models.errors import BadInputError, VerificationError
+from bnfold.models.repository import read_calibration, read_manifest, sha256_bytes
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typing import Any
 
 from rich.table import Table
 
-from models.cli_support import OneLineParser, run, stdout_console
-from models.entry_check import verify_entry
-from models.repository import read_manifest
+from bnfold.models.cli_support import OneLineParser, run, stdout_console
+from bnfold.models.entry_check import verify_entry
+from bnfold.models.repository import read_manifest
 
 
 def _entry_parser(prog: str, description: str) -> OneLineParser:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models import publish
-from models.manifest import Candidate
-from models.progress import Progress
-from models.repository import check_repository
+from bnfold.models import publish
+from bnfold.models.manifest import Candidate
+from bnfold.models.progress import Progress
+from bnfold.models.repository import check_repository
 
 
 @dataclass
@@ -110,12 +110,12 @@ def _candidate(
 ) -> tuple[Candidate, str, float | None, float]:
     """(candidate, entry name, seconds spent training or None, seconds spent loading) for any SPEC form."""
     if spec.endswith(".onnx"):
-        from models.onnx_candidate import candidate_from_onnx
+        from bnfold.models.onnx_candidate import candidate_from_onnx
 
         candidate = candidate_from_onnx(Path(spec), weights, input_shape, progress)
         return candidate, Path(spec).stem, None, 0.0
-    from models.sources import load_spec
-    from models.torch_candidate import candidate_from_model
+    from bnfold.models.sources import load_spec
+    from bnfold.models.torch_candidate import candidate_from_model
 
     start = time.perf_counter()
     with progress.step(f"loading {spec}" + (" (training when not cached)" if spec.startswith("zoo:") else "")):
@@ -125,7 +125,7 @@ def _candidate(
         how = "weights from the cache" if loaded.train_seconds is None else f"trained in {loaded.train_seconds:.1f} s"
         progress.say(f"  {how}; held-out {loaded.metrics}")
     if spec.endswith(".pt2"):
-        from models.onnx_candidate import candidate_from_archive
+        from bnfold.models.onnx_candidate import candidate_from_archive
 
         candidate = candidate_from_archive(loaded, progress)
     else:

@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from models.errors import BadInputError
-from models.pt2_program import program_refusal, safe_name
+from bnfold.models.errors import BadInputError
+from bnfold.models.pt2_program import program_refusal, safe_name
 
 _FIXED_NAMES = frozenset(
     {

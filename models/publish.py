@@ -14,9 +14,9 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from models import checks
-from models.manifest import Candidate, build_manifest
-from models.repository import FOLDED_FILE, UNFOLDED_FILE, entry_path, write_entry
+from bnfold.models import checks
+from bnfold.models.manifest import Candidate, build_manifest
+from bnfold.models.repository import FOLDED_FILE, UNFOLDED_FILE, entry_path, write_entry
 
 
 @dataclass(frozen=True)

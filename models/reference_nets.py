@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from models.batchnorm_variants import (
+from bnfold.models.batchnorm_variants import (
     BATCHNORM_TYPES,
     batchnorm_modules,
     delete_batchnorm,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.errors import BadInputError, VerificationError
+from bnfold.models.errors import BadInputError, VerificationError
 
 FORMAT = "bnfold-repository/1"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

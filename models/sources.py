@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models import spec as specs
-from models.errors import BadInputError
-from models.pt2_allowlist import checked_archive_bytes
-from models.spec import LoadedModel
-from models.zoo import ZOO, trained
+from bnfold.models import spec as specs
+from bnfold.models.errors import BadInputError
+from bnfold.models.pt2_allowlist import checked_archive_bytes
+from bnfold.models.spec import LoadedModel
+from bnfold.models.zoo import ZOO, trained
 
 
 def load_spec(

@@ -14,12 +14,12 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from folding import fold
-from folding.compare import Tolerance
-from folding.export import export_onnx
-from models.manifest import Candidate
-from models.progress import Progress
-from models.spec import LoadedModel
+from bnfold.folding import fold
+from bnfold.folding.compare import Tolerance
+from bnfold.folding.export import export_onnx
+from bnfold.models.manifest import Candidate
+from bnfold.models.progress import Progress
+from bnfold.models.spec import LoadedModel
 
 NO_BATCHNORM_NOTE = "the model has no BatchNorm: folded.onnx equals unfolded.onnx"
 

@@ -14,9 +14,9 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import nn
 
-from models import architectures, cache
-from models.data import Split, load_split
-from models.training import TrainConfig, train
+from bnfold.models import architectures, cache
+from bnfold.models.data import Split, load_split
+from bnfold.models.training import TrainConfig, train
 
 DEFAULT_SEED = 0
 CALIBRATION_BATCH = 16

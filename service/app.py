@@ -17,17 +17,17 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from service.auth import bearer_guard
-from service.dataplane import DataPlane
-from service.errors import ServiceError
-from service.fast_infer import FastInferMiddleware
-from service.loader import load_all
-from service.metadata import SERVER_VERSION
-from service.metrics import ServiceMetrics
-from service.model import Registry
-from service.repository import discover
-from service.routes import json_response, protected_router, public_router
-from service.settings import Settings
+from bnfold.service.auth import bearer_guard
+from bnfold.service.dataplane import DataPlane
+from bnfold.service.errors import ServiceError
+from bnfold.service.fast_infer import FastInferMiddleware
+from bnfold.service.loader import load_all
+from bnfold.service.metadata import SERVER_VERSION
+from bnfold.service.metrics import ServiceMetrics
+from bnfold.service.model import Registry
+from bnfold.service.repository import discover
+from bnfold.service.routes import json_response, protected_router, public_router
+from bnfold.service.settings import Settings
 
 log = logging.getLogger("bnfold.service")
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from pydantic import SecretStr
 
-from service.errors import UnauthorizedError
+from bnfold.service.errors import UnauthorizedError
 
 Guard = Callable[[Request], Awaitable[None]]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import anyio.to_thread
 import numpy as np
 
-from service.runtime import SessionRunner, Tensors
+from bnfold.service.runtime import SessionRunner, Tensors
 
 # (input name, dtype, shape without axis 0) per input, in name order; None when the call cannot be merged.
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]

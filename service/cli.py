@@ -11,7 +11,7 @@ import sys
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from bnfold.service.settings import Settings
 
 # Settings that are environment-only (a secret does not belong on a command line visible in `ps`).
 ENV_ONLY = {"api_key"}
@@ -51,7 +51,7 @@ def serve_main(argv: list[str]) -> int:
     """Entry point of `bnfold serve`: returns the process exit code."""
     import uvicorn
 
-    from service.app import create_app
+    from bnfold.service.app import create_app
 
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

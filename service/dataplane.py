@@ -17,12 +17,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from service.equivalence import Equivalence, compare
-from service.errors import InferenceError
-from service.metrics import ServiceMetrics
-from service.model import Registry, ServedModel
-from service.runtime import Tensors, rows_of
-from service.settings import Settings
+from bnfold.service.equivalence import Equivalence, compare
+from bnfold.service.errors import InferenceError
+from bnfold.service.metrics import ServiceMetrics
+from bnfold.service.model import Registry, ServedModel
+from bnfold.service.runtime import Tensors, rows_of
+from bnfold.service.settings import Settings
 
 log = logging.getLogger("bnfold.service")
 Timed = tuple[Tensors, float]  # outputs and the run's seconds

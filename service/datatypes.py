@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.errors import BadRequestError
+from bnfold.service.errors import BadRequestError
 
 # V2 name -> numpy dtype. BYTES is not served: bnfold models take numeric tensors only.
 V2_TO_NUMPY: dict[str, np.dtype] = {

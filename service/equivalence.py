@@ -8,7 +8,7 @@ For each output, with f the folded and u the unfolded tensor (compared in float6
 NaN in f where u is not NaN counts as an infinite error. For classifiers the arg-max over the last axis
 must also agree on every sample. Two variants agree when every output is within tolerance and (for
 classifiers) every arg-max agrees. Same rule as folding/compare.py, re-implemented here because the
-service must not import folding.
+service must not import bnfold.folding.
 
 A check is *inconclusive* when any unfolded (reference) output holds NaN or ±Inf: with no finite reference
 there is nothing to judge folded against (typically finite inputs near the float range overflow the
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime import Tensors
+from bnfold.service.runtime import Tensors
 
 
 @dataclass(frozen=True)

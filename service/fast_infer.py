@@ -16,10 +16,10 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from service.dataplane import DataPlane
-from service.errors import ServiceError, UnauthorizedError
-from service.handlers import infer_v2
-from service.routes import too_large
+from bnfold.service.dataplane import DataPlane
+from bnfold.service.errors import ServiceError, UnauthorizedError
+from bnfold.service.handlers import infer_v2
+from bnfold.service.routes import too_large
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from service.dataplane import DataPlane, Outcome, new_request_id
-from service.errors import BadRequestError, ServiceError
-from service.repository import VARIANTS, TensorSpec
-from service.v2_request import Limits, decode_inputs, parse_json, split_body
-from service.v2_response import BINARY_FIX, encode, requested_outputs, require_finite
+from bnfold.service.dataplane import DataPlane, Outcome, new_request_id
+from bnfold.service.errors import BadRequestError, ServiceError
+from bnfold.service.repository import VARIANTS, TensorSpec
+from bnfold.service.v2_request import Limits, decode_inputs, parse_json, split_body
+from bnfold.service.v2_response import BINARY_FIX, encode, requested_outputs, require_finite
 
 PREDICT_VARIANTS = ("folded", "unfolded", "both")
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from service.batching import BatchingRunner
-from service.equivalence import Equivalence, compare
-from service.metrics import ServiceMetrics
-from service.model import Registry, ServedModel, Variant
-from service.repository import Entry, EntryError, load_calibration, read_entry
-from service.runtime import Runner, SessionConfig, SessionRunner, check_signature, open_session
-from service.settings import Settings
+from bnfold.service.batching import BatchingRunner
+from bnfold.service.equivalence import Equivalence, compare
+from bnfold.service.metrics import ServiceMetrics
+from bnfold.service.model import Registry, ServedModel, Variant
+from bnfold.service.repository import Entry, EntryError, load_calibration, read_entry
+from bnfold.service.runtime import Runner, SessionConfig, SessionRunner, check_signature, open_session
+from bnfold.service.settings import Settings
 
 log = logging.getLogger("bnfold.service")
 

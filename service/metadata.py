@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.model import ServedModel
-from service.repository import VARIANTS, TensorSpec
+from bnfold.service.model import ServedModel
+from bnfold.service.repository import VARIANTS, TensorSpec
 
 SERVER_NAME = "bnfold"
 SERVER_VERSION = "0.1.0"

@@ -6,10 +6,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.equivalence import Equivalence, finite_or_none
-from service.errors import NotFoundError, NotReadyError
-from service.repository import VARIANTS, Manifest
-from service.runtime import Runner, SessionConfig
+from bnfold.service.equivalence import Equivalence, finite_or_none
+from bnfold.service.errors import NotFoundError, NotReadyError
+from bnfold.service.repository import VARIANTS, Manifest
+from bnfold.service.runtime import Runner, SessionConfig
 
 State = Literal["loading", "ready", "unavailable"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.datatypes import V2_TO_NUMPY
+from bnfold.service.datatypes import V2_TO_NUMPY
 
 ERROR = {
     "type": "object",

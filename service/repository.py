@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from service.datatypes import V2_TO_NUMPY
+from bnfold.service.datatypes import V2_TO_NUMPY
 
 FORMAT = "bnfold-repository/1"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -10,13 +10,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service import metadata
-from service.auth import Guard
-from service.dataplane import DataPlane
-from service.errors import NotReadyError, PayloadTooLargeError
-from service.handlers import infer_v2, predict
-from service.openapi import INFER_BODY, INFER_RESPONSES, PREDICT_BODY, PREDICT_RESPONSES
-from service.v2_response import encode_json
+from bnfold.service import metadata
+from bnfold.service.auth import Guard
+from bnfold.service.dataplane import DataPlane
+from bnfold.service.errors import NotReadyError, PayloadTooLargeError
+from bnfold.service.handlers import infer_v2, predict
+from bnfold.service.openapi import INFER_BODY, INFER_RESPONSES, PREDICT_BODY, PREDICT_RESPONSES
+from bnfold.service.v2_response import encode_json
 
 JSON = "application/json"
 

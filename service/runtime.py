@@ -19,8 +19,8 @@ import anyio.to_thread
 import numpy as np
 import onnxruntime as ort
 
-from service.datatypes import ORT_TO_V2
-from service.repository import EntryError, TensorSpec
+from bnfold.service.datatypes import ORT_TO_V2
+from bnfold.service.repository import EntryError, TensorSpec
 
 Tensors = dict[str, np.ndarray]
 

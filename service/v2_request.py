@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from service.datatypes import numpy_dtype
-from service.errors import BadRequestError, PayloadTooLargeError
-from service.repository import TensorSpec
+from bnfold.service.datatypes import numpy_dtype
+from bnfold.service.errors import BadRequestError, PayloadTooLargeError
+from bnfold.service.repository import TensorSpec
 
 BINARY_HEADER = "inference-header-content-length"
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.datatypes import v2_name
-from service.errors import BadRequestError, UnrepresentableOutputError
+from bnfold.service.datatypes import v2_name
+from bnfold.service.errors import BadRequestError, UnrepresentableOutputError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from models.default_repository import DefaultEntry, build_default
+from bnfold.models.default_repository import DefaultEntry, build_default
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ def test_builder_wrote_verified_entries_with_batchnorm_folded_away(default_repos
 
 
 def test_runtime_stage_has_onnxruntime_but_no_torch(runtime: StageEnvironment) -> None:
-    assert runtime.has_module("onnxruntime") and runtime.has_module("service.app")
+    assert runtime.has_module("onnxruntime") and runtime.has_module("bnfold.service.app")
     assert not runtime.has_module("torch")
     assert not runtime.has_module("onnx")
 

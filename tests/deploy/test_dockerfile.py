@@ -93,4 +93,4 @@ def test_dockerignore_admits_only_what_the_image_copies() -> None:
     lines = [line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert lines[0] == "**"
     admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert admitted == {"pyproject.toml", "README.md", "folding", "models", "service", "scripts"}
+    assert admitted == {"pyproject.toml", "README.md", "bnfold", "folding", "models", "service", "scripts"}

@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from folding import FoldResult, fold
-from folding.compare import discrepancy
-from folding.torch_batchnorm import FUNCTIONAL_BATCHNORMS
+from bnfold.folding import FoldResult, fold
+from bnfold.folding.compare import discrepancy
+from bnfold.folding.torch_batchnorm import FUNCTIONAL_BATCHNORMS
 
 FP32_REL = 1e-5  # the bar: max |folded − unfolded| ≤ 1e-5 · max |unfolded|
 

@@ -16,8 +16,8 @@ from torch import fx, nn
 from bench.common import Summary, interleaved_timings, markdown_table, save_results
 from bench.folding_speedup import RUNTIMES, BenchCase, Settings, batchnorm_table, measure_case, results_table
 from bench.folding_variants import VARIANTS, build_variants
-from folding.compare import Tolerance, discrepancy
-from models.reference_nets import batchnorm_modules, randomize_batchnorm
+from bnfold.folding.compare import Tolerance, discrepancy
+from bnfold.models.reference_nets import batchnorm_modules, randomize_batchnorm
 
 
 class TinyNet(nn.Module):

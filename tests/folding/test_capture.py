@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from folding import FoldingError, fold
+from bnfold.folding import FoldingError, fold
 from tests.folding.helpers import FP32_REL, batchnorm_count, check_fold, randn, randomise_batchnorm, relative_error
 
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from folding import export_onnx, fold
-from folding.torch_conv_transpose import (
+from bnfold.folding import export_onnx, fold
+from bnfold.folding.torch_conv_transpose import (
     ConvTranspose1dSeparateBias,
     ConvTranspose2dSeparateBias,
     ConvTranspose3dSeparateBias,
 )
-from models.reference_nets import randomize_batchnorm
+from bnfold.models.reference_nets import randomize_batchnorm
 
 CASES = {
     # name: (ConvTranspose, BatchNorm, its SeparateBias class, input shape)

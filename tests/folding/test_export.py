@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from folding import Action, fold
-from folding.compare import discrepancy
-from folding.export import count_op, export_onnx
+from bnfold.folding import Action, fold
+from bnfold.folding.compare import discrepancy
+from bnfold.folding.export import count_op, export_onnx
 from tests.folding.helpers import FP32_REL, randn, randomise_batchnorm
 from tests.onnx.ort_helpers import run_ort
 
@@ -44,8 +44,8 @@ def test_folded_model_exports_with_only_the_kept_batchnorms() -> None:
 
 
 def test_public_api_reexports_the_onnx_engine_lazily() -> None:
-    import folding
-    from folding import onnx_fold
+    from bnfold import folding
+    from bnfold.folding import onnx_fold
 
     assert folding.fold_onnx is onnx_fold.fold_onnx and folding.OnnxFoldResult is onnx_fold.OnnxFoldResult
     assert set(folding.__all__) >= {"fold", "FoldResult", "FoldReport", "FoldEntry", "Action", "FoldingError"}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from folding import Action
-from models.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet18
+from bnfold.folding import Action
+from bnfold.models.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet18
 from tests.folding.helpers import check_fold, randn
 
 

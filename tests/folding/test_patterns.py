@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from folding import Action
+from bnfold.folding import Action
 from tests.folding.helpers import check_fold, randn, randomise_batchnorm
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}

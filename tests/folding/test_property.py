@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from folding import Action
-from folding.torch_rules import reads_zero_padding
+from bnfold.folding import Action
+from bnfold.folding.torch_rules import reads_zero_padding
 from tests.folding.helpers import check_fold, randn, randomise_batchnorm
 
 CONV = {(1, False): nn.Conv1d, (2, False): nn.Conv2d, (3, False): nn.Conv3d}

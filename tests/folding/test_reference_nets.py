@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.reference_nets import (
+from bnfold.models.reference_nets import (
     REFERENCE_NETS,
     batchnorm_modules,
     delete_batchnorm,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from folding import Action, FoldingError, fold
-from folding.torch_scale_shift import ChannelScaleShift
+from bnfold.folding import Action, FoldingError, fold
+from bnfold.folding.torch_scale_shift import ChannelScaleShift
 from tests.folding.helpers import (
     FP32_REL,
     assert_unchanged,

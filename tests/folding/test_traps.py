@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from folding import Action, FoldReport, fold
-from folding.arithmetic import batchnorm_scale_shift
-from folding.compare import Tolerance, discrepancy
-from folding.torch_tensors import as_f64, rounded_tensor
+from bnfold.folding import Action, FoldReport, fold
+from bnfold.folding.arithmetic import batchnorm_scale_shift
+from bnfold.folding.compare import Tolerance, discrepancy
+from bnfold.folding.torch_tensors import as_f64, rounded_tensor
 from tests.folding.helpers import batchnorm_count, check_fold, randn, randomise_batchnorm
 
 

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.runtime import SessionConfig, session_options
-from service.settings import Settings
+from bnfold.service.runtime import SessionConfig, session_options
+from bnfold.service.settings import Settings
 from tests.load.concurrent import post_concurrently
 from tests.load.lookup_model import VOCABULARY, WIDTH, reference, write_lookup_entry
 from tests.service.builders import reference_logits, write_entry

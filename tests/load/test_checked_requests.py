@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.dataplane import DataPlane, Outcome
-from service.loader import load_all
-from service.metrics import ServiceMetrics
-from service.model import Registry
-from service.settings import Settings
+from bnfold.service.dataplane import DataPlane, Outcome
+from bnfold.service.loader import load_all
+from bnfold.service.metrics import ServiceMetrics
+from bnfold.service.model import Registry
+from bnfold.service.settings import Settings
 from tests.service.builders import Weights, reference_logits, write_entry
 
 REQUESTS = 12

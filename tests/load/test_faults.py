@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.settings import Settings
+from bnfold.service.settings import Settings
 from tests.load.concurrent import post_concurrently
 from tests.load.serve_process import serve_process
 from tests.service.builders import reference_logits, write_entry

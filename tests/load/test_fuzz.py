@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.fuzzing import fuzz
-from service.settings import Settings
+from bnfold.service.settings import Settings
 from tests.service.builders import write_entry
 from tests.service.server import running_server
 

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.http_load import Target, _stable, measure
 from bench.serving_inputs import check_answers, model_requests
-from service.settings import Settings
+from bnfold.service.settings import Settings
 from tests.service.builders import write_entry
 from tests.service.server import running_server
 

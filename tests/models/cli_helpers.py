@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from models.cli import main
+from bnfold.models.cli import main
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from folding.onnx_fold import fold_onnx
-from models import publish
-from models.checks import count_batchnorm
-from models.errors import VerificationError
-from models.manifest import Candidate
-from models.progress import Progress
-from models.spec import LoadedModel
-from models.torch_candidate import candidate_from_model
+from bnfold.folding.onnx_fold import fold_onnx
+from bnfold.models import publish
+from bnfold.models.checks import count_batchnorm
+from bnfold.models.errors import VerificationError
+from bnfold.models.manifest import Candidate
+from bnfold.models.progress import Progress
+from bnfold.models.spec import LoadedModel
+from bnfold.models.torch_candidate import candidate_from_model
 from tests.models.tiny_nets import randomise_batchnorm
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from folding.export import export_onnx
+from bnfold.folding.export import export_onnx
 from tests.models import tiny_nets
 from tests.models.cli_helpers import bnfold, repository_contents
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.data import load_split
-from models.zoo import ZOO, trained
+from bnfold.models.data import load_split
+from bnfold.models.zoo import ZOO, trained
 
 CLASSIFIERS = [name for name, spec in ZOO.items() if spec.task == "classification"]
 

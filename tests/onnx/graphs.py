@@ -16,10 +16,10 @@ from numpy.typing import NDArray
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from folding.compare import Tolerance, discrepancy
-from folding.export import count_op
-from folding.onnx_fold import OnnxFoldResult, fold_onnx
-from folding.report import Action
+from bnfold.folding.compare import Tolerance, discrepancy
+from bnfold.folding.export import count_op
+from bnfold.folding.onnx_fold import OnnxFoldResult, fold_onnx
+from bnfold.folding.report import Action
 from tests.onnx.ort_helpers import run_ort
 
 FP32 = Tolerance(atol=1e-6, rtol=1e-5)

@@ -9,8 +9,8 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from folding.errors import FoldingError
-from folding.export import count_op, export_onnx
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.export import count_op, export_onnx
 from tests.onnx.nets import ConvNet
 from tests.onnx.ort_helpers import randomise_batchnorm, run_ort
 

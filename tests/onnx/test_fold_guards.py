@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from folding.errors import FoldingError
-from folding.onnx_fold import fold_onnx
-from folding.report import Action
+from bnfold.folding.errors import FoldingError
+from bnfold.folding.onnx_fold import fold_onnx
+from bnfold.folding.report import Action
 from tests.onnx.graphs import GraphBuilder, fold_and_check, ops
 from tests.onnx.ort_helpers import run_ort
 

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from folding.compare import Tolerance
-from folding.onnx_fold import fold_onnx
-from folding.report import Action
+from bnfold.folding.compare import Tolerance
+from bnfold.folding.onnx_fold import fold_onnx
+from bnfold.folding.report import Action
 from tests.onnx.graphs import GraphBuilder, actions, fold_and_check, ops
 
 

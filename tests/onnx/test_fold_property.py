@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from folding.report import Action
+from bnfold.folding.report import Action
 from tests.onnx.graphs import GraphBuilder, fold_and_check, ops
 
 geometry = st.fixed_dictionaries(

@@ -14,9 +14,9 @@ import pytest
 from numpy.typing import NDArray
 from onnx import helper, numpy_helper
 
-from folding.onnx_fold import fold_onnx
-from folding.report import Action
-from folding.rounding import round_once
+from bnfold.folding.onnx_fold import fold_onnx
+from bnfold.folding.report import Action
+from bnfold.folding.rounding import round_once
 
 EPSILON = 0.5  # exact in float32, so the BN's ε is the same number on every side
 BF16 = np.dtype(ml_dtypes.bfloat16)

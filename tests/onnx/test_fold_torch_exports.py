@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from folding.compare import Tolerance, discrepancy
-from folding.export import count_op, export_onnx
-from folding.onnx_fold import fold_onnx
-from folding.report import Action
+from bnfold.folding.compare import Tolerance, discrepancy
+from bnfold.folding.export import count_op, export_onnx
+from bnfold.folding.onnx_fold import fold_onnx
+from bnfold.folding.report import Action
 from tests.onnx.nets import ConvNet, MobileStyleNet
 from tests.onnx.ort_helpers import randomise_batchnorm, run_ort
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.settings import Settings
+from bnfold.service.settings import Settings
 from tests.service.builders import Weights, build_graph, write_entry
 from tests.service.server import RunningServer, running_server
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from service.app import create_app
-from service.settings import Settings
+from bnfold.service.app import create_app
+from bnfold.service.settings import Settings
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from service.settings import Settings
+from bnfold.service.settings import Settings
 from tests.service.builders import write_entry
 from tests.service.oracle import binary_request, json_request
 from tests.service.server import RunningServer, running_server
@@ -114,16 +114,16 @@ def test_server_is_live_before_it_is_ready(repository: Path, monkeypatch: pytest
     """Loading runs in the lifespan without blocking: live at once, ready (and models served) when it ends."""
     import threading
 
-    import service.app
+    from bnfold.service import app as service_app
 
     gate = threading.Event()
-    original = service.app.load_all
+    original = service_app.load_all
 
     def slow_load_all(*args: object) -> None:
         gate.wait(10)
         original(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service.app, "load_all", slow_load_all)
+    monkeypatch.setattr(service_app, "load_all", slow_load_all)
     with running_server(Settings(repository=repository), wait_ready=False) as running:
         assert running.client.get("/v2/health/live").status_code == 200
         not_ready = running.client.get("/v2/health/ready")

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from folding.compare import Tolerance, discrepancy
-from service.equivalence import compare
+from bnfold.folding.compare import Tolerance, discrepancy
+from bnfold.service.equivalence import compare
 
 ATOL, RTOL = 1e-6, 1e-5
 finite_values = st.floats(-1e3, 1e3, allow_nan=False, width=32)

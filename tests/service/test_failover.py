@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.dataplane import DataPlane
-from service.metrics import ServiceMetrics
-from service.model import Registry
-from service.settings import Settings
+from bnfold.service.dataplane import DataPlane
+from bnfold.service.metrics import ServiceMetrics
+from bnfold.service.model import Registry
+from bnfold.service.settings import Settings
 from tests.service.builders import Weights, build_graph, write_entry
 from tests.service.oracle import json_request, run_directly
 from tests.service.server import RunningServer, running_server

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.v2_response import encode_json
+from bnfold.service.v2_response import encode_json
 
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | finite_floats | st.text()

@@ -24,9 +24,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from service.equivalence import compare
-from service.settings import Settings
-from service.v2_response import encode_json
+from bnfold.service.equivalence import compare
+from bnfold.service.settings import Settings
+from bnfold.service.v2_response import encode_json
 from tests.service.builders import CHANNELS, Weights, build_graph, write_entry
 from tests.service.oracle import binary_request, json_request, parse_binary_response, run_directly
 from tests.service.server import RunningServer, running_server

@@ -33,10 +33,10 @@ def test_service_never_imports_torch_or_folding(repository: Path) -> None:
     """Build the app and load a repository in a fresh interpreter, then look at sys.modules."""
     script = f"""
 import json, sys
-from service.app import create_app
-from service.cli import build_parser, serve_main
-from service.loader import load_all
-from service.settings import Settings
+from bnfold.service.app import create_app
+from bnfold.service.cli import build_parser, serve_main
+from bnfold.service.loader import load_all
+from bnfold.service.settings import Settings
 app = create_app(Settings(repository={str(repository)!r}))
 plane = app.state.plane
 load_all(plane.registry, plane.settings)

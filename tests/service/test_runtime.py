@@ -11,9 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.loader import session_configs
-from service.runtime import SessionConfig, session_options
-from service.settings import Settings
+from bnfold.service.loader import session_configs
+from bnfold.service.runtime import SessionConfig, session_options
+from bnfold.service.settings import Settings
 from tests.service.builders import write_entry
 
 

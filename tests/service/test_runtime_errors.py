@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.settings import Settings
+from bnfold.service.settings import Settings
 from tests.service.builders import manifest_for
 from tests.service.oracle import json_request
 from tests.service.server import running_server

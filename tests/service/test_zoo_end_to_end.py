@@ -15,7 +15,7 @@ import pytest
 import tritonclient.http as triton
 from onnx import numpy_helper
 
-from service.settings import Settings
+from bnfold.service.settings import Settings
 from tests.service.conftest import rewrite_sha
 from tests.service.oracle import parse_binary_response
 from tests.service.server import RunningServer, running_server
