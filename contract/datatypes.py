@@ -41,7 +41,8 @@ def numpy_dtype(v2_name: str) -> np.dtype[Any]:
 def v2_name(dtype: Any) -> str:
     """The V2 datatype name of a numpy dtype (byte order ignored); ContractError for other dtypes."""
     try:
-        return NUMPY_TO_V2[np.dtype(dtype).newbyteorder("<")]
+        dtype = np.dtype(dtype)
+        return NUMPY_TO_V2[dtype.newbyteorder("<")]
     except (KeyError, TypeError):
         raise ContractError(
             f"dtype {dtype} has no Open Inference Protocol datatype; use one of "
