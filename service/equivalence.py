@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from bnfold.contract.agreement import OutputJudgement, Tolerance, Verdict, judge, overall
@@ -29,7 +30,7 @@ class Equivalence:
 
     outputs: tuple[OutputJudgement, ...]
 
-    @property
+    @cached_property
     def verdict(self) -> Verdict:
         return overall(self.outputs)
 
