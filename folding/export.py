@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.onnx_constants import fold_constant_subexpressions
+from bnfold.messages import first_line
 
 BATCH_DIM = "batch"
 # Node metadata that embeds source paths / line numbers: machine-dependent, so it is dropped.
@@ -53,7 +54,7 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except Exception as error:  # checker raises several exception types
         raise FoldingError(
-            f"the exported ONNX model is invalid ({_first_line(error)}); try another opset with opset=…"
+            f"the exported ONNX model is invalid ({first_line(error)}); try another opset with opset=…"
         ) from error
     return proto
 
@@ -125,7 +126,7 @@ def _run_exporter(
         )
     except Exception as error:  # the exporter raises many unrelated types; all mean "cannot capture"
         raise FoldingError(
-            f"torch.onnx.export could not capture {type(model).__name__} ({_first_line(error)}); make forward "
+            f"torch.onnx.export could not capture {type(model).__name__} ({first_line(error)}); make forward "
             "traceable by torch.export (no data-dependent Python control flow) and check the example inputs"
         ) from error
     if program is None or program.model_proto is None:
@@ -161,8 +162,3 @@ def _check_dynamic_batch(proto: onnx.ModelProto) -> None:
                 f"ONNX {value.name!r} has no dynamic batch axis 0; the model must keep the batch axis "
                 "first in every input and output (no reduction or reshape over the batch)"
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

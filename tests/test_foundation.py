@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnfold.cli.dispatch import main as bnfold_main
 from bnfold.folding.arithmetic import batchnorm_scale_shift, compose, fold_into_next, fold_into_previous
 from bnfold.folding.compare import Tolerance, discrepancy
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.report import Action, FoldEntry, FoldReport
-from bnfold.models.cli import main as bnfold_main
 
 
 def _random_bn(rng: np.random.Generator, channels: int) -> dict[str, np.ndarray]:
@@ -149,7 +149,7 @@ def test_dispatcher_lists_commands_and_rejects_unknown(capsys: pytest.CaptureFix
 
 def test_console_script_is_installed() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "bnfold.models.cli", "--help"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "bnfold.cli.dispatch", "--help"], capture_output=True, text=True, check=False
     )
     assert completed.returncode == 0
     assert "serve" in completed.stdout

@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bnfold.models.repository import CALIBRATION_FILE, FOLDED_FILE, FORMAT, NUMPY_TO_V2, UNFOLDED_FILE, sha256_bytes
+from bnfold.models.export.repository import (
+    CALIBRATION_FILE,
+    FOLDED_FILE,
+    FORMAT,
+    NUMPY_TO_V2,
+    UNFOLDED_FILE,
+    sha256_bytes,
+)
 
 
 @dataclass
