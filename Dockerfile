@@ -31,6 +31,7 @@ COPY README.md ./
 COPY bnfold/ ./bnfold/
 COPY folding/ ./folding/
 COPY models/ ./models/
+COPY cli/ ./cli/
 COPY service/ ./service/
 RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 COPY scripts/ ./scripts/
@@ -60,6 +61,7 @@ COPY README.md ./
 COPY bnfold/ ./bnfold/
 COPY folding/ ./folding/
 COPY models/ ./models/
+COPY cli/ ./cli/
 COPY service/ ./service/
 RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 COPY scripts/ ./scripts/

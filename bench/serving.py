@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.common import machine_description, markdown_table, save_results
 from bench.http_load import Target, measure
-from bench.processes import BIN, bare_server, bnfold_serve
+from bench.processes import BIN, ROOT, bare_server, bnfold_serve
 from bench.serving_inputs import check_answers, folded_session, in_process_limits, model_requests
 from bench.serving_targets import report_targets
 
@@ -45,9 +45,10 @@ def build_zoo(out: Path) -> Path:
 
 
 def build_resnet(out: Path) -> Path:
+    # A package.module SPEC is imported with the working directory first on sys.path: run from the project root.
     command = [str(BIN / "bnfold"), "fold-and-export", "--model", "tests.nets.reference_nets:resnet18"]
     command += ["--input-shape", "1,3,224,224", "--name", "resnet18", "--task", "classification", "--out", str(out)]
-    subprocess.run(command, check=True, capture_output=True)
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
     return out
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,9 +149,18 @@ def test_dispatcher_lists_commands_and_rejects_unknown(capsys: pytest.CaptureFix
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
 
 
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "bnfold")
+
+
 def test_console_script_is_installed() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bnfold.cli.dispatch", "--help"], capture_output=True, text=True, check=False
-    )
-    assert completed.returncode == 0
-    assert "serve" in completed.stdout
+    for command in ([CONSOLE_SCRIPT, "--help"], [sys.executable, "-m", "bnfold.cli", "--help"]):
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert completed.returncode == 0, completed.stderr
+        assert "serve" in completed.stdout
+
+
+def test_version_prints_the_project_version() -> None:
+    expected = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    for command in ([CONSOLE_SCRIPT, "--version"], [sys.executable, "-m", "bnfold.cli", "-V"]):
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert (completed.returncode, completed.stdout, completed.stderr) == (0, f"bnfold {expected}\n", "")
