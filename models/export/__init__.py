@@ -3,7 +3,8 @@
 Nothing is imported here: `repository`, `manifest`, `checks` and `entry_check` are torch-free, so that
 `bnfold verify` and `bnfold inspect` run in the serving environment.
 
-    spec             the SPEC forms, parsed once into a Spec value; factories, weights, input shapes
+    spec_forms       the SPEC forms, parsed once into a Spec value (torch-free)
+    spec             a factory's model, --weights, --input-shape and the calibration batch
     sources          a torch Spec (zoo:NAME, factory, .pt2) → LoadedModel
     torch_candidate  LoadedModel → fold with PyTorch → export both variants to ONNX
     onnx_candidate   a .onnx file or a .pt2 program → fold the ONNX graph
