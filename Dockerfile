@@ -32,6 +32,7 @@ COPY bnfold/ ./bnfold/
 COPY contract/ ./contract/
 COPY folding/ ./folding/
 COPY models/ ./models/
+COPY cli/ ./cli/
 COPY service/ ./service/
 RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 COPY scripts/ ./scripts/
@@ -62,6 +63,7 @@ COPY bnfold/ ./bnfold/
 COPY contract/ ./contract/
 COPY folding/ ./folding/
 COPY models/ ./models/
+COPY cli/ ./cli/
 COPY service/ ./service/
 RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 COPY scripts/ ./scripts/

@@ -1,6 +1,6 @@
 """How fast `folding.fold` is on full-size networks built locally, and how exact.
 
-For ResNet-50 and MobileNetV2 (torchvision-sized, 1000 classes; models/reference_nets.py) plus the small
+For ResNet-50 and MobileNetV2 (torchvision-sized, 1000 classes; tests/nets/reference_nets.py) plus the small
 DenseNet (the case with unfoldable BNs), with random BN statistics: BN folded / total, fold wall time
 (median and 10th–90th percentiles of N runs after a warm-up; one fold = deep copy, fx capture, two runs on
 the example input for the report, folding), the worst per-BN error of the report, and the end-to-end error
@@ -22,7 +22,7 @@ from torch import nn
 from bench.common import Summary, interleaved_timings, machine_description, markdown_table, save_results
 from bnfold.folding import FoldResult, fold
 from bnfold.folding.compare import discrepancy
-from bnfold.models.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet50
+from tests.nets.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet50
 
 NETWORKS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: resnet50(num_classes=1000),

@@ -29,8 +29,8 @@ from bnfold.folding.compare import discrepancy
 from bnfold.folding.export import count_op, export_onnx
 from bnfold.folding.onnx_fold import fold_onnx
 from bnfold.folding.onnx_measure import run_all_optimisations_off
-from bnfold.models.reference_nets import densenet_small, mobilenet_v2, resnet50
-from bnfold.models.zoo import ZOO, trained
+from bnfold.models.zoo.catalog import ZOO, trained
+from tests.nets.reference_nets import densenet_small, mobilenet_v2, resnet50
 
 REFERENCE_NETS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: resnet50(num_classes=1000),

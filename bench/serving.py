@@ -7,7 +7,7 @@
    flight, each point measured over stable windows (bench.http_load). Limits in the same run: the bare ASGI
    POST handler on the same uvicorn (the HTTP floor, with the largest zoo JSON body) and onnxruntime in
    process on the same model (the compute limit).
-2. Batching: a ResNet-18-sized network at 224×224 (models.reference_nets.resnet18, folded and exported by
+2. Batching: a ResNet-18-sized network at 224×224 (tests.nets.reference_nets.resnet18, folded and exported by
    `bnfold fold-and-export` into a temporary repository), binary requests at 64 in flight, batching on vs off.
 3. Equivalence: policy off vs `sample` (1%) vs `always` on digits_resnet (throughput at 32 in flight, p50 at 1)
    and on the ResNet-18 network (p50 at 1, against the unfolded model's in-process run time).
@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.common import machine_description, markdown_table, save_results
 from bench.http_load import Target, measure
-from bench.processes import BIN, bare_server, bnfold_serve
+from bench.processes import BIN, ROOT, bare_server, bnfold_serve
 from bench.serving_inputs import check_answers, folded_session, in_process_limits, model_requests
 from bench.serving_targets import report_targets
 
@@ -45,9 +45,10 @@ def build_zoo(out: Path) -> Path:
 
 
 def build_resnet(out: Path) -> Path:
-    command = [str(BIN / "bnfold"), "fold-and-export", "--model", "bnfold.models.reference_nets:resnet18"]
+    # A package.module SPEC is imported with the working directory first on sys.path: run from the project root.
+    command = [str(BIN / "bnfold"), "fold-and-export", "--model", "tests.nets.reference_nets:resnet18"]
     command += ["--input-shape", "1,3,224,224", "--name", "resnet18", "--task", "classification", "--out", str(out)]
-    subprocess.run(command, check=True, capture_output=True)
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
     return out
 
 

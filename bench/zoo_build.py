@@ -1,6 +1,6 @@
 """The zoo from scratch: training time, accuracy, BN folded / total and fold-and-export time per model.
 
-Builds the default repository (models.default_repository.build_default, the code path of
+Builds the default repository (models.zoo.default_repository.build_default, the code path of
 `bnfold build-default`) into a temporary directory with an empty temporary weights cache, so every model is
 trained now. Reported per model: held-out metric, BatchNorm folded / total, max |folded − PyTorch| on the
 calibration batch, training wall time, and fold-and-export wall time (fold, export both variants, verify,
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine_description, markdown_table, save_results
-from bnfold.models.default_repository import build_default
+from bnfold.models.zoo.default_repository import build_default
 
 TRAINING_BUDGET_SECONDS = 120.0
 

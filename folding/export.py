@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from bnfold.contract.op_count import count_op
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.onnx_constants import fold_constant_subexpressions
+from bnfold.messages import first_line
 
 __all__ = ["BATCH_DIM", "count_op", "export_onnx"]
 
@@ -54,7 +55,7 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except Exception as error:  # checker raises several exception types
         raise FoldingError(
-            f"the exported ONNX model is invalid ({_first_line(error)}); try another opset with opset=…"
+            f"the exported ONNX model is invalid ({first_line(error)}); try another opset with opset=…"
         ) from error
     return proto
 
@@ -105,7 +106,7 @@ def _run_exporter(
         )
     except Exception as error:  # the exporter raises many unrelated types; all mean "cannot capture"
         raise FoldingError(
-            f"torch.onnx.export could not capture {type(model).__name__} ({_first_line(error)}); make forward "
+            f"torch.onnx.export could not capture {type(model).__name__} ({first_line(error)}); make forward "
             "traceable by torch.export (no data-dependent Python control flow) and check the example inputs"
         ) from error
     if program is None or program.model_proto is None:
@@ -141,8 +142,3 @@ def _check_dynamic_batch(proto: onnx.ModelProto) -> None:
                 f"ONNX {value.name!r} has no dynamic batch axis 0; the model must keep the batch axis "
                 "first in every input and output (no reduction or reshape over the batch)"
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

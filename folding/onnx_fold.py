@@ -32,6 +32,7 @@ from bnfold.folding.onnx_next import fold_into_next
 from bnfold.folding.onnx_previous import fold_into_previous
 from bnfold.folding.onnx_shapes import infer_ranks
 from bnfold.folding.report import Action, FoldEntry, FoldReport
+from bnfold.messages import first_line
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,7 @@ def _valid_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except Exception as error:  # the checker raises several types
-        raise FoldingError(
-            f"the input is not a valid ONNX model ({_first_line(error)}); fix or re-export it"
-        ) from error
+        raise FoldingError(f"the input is not a valid ONNX model ({first_line(error)}); fix or re-export it") from error
     working = onnx.ModelProto()
     working.CopyFrom(model)
     return working
@@ -183,9 +182,4 @@ def _check_output(folded: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(folded)
     except Exception as error:  # a bnfold bug, never the caller's
-        raise FoldingError(f"bnfold produced an invalid model ({_first_line(error)}); please report it") from error
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
+        raise FoldingError(f"bnfold produced an invalid model ({first_line(error)}); please report it") from error

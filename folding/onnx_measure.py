@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from bnfold.contract.agreement import discrepancy
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.report import FoldReport
+from bnfold.messages import first_line
 
 
 def measure_fold(
@@ -61,8 +62,7 @@ def run_all_optimisations_off(
         names = [output.name for output in session.get_outputs()]
         results = session.run(names, {name: np.asarray(feeds[name]) for name in expected})
     except Exception as error:  # onnxruntime raises its own exception types
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise FoldingError(f"onnxruntime could not run the model on example_inputs ({first})") from error
+        raise FoldingError(f"onnxruntime could not run the model on example_inputs ({first_line(error)})") from error
     return {name: np.asarray(result) for name, result in zip(names, results, strict=True)}
 
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from bnfold.cli.dispatch import main as bnfold_main
 from bnfold.folding.arithmetic import batchnorm_scale_shift, compose, fold_into_next, fold_into_previous
 from bnfold.folding.compare import Tolerance, discrepancy
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.report import Action, FoldEntry, FoldReport
-from bnfold.models.cli import main as bnfold_main
 
 
 def _random_bn(rng: np.random.Generator, channels: int) -> dict[str, np.ndarray]:
@@ -147,9 +149,18 @@ def test_dispatcher_lists_commands_and_rejects_unknown(capsys: pytest.CaptureFix
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
 
 
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "bnfold")
+
+
 def test_console_script_is_installed() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bnfold.models.cli", "--help"], capture_output=True, text=True, check=False
-    )
-    assert completed.returncode == 0
-    assert "serve" in completed.stdout
+    for command in ([CONSOLE_SCRIPT, "--help"], [sys.executable, "-m", "bnfold.cli", "--help"]):
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert completed.returncode == 0, completed.stderr
+        assert "serve" in completed.stdout
+
+
+def test_version_prints_the_project_version() -> None:
+    expected = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    for command in ([CONSOLE_SCRIPT, "--version"], [sys.executable, "-m", "bnfold.cli", "-V"]):
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert (completed.returncode, completed.stdout, completed.stderr) == (0, f"bnfold {expected}\n", "")

@@ -1,4 +1,4 @@
-"""ResNet-, MobileNetV2- and DenseNet-style networks (models/reference_nets.py, built locally) folded end
+"""ResNet-, MobileNetV2- and DenseNet-style networks (tests/nets/reference_nets.py, built locally) folded end
 to end with random BN statistics: every BN accounted for, output within float32 rounding."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bnfold.folding import Action
-from bnfold.models.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet18
 from tests.folding.helpers import check_fold, randn
+from tests.nets.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet18
 
 
 @pytest.mark.slow

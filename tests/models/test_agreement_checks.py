@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnfold.models import checks
 from bnfold.models.errors import VerificationError
+from bnfold.models.export import checks
 from tests.models.cli_helpers import bnfold
 from tests.service.builders import write_entry
 from tests.service.test_non_finite import huge, overflow_weights

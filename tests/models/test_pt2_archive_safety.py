@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnfold.models.pt2_allowlist import checked_archive_bytes
+from bnfold.models.pt2.allowlist import checked_archive_bytes
 from tests.models import tiny_nets
 from tests.models.cli_helpers import bnfold, repository_contents
 

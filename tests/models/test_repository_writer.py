@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bnfold.models.errors import BadInputError, VerificationError
-from bnfold.models.repository import FORMAT, read_manifest, write_entry
+from bnfold.models.export.repository import FORMAT, read_manifest, write_entry
 
 
 def complete_manifest(name: str) -> dict[str, object]:

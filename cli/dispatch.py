@@ -10,22 +10,25 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+import bnfold
+
 # command -> ("module:function", one-line help). Each function takes argv (without the command) and
 # returns the process exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fold-and-export": ("bnfold.models.export_cli:fold_and_export_main", "fold a model and write a repository entry"),
-    "verify": ("bnfold.models.entry_cli:verify_main", "re-run the checks of a repository entry"),
-    "inspect": ("bnfold.models.entry_cli:inspect_main", "show a repository entry's fold report"),
-    "train": ("bnfold.models.train_cli:train_main", "train zoo models and print their accuracy"),
-    "recalibrate": ("bnfold.models.recalibrate_cli:recalibrate_main", "re-estimate BatchNorm population statistics"),
-    "build-default": ("bnfold.models.export_cli:build_default_main", "build the default repository from the zoo"),
+    "fold-and-export": ("bnfold.cli.export:fold_and_export_main", "fold a model and write a repository entry"),
+    "verify": ("bnfold.cli.entry:verify_main", "re-run the checks of a repository entry"),
+    "inspect": ("bnfold.cli.entry:inspect_main", "show a repository entry's fold report"),
+    "train": ("bnfold.cli.train:train_main", "train zoo models and print their accuracy"),
+    "recalibrate": ("bnfold.cli.recalibrate:recalibrate_main", "re-estimate BatchNorm population statistics"),
+    "build-default": ("bnfold.cli.export:build_default_main", "build the default repository from the zoo"),
     "serve": ("bnfold.service.cli:serve_main", "serve a model repository over HTTP (Open Inference Protocol v2)"),
 }
 
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: bnfold COMMAND [options]   (bnfold COMMAND --help for a command's options)", "", "commands:"]
+    lines = ["usage: bnfold COMMAND [options]   (bnfold COMMAND --help for a command's options)"]
+    lines += ["       bnfold --version", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -51,12 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        print(f"bnfold {bnfold.__version__}")
+        return 0
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         print(f"bnfold: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     return _resolve(COMMANDS[command][0])(rest)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

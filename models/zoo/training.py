@@ -20,7 +20,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from bnfold.models.data import Split
+from bnfold.models.zoo.data import Split
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from typing import Any
 
 from rich.table import Table
 
-from bnfold.models.cli_support import OneLineParser, run, stdout_console
+from bnfold.cli.support import OneLineParser, run, stdout_console
 from bnfold.models.errors import BadInputError
 from bnfold.models.progress import Progress
-from bnfold.models.zoo import DEFAULT_SEED, ZOO, trained
+from bnfold.models.zoo.catalog import DEFAULT_SEED, ZOO, trained
 
 
 def train_main(argv: Sequence[str]) -> int:

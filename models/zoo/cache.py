@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bnfold.models import architectures, data, training
+from bnfold.models.zoo import architectures, data, training
 
 CACHE_ENV = "BNFOLD_CACHE_DIR"
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnfold.models import publish
-from bnfold.models.manifest import Candidate
+from bnfold.models.export import publish
+from bnfold.models.export.manifest import Candidate
+from bnfold.models.export.repository import check_repository
+from bnfold.models.export.spec_forms import Spec, parse_spec
 from bnfold.models.progress import Progress
-from bnfold.models.repository import check_repository
 
 
 @dataclass
@@ -78,7 +79,8 @@ def fold_and_export(
     check_repository(out)
     if name is not None:
         publish.check_target(out, name)
-    candidate, default_name, train_seconds, load_seconds = _candidate(spec, weights, input_shape, cache_dir, progress)
+    parsed = parse_spec(spec)
+    candidate, default_name, train_seconds, load_seconds = _candidate(parsed, weights, input_shape, cache_dir, progress)
     name = name or default_name
     publish.check_target(out, name)
     if task is not None:
@@ -106,26 +108,26 @@ def fold_and_export(
 
 
 def _candidate(
-    spec: str, weights: Path | None, input_shape: str | None, cache_dir: Path | None, progress: Progress
+    spec: Spec, weights: Path | None, input_shape: str | None, cache_dir: Path | None, progress: Progress
 ) -> tuple[Candidate, str, float | None, float]:
     """(candidate, entry name, seconds spent training or None, seconds spent loading) for any SPEC form."""
-    if spec.endswith(".onnx"):
-        from bnfold.models.onnx_candidate import candidate_from_onnx
+    if spec.kind == "onnx":
+        from bnfold.models.export.onnx_candidate import candidate_from_onnx
 
-        candidate = candidate_from_onnx(Path(spec), weights, input_shape, progress)
-        return candidate, Path(spec).stem, None, 0.0
-    from bnfold.models.sources import load_spec
-    from bnfold.models.torch_candidate import candidate_from_model
+        candidate = candidate_from_onnx(Path(spec.target), weights, input_shape, progress)
+        return candidate, spec.default_name, None, 0.0
+    from bnfold.models.export.sources import load_spec
+    from bnfold.models.export.torch_candidate import candidate_from_model
 
     start = time.perf_counter()
-    with progress.step(f"loading {spec}" + (" (training when not cached)" if spec.startswith("zoo:") else "")):
+    with progress.step(f"loading {spec.text}" + (" (training when not cached)" if spec.kind == "zoo" else "")):
         loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir)
     load_seconds = time.perf_counter() - start
-    if spec.startswith("zoo:"):
+    if spec.kind == "zoo":
         how = "weights from the cache" if loaded.train_seconds is None else f"trained in {loaded.train_seconds:.1f} s"
         progress.say(f"  {how}; held-out {loaded.metrics}")
-    if spec.endswith(".pt2"):
-        from bnfold.models.onnx_candidate import candidate_from_archive
+    if spec.kind == "pt2":
+        from bnfold.models.export.onnx_candidate import candidate_from_archive
 
         candidate = candidate_from_archive(loaded, progress)
     else:

@@ -1,4 +1,4 @@
-"""Shared behaviour of the model-side commands: one-line errors, exit codes, `--json` output.
+"""Shared behaviour of the `bnfold` subcommands: one-line errors, exit codes, `--json` output.
 
 Exit codes: 0 success, 1 the work failed (bad input, a failed check, a model that cannot be folded),
 2 wrong command-line usage (argparse). A failure prints `bnfold COMMAND: MESSAGE` on stderr, one line, never
@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
+from bnfold.messages import one_line
 from bnfold.models.errors import ModelsError
 
 EXIT_FAILED = 1
@@ -26,11 +27,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"bnfold {self.prog}: {message} (see bnfold {self.prog} --help)\n")
-
-
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

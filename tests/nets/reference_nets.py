@@ -20,7 +20,7 @@ The layer structure and sizes follow torchvision's definitions, and so do the mo
 Initialisation is deterministic for a given ``seed`` and leaves the global RNG untouched: convs
 Kaiming-normal (fan_out, ReLU gain) as in torchvision, BN γ = 1, β = 0, μ = 0, σ² = 1, Linear PyTorch
 default. The BN helpers ``randomize_batchnorm`` and ``delete_batchnorm`` live in
-models/batchnorm_variants.py and are re-exported here.
+tests/nets/batchnorm_variants.py and are re-exported here.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bnfold.models.batchnorm_variants import (
+from tests.nets.batchnorm_variants import (
     BATCHNORM_TYPES,
     batchnorm_modules,
     delete_batchnorm,

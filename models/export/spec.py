@@ -1,12 +1,9 @@
-"""Turn a fold-and-export SPEC into a PyTorch model in eval mode, checked against its input shape.
+"""Turn a PyTorch SPEC (models/export/spec_forms.py) into a model in eval mode, checked against its input shape.
 
-SPEC forms:
-    zoo:NAME                 a zoo net, trained (or taken from the weights cache); its calibration batch is
-                             the first 16 held-out samples
-    path/to/net.py:build     a Python file and a factory function called with no arguments
-    package.module:build     an importable module and a factory function
-    model.pt2                a torch.export archive (torch.export.save); its example inputs give the shape
-    model.onnx               handled by models/onnx_source.py (no PyTorch model)
+A zoo net's calibration batch is the first 16 held-out samples; a .pt2 archive's example inputs give its
+shape. A factory file or module is imported with its own directory (the file's, or the working directory
+for package.module) first on sys.path while it is imported and its factory runs, as `python path/to/net.py`
+would: its own packages (even one named like a bnfold folder, say `models`) win.
 
 `--weights FILE` is read with `torch.load(weights_only=True)` only (tensors, never arbitrary objects) and
 loaded strictly. For factories and archives without example inputs, `--input-shape` gives the shape; its
@@ -15,10 +12,11 @@ leading (batch) size is replaced by a calibration batch of 16 seeded standard-no
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from bnfold.contract.hashing import sha256_file
+from bnfold.messages import shorten
 from bnfold.models.errors import BadInputError
+from bnfold.models.export.spec_forms import Spec
 
 CALIBRATION_BATCH = 16
 CALIBRATION_SEED = 0
@@ -64,6 +64,17 @@ def random_batch(shape: tuple[int, ...]) -> Tensor:
     """16 seeded standard-normal samples of `shape` (its leading batch size is replaced by 16)."""
     generator = torch.Generator().manual_seed(CALIBRATION_SEED)
     return torch.randn((CALIBRATION_BATCH, *shape[1:]), generator=generator)
+
+
+@contextlib.contextmanager
+def _first_on_path(directory: Path) -> Iterator[None]:
+    """`directory` first on sys.path for the duration (the factory's own imports resolve there first)."""
+    entry = str(directory)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        sys.path.remove(entry)
 
 
 def _factory_from_file(path_text: str, function: str) -> Callable[..., Any]:
@@ -103,19 +114,20 @@ def _attribute(module: object, function: str, where: str) -> Callable[..., Any]:
     return factory
 
 
-def build_from_factory(spec: str) -> nn.Module:
+def build_from_factory(spec: Spec) -> nn.Module:
     """Call the factory named by 'path/to/net.py:build' or 'package.module:build' and check it is a Module."""
-    target, _, function = spec.rpartition(":")
-    if not target or not function:
-        raise BadInputError(f"--model {spec!r} names no factory; write path/to/net.py:build or package.module:build")
-    is_file = target.endswith(".py") or "/" in target
-    factory = _factory_from_file(target, function) if is_file else _factory_from_module(target, function)
-    try:
-        model = factory()
-    except Exception as error:
-        raise BadInputError(
-            f"factory {spec} raised {_describe(error)}; fix the factory (it is called with no arguments)"
-        ) from None
+    is_file = spec.kind == "file"
+    with _first_on_path(Path(spec.target).resolve().parent if is_file else Path.cwd()):
+        if is_file:
+            factory = _factory_from_file(spec.target, spec.function)
+        else:
+            factory = _factory_from_module(spec.target, spec.function)
+        try:
+            model = factory()
+        except Exception as error:
+            raise BadInputError(
+                f"factory {spec.text} raised {_describe(error)}; fix the factory (it is called with no arguments)"
+            ) from None
     if not isinstance(model, nn.Module):
         raise BadInputError(f"factory {spec} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -165,5 +177,5 @@ def output_names_for(count: int) -> list[str]:
 
 
 def _describe(error: BaseException) -> str:
-    text = " ".join(str(error).split())[:200]
+    text = shorten(str(error), 200)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

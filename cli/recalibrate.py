@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from bnfold.models.cli_support import OneLineParser, run, stdout_console
+from bnfold.cli.support import OneLineParser, run, stdout_console
 from bnfold.models.errors import BadInputError
+from bnfold.models.export.sources import load_spec
 from bnfold.models.recalibrate import recalibrate
-from bnfold.models.sources import load_spec
-from bnfold.models.training import evaluate
-from bnfold.models.zoo import ZOO, trained
+from bnfold.models.zoo.catalog import ZOO, trained
+from bnfold.models.zoo.training import evaluate
 
 
 def _parser() -> OneLineParser:

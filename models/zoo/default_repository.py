@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnfold.models.entry_check import verify_entry
 from bnfold.models.errors import BadInputError, ModelsError
-from bnfold.models.fold_and_export import ExportSummary, fold_and_export
+from bnfold.models.export.entry_check import verify_entry
+from bnfold.models.export.fold_and_export import ExportSummary, fold_and_export
+from bnfold.models.export.repository import check_repository, read_manifest
 from bnfold.models.progress import Progress
-from bnfold.models.repository import check_repository, read_manifest
-from bnfold.models.zoo import ZOO
+from bnfold.models.zoo.catalog import ZOO
 
 
 @dataclass(frozen=True)

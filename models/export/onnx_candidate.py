@@ -22,10 +22,10 @@ from numpy.typing import NDArray
 from bnfold.contract.agreement import Tolerance
 from bnfold.folding.onnx_fold import fold_onnx
 from bnfold.models.errors import BadInputError
-from bnfold.models.manifest import Candidate
+from bnfold.models.export.manifest import Candidate
+from bnfold.models.export.spec import LoadedModel, parse_shape, random_batch
+from bnfold.models.export.torch_candidate import NO_BATCHNORM_NOTE, quiet_export
 from bnfold.models.progress import Progress
-from bnfold.models.spec import LoadedModel, parse_shape, random_batch
-from bnfold.models.torch_candidate import NO_BATCHNORM_NOTE, quiet_export
 
 FLOAT_TYPES: dict[int, type[np.floating[Any]]] = {
     onnx.TensorProto.FLOAT: np.float32,

@@ -1,7 +1,7 @@
 """`bnfold verify REPO_DIR/NAME`: re-run every check on a written entry; needs no torch.
 
 Checks, in order: the manifest (format, name); each variant's SHA-256 against model.json; onnx.checker on
-both; BatchNormalization counts against model.json and the fold report (models/checks.py rule 2); both
+both; BatchNormalization counts against model.json and the fold report (models/export/checks.py rule 2); both
 variants run in onnxruntime (ORT_DISABLE_ALL) on calibration.npz with the declared output names and shapes;
 folded agrees with unfolded within model.json's tolerance; for classification the arg-max agrees too.
 """
@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bnfold.models import checks
 from bnfold.models.errors import BadInputError, VerificationError
-from bnfold.models.repository import read_calibration, read_manifest, sha256_bytes
+from bnfold.models.export import checks
+from bnfold.models.export.repository import read_calibration, read_manifest, sha256_bytes
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The model zoo: which net trains on which data, how, and what its inputs and outputs are called.
 
 `trained(name)` returns the trained net, from the weights cache when an identical run was cached before
-(see models/cache.py), otherwise by training it (seeded, deterministic) and caching the result.
+(see models/zoo/cache.py), otherwise by training it (seeded, deterministic) and caching the result.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import nn
 
-from bnfold.models import architectures, cache
-from bnfold.models.data import Split, load_split
-from bnfold.models.training import TrainConfig, train
+from bnfold.models.zoo import architectures, cache
+from bnfold.models.zoo.data import Split, load_split
+from bnfold.models.zoo.training import TrainConfig, train
 
 DEFAULT_SEED = 0
 CALIBRATION_BATCH = 16

@@ -1,4 +1,4 @@
-"""Verify a candidate entry (models/checks.py) and write it atomically into the repository; no torch.
+"""Verify a candidate entry (models/export/checks.py) and write it atomically into the repository; no torch.
 
 Verification runs before anything is written: onnx.checker on both graphs, the BatchNormalization counts,
 both graphs in onnxruntime (ORT_DISABLE_ALL) against the reference (the PyTorch model's outputs, or the
@@ -14,9 +14,9 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from bnfold.models import checks
-from bnfold.models.manifest import Candidate, build_manifest
-from bnfold.models.repository import FOLDED_FILE, UNFOLDED_FILE, entry_path, write_entry
+from bnfold.models.export import checks
+from bnfold.models.export.manifest import Candidate, build_manifest
+from bnfold.models.export.repository import FOLDED_FILE, UNFOLDED_FILE, entry_path, write_entry
 
 
 @dataclass(frozen=True)

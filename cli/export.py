@@ -16,9 +16,9 @@ from typing import Any
 
 from rich.table import Table
 
+from bnfold.cli.support import OneLineParser, run, stdout_console
 from bnfold.contract.errors import ContractError
 from bnfold.contract.layout import check_name
-from bnfold.models.cli_support import OneLineParser, run, stdout_console
 from bnfold.models.errors import BadInputError
 from bnfold.models.progress import Progress
 
@@ -60,7 +60,7 @@ def fold_and_export_main(argv: Sequence[str]) -> int:
     progress = Progress(quiet=args.json)
 
     def work() -> Any:
-        from bnfold.models.fold_and_export import fold_and_export
+        from bnfold.models.export.fold_and_export import fold_and_export
 
         return fold_and_export(
             args.model,
@@ -103,7 +103,7 @@ def build_default_main(argv: Sequence[str]) -> int:
     progress = Progress(quiet=args.json)
 
     def work() -> Any:
-        from bnfold.models.default_repository import build_default
+        from bnfold.models.zoo.default_repository import build_default
 
         entries = build_default(args.out, progress=progress)
         return {"ok": True, "repository": str(args.out), "models": [entry.to_json() for entry in entries]}

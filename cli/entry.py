@@ -1,6 +1,6 @@
 """`bnfold verify REPO_DIR/NAME` and `bnfold inspect REPO_DIR/NAME`; they need no torch.
 
-verify re-runs every check of models/entry_check.py and prints one line per passed check (exit 1 and one
+verify re-runs every check of models/export/entry_check.py and prints one line per passed check (exit 1 and one
 line naming the failed check otherwise); inspect shows the fold report of model.json as a table.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 
 from rich.table import Table
 
-from bnfold.models.cli_support import OneLineParser, run, stdout_console
-from bnfold.models.entry_check import verify_entry
-from bnfold.models.repository import read_manifest
+from bnfold.cli.support import OneLineParser, run, stdout_console
+from bnfold.models.export.entry_check import verify_entry
+from bnfold.models.export.repository import read_manifest
 
 
 def _entry_parser(prog: str, description: str) -> OneLineParser:

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from bnfold.contract.agreement import Tolerance
 from bnfold.folding import fold
 from bnfold.folding.export import export_onnx
-from bnfold.models.manifest import Candidate
+from bnfold.models.export.manifest import Candidate
+from bnfold.models.export.spec import LoadedModel
 from bnfold.models.progress import Progress
-from bnfold.models.spec import LoadedModel
 
 NO_BATCHNORM_NOTE = "the model has no BatchNorm: folded.onnx equals unfolded.onnx"
 

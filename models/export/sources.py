@@ -1,40 +1,38 @@
-"""Dispatch a SPEC (zoo:NAME, file or module factory, .pt2 archive) to a LoadedModel; see models/spec.py."""
+"""Load a PyTorch Spec (zoo:NAME, file or module factory, .pt2 archive) as a LoadedModel; see models/export/spec.py."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import re
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from bnfold.models import spec as specs
 from bnfold.models.errors import BadInputError
-from bnfold.models.pt2_allowlist import checked_archive_bytes
-from bnfold.models.spec import LoadedModel
-from bnfold.models.zoo import ZOO, trained
+from bnfold.models.export import spec as specs
+from bnfold.models.export.spec import LoadedModel
+from bnfold.models.export.spec_forms import Spec, parse_spec
+from bnfold.models.pt2.allowlist import checked_archive_bytes
+from bnfold.models.zoo.catalog import ZOO, trained
 
 
 def load_spec(
-    spec: str, *, weights: Path | None = None, input_shape: str | None = None, cache_dir: Path | None = None
+    spec: Spec | str, *, weights: Path | None = None, input_shape: str | None = None, cache_dir: Path | None = None
 ) -> LoadedModel:
     """The model a SPEC names, in eval mode, with its calibration batch; every bad input is a BadInputError."""
-    if spec.startswith("zoo:"):
-        return _from_zoo(spec, weights, input_shape, cache_dir)
-    if spec.endswith(".pt2"):
-        return _from_archive(spec, weights, input_shape)
-    if ":" not in spec:
-        raise BadInputError(
-            f"--model {spec!r} is not a SPEC; use zoo:NAME, path/to/net.py:build, package.module:build, a .pt2 "
-            "or a .onnx file"
-        )
-    return _from_factory(spec, weights, input_shape)
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    if parsed.kind == "zoo":
+        return _from_zoo(parsed, weights, input_shape, cache_dir)
+    if parsed.kind == "pt2":
+        return _from_archive(parsed, weights, input_shape)
+    if parsed.kind == "onnx":
+        raise BadInputError(f"--model {parsed.text} is an ONNX graph, not a PyTorch model; give a PyTorch SPEC")
+    return _from_factory(parsed, weights, input_shape)
 
 
-def _from_zoo(spec: str, weights: Path | None, input_shape: str | None, cache_dir: Path | None) -> LoadedModel:
-    name = spec.removeprefix("zoo:")
+def _from_zoo(spec: Spec, weights: Path | None, input_shape: str | None, cache_dir: Path | None) -> LoadedModel:
+    name = spec.target
     if name not in ZOO:
         raise BadInputError(f"no zoo model {name!r}; choose one of: {', '.join(ZOO)}")
     if input_shape is not None:
@@ -43,8 +41,8 @@ def _from_zoo(spec: str, weights: Path | None, input_shape: str | None, cache_di
     loaded = LoadedModel(
         module=model.model,
         calibration=torch.from_numpy(model.calibration_batch()),
-        source=spec,
-        default_name=name,
+        source=spec.text,
+        default_name=spec.default_name,
         task=model.spec.task,
         input_name=model.spec.input_name,
         output_names=[model.spec.output_name],
@@ -58,17 +56,17 @@ def _from_zoo(spec: str, weights: Path | None, input_shape: str | None, cache_di
     return loaded
 
 
-def _from_factory(spec: str, weights: Path | None, input_shape: str | None) -> LoadedModel:
+def _from_factory(spec: Spec, weights: Path | None, input_shape: str | None) -> LoadedModel:
     module = specs.build_from_factory(spec)
     weights_sha = specs.load_weights(module, weights) if weights is not None else None
     if input_shape is None:
-        raise BadInputError(f"{spec} needs --input-shape, e.g. --input-shape 1,3,32,32")
+        raise BadInputError(f"{spec.text} needs --input-shape, e.g. --input-shape 1,3,32,32")
     batch = specs.random_batch(specs.parse_shape(input_shape))
     return _finish(module.eval(), batch, spec, weights_sha, input_shape)
 
 
-def _from_archive(spec: str, weights: Path | None, input_shape: str | None) -> LoadedModel:
-    path = Path(spec)
+def _from_archive(spec: Spec, weights: Path | None, input_shape: str | None) -> LoadedModel:
+    path = Path(spec.target)
     if not path.is_file():
         raise BadInputError(f"torch.export archive {path} not found; check the path in --model")
     data = checked_archive_bytes(path)  # torch.export.load may unpickle arbitrary objects: check first
@@ -104,21 +102,13 @@ def _archive_batch(program: torch.export.ExportedProgram, path: Path, input_shap
     return specs.random_batch((1, *(int(size) for size in shape[1:])))
 
 
-def _finish(module: nn.Module, batch: Tensor, source: str, weights_sha: str | None, shape_text: str) -> LoadedModel:
+def _finish(module: nn.Module, batch: Tensor, spec: Spec, weights_sha: str | None, shape_text: str) -> LoadedModel:
     outputs = specs.check_forward(module, batch, shape_text)
     return LoadedModel(
         module=module,
         calibration=batch,
-        source=source,
-        default_name=_default_name(source),
+        source=spec.text,
+        default_name=spec.default_name,
         output_names=specs.output_names_for(len(outputs)),
         weights_sha256=weights_sha,
     )
-
-
-def _default_name(source: str) -> str:
-    """'path/net.py:build' → 'net', 'pkg.mod:build' → 'mod', 'dir/model.pt2' → 'model'."""
-    target = source if source.endswith(".pt2") else source.rpartition(":")[0]
-    from_path = target.endswith((".py", ".pt2")) or "/" in target
-    name = Path(target).stem if from_path else target.rpartition(".")[2]
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip("_.-") or "model"

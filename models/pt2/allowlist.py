@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from bnfold.models.errors import BadInputError
-from bnfold.models.pt2_program import program_refusal, safe_name
+from bnfold.models.pt2.program import program_refusal, safe_name
 
 _FIXED_NAMES = frozenset(
     {
