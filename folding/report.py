@@ -92,6 +92,10 @@ class FoldReport:
         """How many BatchNorms were merged into a neighbouring layer's weights."""
         return sum(entry.action in (Action.FOLDED_INTO_PREVIOUS, Action.FOLDED_INTO_NEXT) for entry in self.entries)
 
+    def count(self, action: Action) -> int:
+        """How many entries have `action`."""
+        return sum(entry.action is action for entry in self.entries)
+
     def counts(self) -> dict[str, int]:
         counter = Counter(entry.action.value for entry in self.entries)
         return {action.value: counter.get(action.value, 0) for action in Action}
@@ -105,6 +109,7 @@ class FoldReport:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form stored in model.json (docs/repository-format.md); do not change its shape."""
         return {
             "entries": [entry.to_json() for entry in self.entries],
             "max_output_error": self.max_output_error,
@@ -113,6 +118,7 @@ class FoldReport:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FoldReport:
+        """The report written by `to_json` (model.json's "fold_report"); "summary" is derived, not read."""
         return cls(
             entries=[FoldEntry.from_json(e) for e in data["entries"]],
             max_output_error=data.get("max_output_error"),
