@@ -29,7 +29,7 @@ NETWORKS: dict[str, Callable[[], nn.Module]] = {
     "mobilenet_v2": lambda: mobilenet_v2(num_classes=1000),
     "densenet_small": lambda: densenet_small(num_classes=1000),
 }
-TARGET_SECONDS = {"resnet50": 1.0}  # the target: a ResNet-50-sized model folds in under 1 s
+TARGET_SECONDS = {"resnet50": 1.0}  # target: a ResNet-50-sized model folds in under 1 s
 
 
 def time_fold(model: nn.Module, example: torch.Tensor, repetitions: int) -> tuple[FoldResult, Summary, Summary]:

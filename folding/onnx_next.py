@@ -6,7 +6,7 @@
     MatMul z = x̂·W (x̂ 2-D):   W'[c, :] = s_c·W[c, :], then an Add of Wᵀ·t
 
 A Conv that pads reads zeros at the border, where the BN would have produced t rather than 0, so it is
-refused (FOLDING_TRAPS 6). The BN's output must be read by that one layer alone, as its data input.
+refused. The BN's output must be read by that one layer alone, as its data input.
 """
 
 from __future__ import annotations

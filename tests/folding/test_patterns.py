@@ -1,4 +1,4 @@
-"""Every must-fold pattern of issue 2, with random BN statistics: BN count after folding, error against the
+"""Every must-fold pattern of the PyTorch engine, with random BN statistics: BN count after folding, error against the
 unfolded model, the caller's model unchanged (check_fold), and the report entry."""
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def test_batchnorm_called_twice_gets_one_entry_per_call_site() -> None:
 
 
 class SharedConv(nn.Module):
-    """One conv module called at two places, each call followed by its own BN (trap 2)."""
+    """One conv module called at two places, each call followed by its own BN."""
 
     def __init__(self, second_bn: bool = True) -> None:
         super().__init__()
@@ -215,7 +215,7 @@ class SharedConv(nn.Module):
 
 
 def test_shared_conv_folds_per_call_site() -> None:
-    """Trap 2: a conv called twice, each call with its own BN, folds into one copy per call site."""
+    """A conv called twice, each call with its own BN, folds into one copy per call site."""
     model = prepared(SharedConv())
     result = check_fold(model, sample(2, 4), remaining=0)
     first, second = result.report
@@ -224,7 +224,7 @@ def test_shared_conv_folds_per_call_site() -> None:
 
 
 def test_shared_conv_with_one_batchnorm_leaves_the_other_call_site_intact() -> None:
-    """Trap 2: only the call site followed by a BN uses fused weights; the bare one keeps the original."""
+    """Only the call site followed by a BN uses fused weights; the bare one keeps the original."""
     model = prepared(SharedConv(second_bn=False))
     result = check_fold(model, sample(2, 4), remaining=0)
     (entry,) = result.report
