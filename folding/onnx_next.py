@@ -28,7 +28,7 @@ from bnfold.folding.onnx_graph import (
     rounded,
     sole_consumer,
 )
-from bnfold.folding.plan import Rewrite
+from bnfold.folding.plan import Rewrite, pads_with_zeros
 
 
 def fold_into_next(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
@@ -72,7 +72,7 @@ def _padding_refusal(conv: ir.Node) -> str | None:
     pads_attr = conv.attributes.get("pads")
     pads = [] if pads_attr is None else list(pads_attr.as_ints())
     if mode not in ("NOTSET", "VALID") or any(pads):
-        return f"Conv {conv.name!r} pads with zeros (auto_pad={mode}, pads={pads}); the border would get BN's shift"
+        return pads_with_zeros(f"Conv {conv.name!r}", f"auto_pad={mode}, pads={pads}")
     return None
 
 

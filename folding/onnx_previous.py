@@ -30,7 +30,7 @@ from bnfold.folding.onnx_graph import (
     private_output,
     rounded,
 )
-from bnfold.folding.plan import Rewrite
+from bnfold.folding.plan import Rewrite, output_needed_elsewhere
 
 
 def fold_into_previous(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
@@ -44,7 +44,7 @@ def fold_into_previous(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBat
         return f"its producer is {producer.op_type}, not one of {', '.join(PREVIOUS_RULES)}"
     shared = private_output(z)
     if shared is not None:
-        return f"the output of {producer.op_type} {producer.name!r} is needed elsewhere: {shared}"
+        return output_needed_elsewhere(f"{producer.op_type} {producer.name!r}", shared)
     try:
         return rule(editor, producer, bn, batchnorm)
     except FoldingError as error:
@@ -101,7 +101,7 @@ def _matmul_add(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: 
         if is_op(matmul, "MatMul") and matmul is not None and not isinstance(constant(other, "b"), str):
             shared = private_output(matmul_out) if matmul_out is not None else None
             if shared is not None:
-                return f"the output of MatMul {matmul.name!r} is needed elsewhere: {shared}"
+                return output_needed_elsewhere(f"MatMul {matmul.name!r}", shared)
             return _fold_matmul(editor, matmul, producer, bn, batchnorm)
     return "its producer is an Add that is not MatMul + constant bias"
 

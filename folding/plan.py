@@ -15,6 +15,18 @@ from bnfold.folding.report import Action, FoldEntry
 LOWERING_DISABLED = "lowering is disabled"
 
 
+def output_needed_elsewhere(layer: str, readers: str) -> str:
+    """Why a BN cannot go into the layer producing its input: something else reads that output (a residual
+    add, a concat, a graph output), and would see the BN applied too."""
+    return f"the output of {layer} is needed elsewhere: {readers}; folding would change what the other readers see"
+
+
+def pads_with_zeros(layer: str, padding: str) -> str:
+    """Why a BN cannot go into the conv reading its output: the conv's zero-padded border would receive the
+    BN's shift t instead of zero."""
+    return f"{layer} pads with zeros ({padding}), so its border would receive the BN's shift instead of zero"
+
+
 def not_folded(previous: str, following: str) -> str:
     """Why a BN went into neither neighbour: each side's refusal."""
     return f"not into the previous layer: {previous}; not into the next layer: {following}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from bnfold.folding.plan import LOWERING_DISABLED, Decision, Plan, not_folded, not_lowered
+from bnfold.folding.plan import LOWERING_DISABLED, Decision, Plan, not_folded, not_lowered, output_needed_elsewhere
 from bnfold.folding.report import Action
 from bnfold.folding.torch_batchnorm import BatchNormSite
 from bnfold.folding.torch_rewrite import install, lower, remove_batchnorm
@@ -57,7 +57,7 @@ def _try_previous(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int |
         return f"{describe_node(producer)} is not a layer module"
     if len(producer.users) > 1:
         others = ", ".join(describe_node(user) for user in producer.users if user is not site.node)
-        return f"layer {producer.target}'s output also feeds {others}; folding would change what they see"
+        return output_needed_elsewhere(f"layer {producer.target}", f"it also feeds {others}")
     assert site.affine is not None
     new = apply_rule(INTO_PREVIOUS, graph_module.get_submodule(str(producer.target)), site.affine, ndim)
     if not isinstance(new, NewTensors):

@@ -21,6 +21,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from bnfold.folding.arithmetic import F64, ScaleShift, compose, fold_into_next, fold_into_previous
 from bnfold.folding.errors import FoldingError
+from bnfold.folding.plan import pads_with_zeros
 from bnfold.folding.torch_conv_transpose import (
     ConvTranspose1dSeparateBias,
     ConvTranspose2dSeparateBias,
@@ -116,10 +117,7 @@ def _conv_absorbs(module: nn.Module, affine: ScaleShift, ndim: int | None) -> Ne
     if unbatched is not None:
         return unbatched
     if reads_zero_padding(conv):
-        return (
-            f"the next conv pads with zeros (padding={conv.padding}), whose border would receive the BN's "
-            "shift instead of zero"
-        )
+        return pads_with_zeros("the conv", f"padding={conv.padding}")
     new_weight, new_bias = fold_into_next(weight, bias, affine, groups=conv.groups)
     return NewTensors({"weight": new_weight, "bias": new_bias})
 

@@ -85,7 +85,10 @@ def test_producer_feeding_a_residual_add_is_not_folded(lower: bool) -> None:
     entry = result.report["bn"]
     assert entry.action is (Action.LOWERED if lower else Action.KEPT)
     assert entry.target is None
-    assert "layer conv's output also feeds a call of add" in (entry.reason or "")
+    assert "not into the previous layer: the output of layer conv is needed elsewhere: it also feeds a call of add" in (
+        entry.reason or ""
+    )
+    assert "folding would change what the other readers see" in (entry.reason or "")
     assert "a call of relu" in (entry.reason or "")  # why the next layer could not take it either
     assert torch.equal(result.model.get_parameter("conv.weight"), model.conv.weight)
     if lower:
@@ -98,7 +101,10 @@ def test_batchnorm_then_zero_padded_conv_is_not_folded_forward() -> None:
     result = check_fold(model, (randn(2, 4, 6, 6),), remaining=1, lower_unfoldable=False)
     entry = result.report["0"]
     assert entry.action is Action.KEPT
-    assert "layer 1: the next conv pads with zeros (padding=(1, 1))" in (entry.reason or "")
+    assert (
+        "not into the next layer: layer 1: the conv pads with zeros (padding=(1, 1)), so its border would "
+        "receive the BN's shift instead of zero" in (entry.reason or "")
+    )
     assert torch.equal(result.model.get_parameter("1.weight"), model[1].weight)
 
 
@@ -244,7 +250,9 @@ def test_batchnorm_then_conv_transpose_is_not_folded_forward() -> None:
     result = check_fold(model, (randn(2, 4, 5, 5),), remaining=0)
     entry = result.report["0"]
     assert entry.action is Action.LOWERED
-    assert "next: layer 1: a transposed conv sums a position-dependent subset" in (entry.reason or "")
+    assert "; not into the next layer: layer 1: a transposed conv sums a position-dependent subset" in (
+        entry.reason or ""
+    )
 
 
 class UnbatchedConvThenBatchNorm(nn.Module):

@@ -123,7 +123,8 @@ def test_producer_output_with_another_consumer_is_not_folded_into() -> None:
     assert ops(result.model) == ["Conv", "Mul", "Add", "Add"]
     reason = result.report["bn_b"].reason
     assert reason is not None and reason.startswith(
-        "not into the previous layer: the output of Conv 'conv_z' is needed elsewhere: 'z' has 2 consumers, not one"
+        "not into the previous layer: the output of Conv 'conv_z' is needed elsewhere: 'z' has 2 consumers, not one; "
+        "folding would change what the other readers see; not into the next layer: "
     )
 
 
@@ -161,7 +162,8 @@ def test_bn_then_padded_conv_is_not_folded_forward(padding: dict[str, object]) -
     result = fold_and_check(g.model(), g.feeds(), batchnorms_left=0)
     assert ops(result.model) == ["Mul", "Add", "Conv"]
     reason = str(result.report["bn_h"].reason)
-    assert "Conv 'conv_y' pads with zeros" in reason and "the border would get BN's shift" in reason
+    assert "not into the next layer: Conv 'conv_y' pads with zeros (auto_pad=" in reason
+    assert "so its border would receive the BN's shift instead of zero" in reason
 
 
 def test_bn_then_gemm_with_trans_a_is_not_folded_forward() -> None:
