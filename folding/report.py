@@ -49,9 +49,13 @@ class FoldEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FoldEntry:
+        """The entry written by `to_json`; KeyError for a missing field, ValueError for an unknown action."""
+        action, known = data["action"], [value.value for value in Action]
+        if action not in known:
+            raise ValueError(f"unknown action {action!r} for {data['bn']!r}; expected one of {known}")
         return cls(
             bn=str(data["bn"]),
-            action=Action(data["action"]),
+            action=Action(action),
             target=data.get("target"),
             reason=data.get("reason"),
             max_error=data.get("max_error"),

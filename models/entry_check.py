@@ -79,8 +79,10 @@ def _check_counts(manifest: dict[str, Any], counts: dict[str, int]) -> None:
             raise VerificationError(f"{variant}.onnx has {count} BatchNormalization nodes, model.json says {recorded}")
     try:
         report = FoldReport.from_json(manifest["fold_report"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise VerificationError(f"model.json's fold_report is malformed ({error!r}); rebuild the entry") from None
+    except KeyError as missing:
+        raise VerificationError(f"model.json's fold_report lacks {missing}; rebuild the entry") from None
+    except (TypeError, ValueError) as error:
+        raise VerificationError(f"model.json's fold_report is malformed: {error}; rebuild the entry") from None
     checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], report.total, report.count(Action.KEPT))
 
 
