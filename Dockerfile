@@ -29,6 +29,7 @@ RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" scripts/install-deps.sh fold
 # Then the source, installed without touching the dependencies.
 COPY README.md ./
 COPY bnfold/ ./bnfold/
+COPY contract/ ./contract/
 COPY folding/ ./folding/
 COPY models/ ./models/
 COPY service/ ./service/
@@ -58,6 +59,7 @@ COPY scripts/install-deps.sh ./scripts/
 RUN scripts/install-deps.sh serve
 COPY README.md ./
 COPY bnfold/ ./bnfold/
+COPY contract/ ./contract/
 COPY folding/ ./folding/
 COPY models/ ./models/
 COPY service/ ./service/

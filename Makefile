@@ -28,8 +28,8 @@ repository: $(BIN)/.installed
 test: lint typecheck pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check folding models service tests bench
-	$(BIN)/ruff format --check folding models service tests bench
+	$(BIN)/ruff check contract folding models service tests bench
+	$(BIN)/ruff format --check contract folding models service tests bench
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy

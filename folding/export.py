@@ -15,15 +15,16 @@ metadata that records source file paths and line numbers is removed, the rest is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import onnx
 import onnx_ir as ir
 import torch
 from torch import Tensor, nn
 
+from bnfold.contract.op_count import count_op
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.onnx_constants import fold_constant_subexpressions
+
+__all__ = ["BATCH_DIM", "count_op", "export_onnx"]
 
 BATCH_DIM = "batch"
 # Node metadata that embeds source paths / line numbers: machine-dependent, so it is dropped.
@@ -56,27 +57,6 @@ def export_onnx(
             f"the exported ONNX model is invalid ({_first_line(error)}); try another opset with opset=…"
         ) from error
     return proto
-
-
-def count_op(model: onnx.ModelProto, op_type: str = "BatchNormalization") -> int:
-    """Number of nodes of `op_type` (default domain) in the main graph, its subgraphs and local functions."""
-    total = _count_in_nodes(model.graph.node, op_type)
-    for function in model.functions:
-        total += _count_in_nodes(function.node, op_type)
-    return total
-
-
-def _count_in_nodes(nodes: Iterable[onnx.NodeProto], op_type: str) -> int:
-    count = 0
-    for node in nodes:
-        if node.op_type == op_type and node.domain in ("", "ai.onnx"):
-            count += 1
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                count += _count_in_nodes(attribute.g.node, op_type)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                count += sum(_count_in_nodes(graph.node, op_type) for graph in attribute.graphs)
-    return count
 
 
 def _check_arguments(

@@ -3,7 +3,7 @@
 Each fold is measured at its *probe*: the BN's output when it went into the previous layer or was
 lowered, the next layer's output when it went into that one. Where a later fold removed the probe (a
 chain Conv → BN → BN), the error is measured at the value that replaced it further down, so it includes
-the later folds too. Errors are max |folded − unfolded| (folding.compare.discrepancy).
+the later folds too. Errors are max |folded − unfolded| (bnfold.contract.agreement.discrepancy).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from bnfold.folding.compare import discrepancy
+from bnfold.contract.agreement import discrepancy
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.report import FoldReport
 

@@ -9,12 +9,15 @@
        max |candidate − reference| ≤ atol + rtol · max |reference|     (per output; the repository rule)
 
    The reference is the PyTorch model when there is one (fold-and-export), else the unfolded graph (verify).
+   The rule, and its one non-finite policy, is bnfold.contract.agreement's. An INCONCLUSIVE verdict (the
+   reference is NaN/Inf where the variant differs from it) refuses to certify the entry: the calibration
+   inputs must lie in the model's range.
 4. For classification, the arg-max of both variants agrees on every calibration sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,35 +26,34 @@ import onnx
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from bnfold.contract.agreement import OutputJudgement, Tolerance, Verdict, argmax_mismatches, judge
+from bnfold.contract.op_count import count_op
 from bnfold.models.errors import VerificationError
 
 
 @dataclass(frozen=True)
 class Agreement:
-    """The worst output error of one variant against the reference, and the bound it had to meet."""
+    """The judgement on the worst output of one variant against the reference."""
 
     variant: str
-    max_abs: float
-    bound: float
+    judgement: OutputJudgement
+
+    @property
+    def max_abs(self) -> float:
+        return self.judgement.discrepancy.max_abs
+
+    @property
+    def bound(self) -> float:
+        return self.judgement.bound
 
     @property
     def ok(self) -> bool:
-        return bool(self.max_abs <= self.bound)
+        return self.judgement.verdict is Verdict.AGREE
 
 
 def count_batchnorm(model: onnx.ModelProto) -> int:
     """BatchNormalization nodes in the main graph, its subgraphs and its local functions."""
-    return _count(model.graph.node) + sum(_count(function.node) for function in model.functions)
-
-
-def _count(nodes: Iterable[onnx.NodeProto]) -> int:
-    total = 0
-    for node in nodes:
-        total += node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
-        for attribute in node.attribute:
-            total += _count(attribute.g.node) if attribute.HasField("g") else 0
-            total += sum(_count(graph.node) for graph in attribute.graphs)
-    return total
+    return count_op(model, "BatchNormalization")
 
 
 def check_onnx(model_bytes: bytes, variant: str) -> onnx.ModelProto:
@@ -94,29 +96,45 @@ def run_onnx(model_bytes: bytes, feeds: Mapping[str, NDArray[Any]]) -> list[NDAr
 
 
 def agreement(
-    variant: str, outputs: Sequence[NDArray[Any]], reference: Sequence[NDArray[Any]], atol: float, rtol: float
+    variant: str,
+    outputs: Sequence[NDArray[Any]],
+    reference: Sequence[NDArray[Any]],
+    atol: float,
+    rtol: float,
+    names: Sequence[str] | None = None,
 ) -> Agreement:
-    """The worst error over all outputs of `variant` against `reference` (NaN or Inf count as infinite)."""
+    """The worst output of `variant` against `reference`: an inconclusive one first, else the one furthest over
+    (or least under) its bound."""
     if len(outputs) != len(reference):
         raise VerificationError(f"{variant}.onnx has {len(outputs)} outputs, the reference {len(reference)}")
-    worst: Agreement | None = None
-    for candidate, expected in zip(outputs, reference, strict=True):
+    if not outputs:
+        raise VerificationError(f"{variant}.onnx has no outputs")
+    labels = list(names) if names is not None else [f"#{index}" for index in range(len(outputs))]
+    judgements = []
+    for label, candidate, expected in zip(labels, outputs, reference, strict=True):
         if candidate.shape != expected.shape:
             raise VerificationError(
-                f"{variant}.onnx output shape {candidate.shape} differs from the reference {expected.shape}"
+                f"{variant}.onnx output {label!r} has shape {candidate.shape}, the reference {expected.shape}"
             )
-        a, b = candidate.astype(np.float64), expected.astype(np.float64)
-        error = float(np.max(np.abs(a - b))) if a.size else 0.0
-        error = error if np.isfinite(error) else float("inf")
-        bound = atol + rtol * (float(np.max(np.abs(b))) if b.size else 0.0)
-        if worst is None or error - bound > worst.max_abs - worst.bound:
-            worst = Agreement(variant, error, bound)
-    if worst is None:
-        raise VerificationError(f"{variant}.onnx has no outputs")
-    return worst
+        judgements.append(judge(candidate, expected, Tolerance(atol, rtol), classifier=False, name=label))
+    worst = max(judgements, key=_badness)
+    return Agreement(variant, worst)
+
+
+def _badness(judgement: OutputJudgement) -> tuple[bool, float]:
+    inconclusive = judgement.verdict is Verdict.INCONCLUSIVE
+    return inconclusive, judgement.discrepancy.max_abs - judgement.bound
 
 
 def require(found: Agreement, against: str) -> None:
+    """VerificationError unless `found` agrees; an inconclusive check is refused, never certified."""
+    judgement = found.judgement
+    if judgement.verdict is Verdict.INCONCLUSIVE:
+        raise VerificationError(
+            f"cannot certify {found.variant}.onnx against {against}: output {judgement.name!r} is NaN or Inf in "
+            f"the reference at index {judgement.discrepancy.unjudged} where {found.variant}.onnx differs; "
+            "use calibration inputs in the model's range"
+        )
     if not found.ok:
         raise VerificationError(
             f"{found.variant}.onnx differs from {against} by max |Δ| = {found.max_abs:.3e}, over the "
@@ -125,7 +143,7 @@ def require(found: Agreement, against: str) -> None:
 
 
 def require_same_argmax(unfolded: Sequence[NDArray[Any]], folded: Sequence[NDArray[Any]]) -> None:
-    """Rule 4, on the first output (the logits)."""
-    disagree = int(np.sum(np.argmax(unfolded[0], axis=-1) != np.argmax(folded[0], axis=-1)))
+    """Rule 4, on the first output (the logits), by the contract's arg-max (bnfold.contract.agreement)."""
+    disagree = argmax_mismatches(folded[0], unfolded[0])
     if disagree:
         raise VerificationError(f"folded and unfolded predict different classes for {disagree} calibration sample(s)")

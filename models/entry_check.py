@@ -48,7 +48,10 @@ def verify_entry(entry: Path) -> EntryVerification:
     for variant, values in outputs.items():
         _check_outputs(manifest, variant, values, len(next(iter(feeds.values()))))
     tolerance = manifest["tolerance"]
-    found = checks.agreement("folded", outputs["folded"], outputs["unfolded"], tolerance["atol"], tolerance["rtol"])
+    names = [spec["name"] for spec in manifest["outputs"]]
+    found = checks.agreement(
+        "folded", outputs["folded"], outputs["unfolded"], tolerance["atol"], tolerance["rtol"], names
+    )
     checks.require(found, "unfolded.onnx")
     result.max_abs_error = found.max_abs
     result.passed.append(f"folded matches unfolded: max |Δ| = {found.max_abs:.3e} ≤ {found.bound:.3e}")
@@ -92,8 +95,14 @@ def _check_outputs(manifest: dict[str, Any], variant: str, values: list[NDArray[
         raise VerificationError(f"{variant}.onnx has {len(values)} outputs, model.json declares {len(declared)}")
     for spec, value in zip(declared, values, strict=True):
         expected = tuple(batch if size == -1 else size for size in spec["shape"])
-        if value.shape != expected or not np.all(np.isfinite(value)):
+        if value.shape != expected:
             raise VerificationError(
-                f"{variant}.onnx output {spec['name']!r} has shape {value.shape} (or non-finite values), "
-                f"model.json declares {tuple(spec['shape'])}"
+                f"{variant}.onnx output {spec['name']!r} has shape {value.shape}, model.json declares "
+                f"{tuple(spec['shape'])}"
+            )
+        if not np.all(np.isfinite(value)):
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
+            raise VerificationError(
+                f"cannot certify the entry: {variant}.onnx output {spec['name']!r} is NaN or Inf at index {where} "
+                "on calibration.npz; use calibration inputs in the model's range"
             )

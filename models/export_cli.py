@@ -9,12 +9,15 @@ Progress goes to stderr; the summary (or with --json a machine-readable one) to 
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from bnfold.contract.errors import ContractError
+from bnfold.contract.layout import check_name
 from bnfold.models.cli_support import OneLineParser, run, stdout_console
 from bnfold.models.errors import BadInputError
 from bnfold.models.progress import Progress
@@ -34,13 +37,22 @@ def _fold_and_export_parser() -> OneLineParser:
     )
     parser.add_argument("--weights", type=Path, help="a state_dict file, read with torch.load(weights_only=True)")
     parser.add_argument("--input-shape", metavar="1,3,32,32", help="input shape (leading batch size is ignored)")
-    parser.add_argument("--name", help="entry name (default: from the SPEC)")
+    parser.add_argument("--name", type=_entry_name, help="entry name (default: from the SPEC)")
     parser.add_argument("--task", choices=TASKS, help="how the service compares variants (default: regression)")
     parser.add_argument("--atol", type=float, help="equivalence tolerance: absolute part (default 1e-6 for float32)")
     parser.add_argument("--rtol", type=float, help="equivalence tolerance: part relative to max|reference| (1e-5)")
     parser.add_argument("--out", type=Path, required=True, metavar="REPO_DIR", help="the model repository")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     return parser  # fmt: skip
+
+
+def _entry_name(value: str) -> str:
+    """--name as the repository format allows it (a usage error otherwise)."""
+    try:
+        check_name(value)
+    except ContractError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
 
 
 def fold_and_export_main(argv: Sequence[str]) -> int:

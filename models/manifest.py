@@ -1,4 +1,5 @@
-"""Build model.json (docs/repository-format.md) from a verified candidate; no torch needed."""
+"""Build model.json (docs/repository-format.md) from a verified candidate through the contract's schema
+(bnfold.contract.manifest), so the writer cannot write what the readers refuse; no torch needed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bnfold.models.repository import CALIBRATION_FILE, FOLDED_FILE, FORMAT, NUMPY_TO_V2, UNFOLDED_FILE, sha256_bytes
+from bnfold.contract.datatypes import v2_name
+from bnfold.contract.errors import ContractError
+from bnfold.contract.hashing import sha256_bytes
+from bnfold.contract.layout import CALIBRATION_FILE, FOLDED_FILE, FORMAT, UNFOLDED_FILE
+from bnfold.contract.manifest import Manifest
 
 
 @dataclass
@@ -32,10 +37,10 @@ class Candidate:
 
 
 def _v2(dtype: np.dtype[Any]) -> str:
-    name = str(dtype)
-    if name not in NUMPY_TO_V2:
-        raise ValueError(f"dtype {name} has no Open Inference Protocol name; use float32")
-    return NUMPY_TO_V2[name]
+    try:
+        return v2_name(dtype)
+    except ContractError as error:
+        raise ValueError(str(error)) from None
 
 
 def tensor_spec(name: str, array: NDArray[Any]) -> dict[str, Any]:
@@ -57,8 +62,9 @@ def versions() -> dict[str, str]:
 def build_manifest(
     name: str, candidate: Candidate, outputs: list[NDArray[Any]], batchnorm_nodes: dict[str, int]
 ) -> dict[str, Any]:
-    """model.json for `candidate`; `outputs` are the unfolded graph's outputs (for output dtypes and shapes)."""
-    return {
+    """model.json for `candidate`; `outputs` are the unfolded graph's outputs (for output dtypes and shapes).
+    Validated by the contract's schema (pydantic ValidationError if a field is of the wrong type)."""
+    document = {
         "format": FORMAT,
         "name": name,
         "task": candidate.task,
@@ -83,3 +89,4 @@ def build_manifest(
         "metrics": candidate.metrics,
         "notes": candidate.notes,
     }
+    return Manifest.model_validate(document).to_json()

@@ -19,7 +19,7 @@ import onnx
 import torch
 from numpy.typing import NDArray
 
-from bnfold.folding.compare import Tolerance
+from bnfold.contract.agreement import Tolerance
 from bnfold.folding.onnx_fold import fold_onnx
 from bnfold.models.errors import BadInputError
 from bnfold.models.manifest import Candidate

@@ -42,7 +42,7 @@ def verify_candidate(candidate: Candidate) -> Verified:
     atol, rtol = candidate.tolerance["atol"], candidate.tolerance["rtol"]
     errors = {}
     for variant, values in outputs.items():
-        found = checks.agreement(variant, values, reference, atol, rtol)
+        found = checks.agreement(variant, values, reference, atol, rtol, candidate.output_names)
         checks.require(found, against)
         errors[variant] = found.max_abs
     if candidate.task == "classification":

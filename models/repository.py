@@ -9,11 +9,9 @@ removed: nothing is left behind.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -23,32 +21,42 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bnfold.contract.calibration import read_calibration as read_contract_calibration
+from bnfold.contract.errors import ContractError
+from bnfold.contract.hashing import sha256_bytes, sha256_file
+from bnfold.contract.layout import (
+    CALIBRATION_FILE,
+    FOLDED_FILE,
+    FORMAT,
+    MANIFEST_FILE,
+    NAME_RULE,
+    UNFOLDED_FILE,
+    is_valid_name,
+)
+from bnfold.contract.manifest import TensorSpec, parse_manifest
 from bnfold.models.errors import BadInputError, VerificationError
 
-FORMAT = "bnfold-repository/1"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MANIFEST = "model.json"
-UNFOLDED_FILE, FOLDED_FILE, CALIBRATION_FILE = "unfolded.onnx", "folded.onnx", "calibration.npz"
-
-NUMPY_TO_V2 = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int64": "INT64", "int32": "INT32"}
-V2_TO_NUMPY = {v2: numpy_name for numpy_name, v2 in NUMPY_TO_V2.items()}
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return sha256_bytes(path.read_bytes())
+__all__ = [
+    "CALIBRATION_FILE",
+    "FOLDED_FILE",
+    "FORMAT",
+    "MANIFEST_FILE",
+    "UNFOLDED_FILE",
+    "check_name",
+    "check_repository",
+    "entry_path",
+    "read_calibration",
+    "read_manifest",
+    "sha256_bytes",
+    "sha256_file",
+    "write_entry",
+]
 
 
 def check_name(name: str) -> None:
     """Refuse names the format does not allow."""
-    if not NAME_PATTERN.match(name):
-        raise BadInputError(
-            f"model name {name!r} is not allowed; use 1–64 letters, digits, '_', '.', '-' starting with a "
-            "letter or digit (--name)"
-        )
+    if not is_valid_name(name):
+        raise BadInputError(f"model name {name!r} is not allowed; use {NAME_RULE} (--name)")
 
 
 def entry_path(repository: Path, name: str) -> Path:
@@ -94,7 +102,7 @@ def write_entry(
         buffer = io.BytesIO()
         np.savez(buffer, allow_pickle=False, **{key: np.asarray(value) for key, value in calibration.items()})
         _write_synced(temporary / CALIBRATION_FILE, buffer.getvalue())
-        _write_synced(temporary / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        _write_synced(temporary / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
         temporary.chmod(0o755)
         _fsync_directory(temporary)  # the entries' names are durable before the entry becomes visible
         temporary.rename(target)
@@ -125,36 +133,24 @@ def _fsync_directory(path: Path) -> None:
 
 
 def read_manifest(entry: Path) -> dict[str, Any]:
-    """model.json of an entry, refusing a missing file, bad JSON, another format or a mismatched name."""
-    path = entry / MANIFEST
+    """model.json of an entry, validated by the contract's schema (bnfold.contract.manifest): refuses a missing
+    file, bad JSON, another format, a mismatched name or a field of the wrong type. Returns the JSON document."""
+    path = entry / MANIFEST_FILE
     if not path.is_file():
         raise BadInputError(f"{path} not found; give a repository entry REPO_DIR/NAME written by fold-and-export")
+    raw = path.read_bytes()
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise VerificationError(f"{path} is not valid JSON ({error}); rebuild the entry") from None
-    if manifest.get("format") != FORMAT:
-        raise VerificationError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}; rebuild it")
-    if manifest.get("name") != entry.name:
-        raise VerificationError(
-            f"{path} names the model {manifest.get('name')!r} but its directory is {entry.name!r}; rename one"
-        )
+        parse_manifest(raw, entry.name)
+        manifest: dict[str, Any] = json.loads(raw)
+    except ContractError as error:
+        raise VerificationError(f"{path}: {error}") from None
     return manifest
 
 
 def read_calibration(entry: Path, manifest: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
-    """The calibration arrays, one per declared input, with the declared dtypes (no pickles)."""
-    path = entry / manifest["calibration"]["file"]
+    """The calibration arrays, one per declared input, with the declared dtypes and shapes (no pickles)."""
+    inputs = [TensorSpec.model_validate(spec) for spec in manifest["inputs"]]
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as error:
-        raise VerificationError(f"cannot read {path} ({error}); rebuild the entry") from None
-    for spec in manifest["inputs"]:
-        array = arrays.get(spec["name"])
-        expected = V2_TO_NUMPY.get(spec["datatype"])
-        if array is None or str(array.dtype) != expected:
-            raise VerificationError(
-                f"{path} lacks input {spec['name']!r} as {expected}; it has {sorted(arrays)}; rebuild the entry"
-            )
-    return arrays
+        return read_contract_calibration(entry / manifest["calibration"]["file"], inputs)
+    except ContractError as error:
+        raise VerificationError(f"{entry}: {error}") from None

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bnfold.contract.hashing import sha256_file
 from bnfold.models.errors import BadInputError
-from bnfold.models.repository import sha256_file
 
 CALIBRATION_BATCH = 16
 CALIBRATION_SEED = 0

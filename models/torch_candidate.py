@@ -3,7 +3,7 @@
 unfolded.onnx is the original model exported with folding.export.export_onnx (dynamo exporter,
 optimize=False, so its BatchNormalization nodes survive); folded.onnx is the export of `folding.fold`'s
 result. A model without any BatchNorm is allowed: folded.onnx is then byte-identical to unfolded.onnx and
-the entry's notes say so. The tolerance is the float32 default of folding.compare.
+the entry's notes say so. The tolerance is the float32 default of bnfold.contract.agreement.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from bnfold.contract.agreement import Tolerance
 from bnfold.folding import fold
-from bnfold.folding.compare import Tolerance
 from bnfold.folding.export import export_onnx
 from bnfold.models.manifest import Candidate
 from bnfold.models.progress import Progress

@@ -88,7 +88,7 @@ def test_init_is_deterministic_per_seed_and_leaves_global_rng_alone() -> None:
 
 
 def test_randomize_batchnorm_gives_nontrivial_statistics_in_range() -> None:
-    model = randomize_batchnorm(resnet18(), seed=3)
+    model = randomize_batchnorm(resnet18(), seed=3).requires_grad_(False)
     for _, bn in batchnorm_modules(model):
         assert bn.weight is not None and bn.bias is not None
         assert bn.running_mean is not None and bn.running_var is not None

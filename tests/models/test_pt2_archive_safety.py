@@ -31,8 +31,8 @@ class _Marker:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (self.path, "w"))
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return (Path.touch, (Path(self.path),))
 
 
 def _plain_archive(path: Path) -> None:
@@ -112,7 +112,7 @@ def _eval_in_shape_expression(marker: Path) -> Callable[[Entries], None]:
 
     def edit(entries: Entries) -> None:
         name, text = _program(entries)
-        entries[name] = text.replace(SYMBOL, f"(open('{marker}', 'w') and {SYMBOL})").encode()
+        entries[name] = text.replace(SYMBOL, f"(open('{marker}', 'w').close() or {SYMBOL})").encode()
 
     return edit
 

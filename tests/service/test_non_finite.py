@@ -216,10 +216,20 @@ def test_compare_rule_for_non_finite_values() -> None:
     nan_ref = {"y": np.array([[np.nan, 2.0]], np.float32)}
     inf_ref = {"y": np.array([[np.inf, 2.0]], np.float32)}
     for reference in (nan_ref, inf_ref):
-        for candidate in (finite, reference):
-            result = compare(candidate, reference, 1e-5, 1e-4, classifier=True)
-            assert result.inconclusive and not result.agree and not result.mismatch
-            assert result.to_json()["agree"] is None and result.to_json()["inconclusive"] is True
+        result = compare(finite, reference, 1e-5, 1e-4, classifier=True)
+        assert result.inconclusive and not result.agree and not result.mismatch
+        assert result.to_json()["agree"] is None and result.to_json()["inconclusive"] is True
+        assert "no finite reference" in result.describe() and "index (0, 0)" in result.describe()
+        same = compare(reference, reference, 1e-5, 1e-4, classifier=True)  # identical values: no error there
+        assert same.agree and not same.inconclusive and not same.mismatch
+        assert same.to_json() == {
+            "agree": True,
+            "inconclusive": False,
+            "max_abs_diff": 0.0,
+            "max_rel_diff": 0.0,
+            "within_tolerance": True,
+            "argmax_agree": True,
+        }
     broken = compare(nan_ref, finite, 1e-5, 1e-4, classifier=False)
     assert broken.mismatch and not broken.inconclusive and broken.max_abs == float("inf")
     assert broken.to_json()["max_abs_diff"] is None and broken.to_json()["within_tolerance"] is False
