@@ -15,9 +15,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bnfold.contract.op_count import count_op
     from bnfold.folding.compare import Discrepancy, Tolerance, discrepancy
     from bnfold.folding.errors import BnfoldError, FoldingError
-    from bnfold.folding.export import count_op, export_onnx
+    from bnfold.folding.export import export_onnx
     from bnfold.folding.onnx_fold import OnnxFoldResult, fold_onnx
     from bnfold.folding.report import Action, FoldEntry, FoldReport
     from bnfold.folding.torch_fold import FoldResult, fold
@@ -39,7 +40,7 @@ _HOME: dict[str, str] = {
     "fold_onnx": "bnfold.folding.onnx_fold",
     "OnnxFoldResult": "bnfold.folding.onnx_fold",
     "export_onnx": "bnfold.folding.export",
-    "count_op": "bnfold.folding.export",
+    "count_op": "bnfold.contract.op_count",
 }
 
 __all__ = [
