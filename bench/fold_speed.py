@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bench.common import Summary, interleaved_timings, machine_description, markdown_table, save_results
-from bnfold.folding import FoldResult, fold
+from bnfold.folding import Action, FoldResult, fold
 from bnfold.folding.compare import discrepancy
 from tests.nets.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet50
 
@@ -29,7 +29,7 @@ NETWORKS: dict[str, Callable[[], nn.Module]] = {
     "mobilenet_v2": lambda: mobilenet_v2(num_classes=1000),
     "densenet_small": lambda: densenet_small(num_classes=1000),
 }
-TARGET_SECONDS = {"resnet50": 1.0}  # the target: a ResNet-50-sized model folds in under 1 s
+TARGET_SECONDS = {"resnet50": 1.0}  # target: a ResNet-50-sized model folds in under 1 s
 
 
 def time_fold(model: nn.Module, example: torch.Tensor, repetitions: int) -> tuple[FoldResult, Summary, Summary]:
@@ -118,7 +118,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             row["network"],
             f"{row['parameters'] / 1e6:.1f} M",
             f"{row['batchnorm_folded']} / {row['batchnorm_total']}",
-            row["counts"]["lowered_to_scale_shift"],
+            row["counts"][Action.LOWERED],
             _time_cell(row["fold_time"]),
             _time_cell(row["forward_time"]),
             f"{row['worst_batchnorm_error']:.1e} ({row['worst_batchnorm_relative_error']:.1e})",

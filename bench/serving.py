@@ -1,4 +1,4 @@
-"""Benchmark 2 of issue 6, "What serving costs": the service under concurrent load, against its two limits.
+"""Serving benchmark 2, "What serving costs": the service under concurrent load, against its two limits.
 
     .venv/bin/python -m bench.serving [--repository model_repository] [--quick]
 

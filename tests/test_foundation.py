@@ -57,7 +57,7 @@ def test_fold_into_previous_conv_matches_conv_then_bn(groups: int, has_bias: boo
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
 def test_fold_into_previous_grouped_conv_transpose_with_square_channels(groups: int) -> None:
-    """Trap 1: ConvTranspose weight is [C_in, C_out/groups, k…]; C_in == C_out hides an axis-0 bug."""
+    """ConvTranspose weight is [C_in, C_out/groups, k…]; C_in == C_out hides an axis-0 bug."""
     rng = np.random.default_rng(groups)
     weight = rng.normal(size=(8, 8 // groups, 3, 3))
     bn = _random_bn(rng, 8)
@@ -74,7 +74,7 @@ def test_fold_into_previous_grouped_conv_transpose_with_square_channels(groups: 
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_fold_into_next_conv_without_padding_matches_bn_then_conv(groups: int) -> None:
-    """Trap 7: the next layer is scaled along its input-channel axis and its bias gains Σ W·t."""
+    """The next layer is scaled along its input-channel axis and its bias gains Σ W·t."""
     rng = np.random.default_rng(7 + groups)
     weight = rng.normal(size=(6, 4 // groups, 3, 3))
     bias = rng.normal(size=6)
@@ -89,7 +89,7 @@ def test_fold_into_next_conv_without_padding_matches_bn_then_conv(groups: int) -
 
 
 def test_gamma_zero_and_tiny_variance_stay_finite() -> None:
-    """Trap 7/8: γ = 0 is legal; σ² ≈ 0 with ε > 0 must not produce NaN or Inf."""
+    """γ = 0 is legal; σ² ≈ 0 with ε > 0 must not produce NaN or Inf."""
     affine = batchnorm_scale_shift(
         np.array([0.0, 1.0]), np.array([0.5, -0.5]), np.array([3.0, -2.0]), np.array([0.0, 1e-30]), 1e-5
     )

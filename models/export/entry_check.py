@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bnfold.folding.report import Action, FoldReport
 from bnfold.models.errors import BadInputError, VerificationError
 from bnfold.models.export import checks
 from bnfold.models.export.repository import read_calibration, read_manifest, sha256_bytes
@@ -79,9 +80,13 @@ def _check_counts(manifest: dict[str, Any], counts: dict[str, int]) -> None:
         recorded = manifest["variants"][variant]["batchnorm_nodes"]
         if recorded != count:
             raise VerificationError(f"{variant}.onnx has {count} BatchNormalization nodes, model.json says {recorded}")
-    entries = manifest["fold_report"]["entries"]
-    kept = sum(entry["action"] == "kept" for entry in entries)
-    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], len(entries), kept)
+    try:
+        report = FoldReport.from_json(manifest["fold_report"])
+    except KeyError as missing:
+        raise VerificationError(f"model.json's fold_report lacks {missing}; rebuild the entry") from None
+    except (TypeError, ValueError) as error:
+        raise VerificationError(f"model.json's fold_report is malformed: {error}; rebuild the entry") from None
+    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], report.total, report.count(Action.KEPT))
 
 
 def _check_outputs(manifest: dict[str, Any], variant: str, values: list[NDArray[Any]], batch: int) -> None:

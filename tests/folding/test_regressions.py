@@ -1,5 +1,8 @@
-"""Regression tests named after the traps of ../shared/FOLDING_TRAPS.md that concern the arithmetic and the
-report (1, 7, 8, 12); traps 2–6 and 11 are in test_patterns.py / test_refusals.py."""
+"""Regression tests for the ways the fold arithmetic and the report can go wrong: a grouped ConvTranspose
+scaled on the wrong axis, γ = 0 or σ² ≈ 0 producing NaN, the forward bias not summed over the kernel,
+half precision rounded twice, a BatchNorm missing from the report. The graph-level cases (shared modules,
+batch statistics, subclasses, zero padding, axes that only line up by shape) are in test_patterns.py and
+test_refusals.py."""
 
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ def scale_shift_of(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     return affine.scale, affine.shift
 
 
-def test_trap1_grouped_conv_transpose_scales_output_channels_within_each_group() -> None:
-    """Trap 1: ConvTranspose weight is [C_in, C_out/groups, k…]; with C_in == C_out scaling axis 0 would
+def test_grouped_conv_transpose_scales_output_channels_within_each_group() -> None:
+    """ConvTranspose weight is [C_in, C_out/groups, k…]; with C_in == C_out scaling axis 0 would
     produce a weight of the right shape and the wrong values."""
     model = randomise_batchnorm(nn.Sequential(nn.ConvTranspose2d(6, 6, 3, groups=3), nn.BatchNorm2d(6))).eval()
     result = check_fold(model, (randn(2, 6, 5, 5),), remaining=0)
@@ -41,8 +44,8 @@ def test_trap1_grouped_conv_transpose_scales_output_channels_within_each_group()
 
 
 @pytest.mark.parametrize("forward", [False, True], ids=["into_previous", "into_next"])
-def test_trap7_zero_gamma_and_tiny_variance_stay_finite(forward: bool) -> None:
-    """Trap 7: γ = 0 and σ² ≈ 0 are legal; no division by s happens, nothing becomes NaN or Inf."""
+def test_zero_gamma_and_tiny_variance_stay_finite(forward: bool) -> None:
+    """γ = 0 and σ² ≈ 0 are legal; no division by s happens, nothing becomes NaN or Inf."""
     bn = nn.BatchNorm2d(4)
     layers = [bn, nn.Conv2d(4, 3, 1)] if forward else [nn.Conv2d(3, 4, 3), bn]
     model = randomise_batchnorm(nn.Sequential(*layers), seed=7).eval()
@@ -57,8 +60,8 @@ def test_trap7_zero_gamma_and_tiny_variance_stay_finite(forward: bool) -> None:
     assert result.report.entries[0].action is (Action.FOLDED_INTO_NEXT if forward else Action.FOLDED_INTO_PREVIOUS)
 
 
-def test_trap7_forward_bias_sums_the_shift_over_the_kernel() -> None:
-    """Trap 7: b'_o = b_o + Σ_{c,k} W[o, c, k]·t_c, checked against an explicit float64 sum."""
+def test_forward_bias_sums_the_shift_over_the_kernel() -> None:
+    """b'_o = b_o + Σ_{c,k} W[o, c, k]·t_c, checked against an explicit float64 sum."""
     model = randomise_batchnorm(nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, 2, 3)), seed=8).eval()
     result = check_fold(model, (randn(2, 4, 7, 7),), remaining=0)
     scale, shift = scale_shift_of(model[0])
@@ -86,8 +89,8 @@ def bf16_reference(values: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_trap8_half_precision_models_keep_their_dtype_and_are_rounded_once(dtype: torch.dtype) -> None:
-    """Trap 8: fused tensors are computed in float64 and rounded once to the parameter dtype."""
+def test_half_precision_models_keep_their_dtype_and_are_rounded_once(dtype: torch.dtype) -> None:
+    """Fused tensors are computed in float64 and rounded once to the parameter dtype."""
     model = randomise_batchnorm(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)), seed=9)
     model = model.eval().to(dtype)
     x = randn(2, 8, 6, 6).to(dtype)
@@ -105,8 +108,8 @@ def test_trap8_half_precision_models_keep_their_dtype_and_are_rounded_once(dtype
     assert discrepancy(as_f64(folded), as_f64(unfolded)).within(Tolerance.for_dtype(str(dtype)))
 
 
-def test_trap8_rounding_is_single_even_where_torch_rounds_twice() -> None:
-    """Trap 8: torch converts float64 → float16 via float32; 1 + 2⁻¹¹ + 2⁻⁴⁰ must round up, not to 1."""
+def test_rounding_is_single_even_where_torch_rounds_twice() -> None:
+    """Torch converts float64 → float16 via float32; 1 + 2⁻¹¹ + 2⁻⁴⁰ must round up, not to 1."""
     value = np.array([1 + 2**-11 + 2**-40])
     assert torch.from_numpy(value).to(torch.float16).item() == 1.0  # torch's double rounding
     assert rounded_tensor(value, torch.float16, torch.device("cpu")).item() == 1 + 2**-10
@@ -131,8 +134,8 @@ class Mixed(nn.Module):
         return self.bn_batch_stats(torch.sigmoid(self.bn_lowered(y + 1)))
 
 
-def test_trap12_every_batchnorm_is_in_the_report_with_its_fate() -> None:
-    """Trap 12: each BN is reported as folded (into what), lowered or kept, with the reason when not folded."""
+def test_every_batchnorm_is_in_the_report_with_its_fate() -> None:
+    """Each BN is reported as folded (into what), lowered or kept, with the reason when not folded."""
     model = randomise_batchnorm(Mixed(), seed=12).eval()
     result = check_fold(model, (randn(3, 3, 7, 7),), remaining=1)
     fates = [(e.bn, e.action, e.target) for e in result.report]
