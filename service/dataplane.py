@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from bnfold.service.equivalence import Equivalence, compare
-from bnfold.service.errors import InferenceError
+from bnfold.service.errors import InferenceError, first_line
 from bnfold.service.metrics import ServiceMetrics
 from bnfold.service.model import Registry, ServedModel
 from bnfold.service.runtime import Tensors, rows_of
@@ -141,8 +141,7 @@ class DataPlane:
 
 def _inference_error(model: str, variant: str, error: Exception) -> InferenceError:
     log.exception("onnxruntime failed on model %r, variant %s", model, variant)
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return InferenceError(f"onnxruntime failed on model {model!r} ({variant}): {first_line}")
+    return InferenceError(f"onnxruntime failed on model {model!r} ({variant}): {first_line(error)}")
 
 
 def new_request_id() -> str:

@@ -6,6 +6,7 @@ Exception hierarchy::
     ├── BadRequestError (400)      malformed body, missing/extra inputs, wrong datatype/shape, NaN/Inf, ...
     ├── UnauthorizedError (401)    missing or wrong bearer token
     ├── NotFoundError (404)        unknown model, version or route
+    ├── MethodNotAllowedError (405) a V2 infer path asked with another method than POST
     ├── PayloadTooLargeError (413) body over BNFOLD_MAX_BODY_BYTES or batch over BNFOLD_MAX_BATCH_SIZE
     ├── UnrepresentableOutputError (422)  an output asked for as JSON holds NaN/Inf (JSON cannot carry them)
     ├── NotReadyError (503)        model still loading, or refused at load (reason in its metadata)
@@ -45,6 +46,12 @@ class NotFoundError(ServiceError):
     status = 404
 
 
+class MethodNotAllowedError(ServiceError):
+    """The path exists but not with this method."""
+
+    status = 405
+
+
 class PayloadTooLargeError(ServiceError):
     """The body or the batch is over its configured limit."""
 
@@ -67,3 +74,12 @@ class InferenceError(ServiceError):
     """onnxruntime failed on an input that passed validation: a server-side problem, logged."""
 
     status = 500
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's text (whole, never cut mid-line), else its type name.
+
+    onnxruntime's messages run on with stack details after the first line; the first line names the problem.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
