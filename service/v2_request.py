@@ -41,8 +41,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         ) from None
     if not 0 <= length <= len(body):
         raise BadRequestError(
-            f"{BINARY_HEADER} {length} is outside the body of {len(body)} bytes; "
-            "send the byte length of the JSON part"
+            f"{BINARY_HEADER} {length} is outside the body of {len(body)} bytes; send the byte length of the JSON part"
         )
     return parse_json(body[:length]), memoryview(body)[length:]
 

@@ -57,7 +57,10 @@ def test_duplicate_input_names_are_a_400(locked: RunningServer, rng: np.random.G
     request = json_request(x)
     request["inputs"] = request["inputs"] * 3
     response = locked.client.post("/v2/models/digits/infer", json=request, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert (response.status_code, response.json()) == (400, {"error": "input 'input' is given twice; send each input once"})
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "input 'input' is given twice; send each input once"},
+    )
 
 
 @pytest.mark.parametrize("order", ["wrong_first", "right_first", "both_right"])
