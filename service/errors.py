@@ -6,6 +6,7 @@ Exception hierarchy::
     ├── BadRequestError (400)      malformed body, missing/extra inputs, wrong datatype/shape, NaN/Inf, ...
     ├── UnauthorizedError (401)    missing or wrong bearer token
     ├── NotFoundError (404)        unknown model, version or route
+    ├── MethodNotAllowedError (405) a V2 infer path asked with another method than POST
     ├── PayloadTooLargeError (413) body over BNFOLD_MAX_BODY_BYTES or batch over BNFOLD_MAX_BATCH_SIZE
     ├── UnrepresentableOutputError (422)  an output asked for as JSON holds NaN/Inf (JSON cannot carry them)
     ├── NotReadyError (503)        model still loading, or refused at load (reason in its metadata)
@@ -43,6 +44,12 @@ class NotFoundError(ServiceError):
     """Unknown model, version or route."""
 
     status = 404
+
+
+class MethodNotAllowedError(ServiceError):
+    """The path exists but not with this method."""
+
+    status = 405
 
 
 class PayloadTooLargeError(ServiceError):
