@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from pydantic import SecretStr
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from bnfold.service.settings import Settings
@@ -119,10 +120,18 @@ def test_batch_over_the_limit(client: triton.InferenceServerClient, locked: Runn
     assert status_and_message(call) == ("StatusCode.RESOURCE_EXHAUSTED", http.json()["error"])
 
 
+def _infer_message(x: np.ndarray) -> bytes:
+    """The ModelInferRequest tritonclient sends for `x` (Triton's compiled protocol), serialised."""
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    return bytes(request.SerializeToString())
+
+
 def test_message_over_the_body_limit(client: triton.InferenceServerClient) -> None:
     """grpc refuses a message over BNFOLD_MAX_BODY_BYTES (4096 here) before it is read, with its own wording."""
     x = np.zeros((20, 1, 8, 8), np.float32)  # 5120 bytes of tensor data
     status, message = status_and_message(lambda: client.infer("digits", [tensor_of(x)], headers=GOOD))
     assert status == "StatusCode.RESOURCE_EXHAUSTED"
-    assert "larger than max" in message and "4096" in message
+    assert message == f"SERVER: Received message larger than max ({len(_infer_message(x))} vs. 4096)"
     assert client.is_server_live()  # the connection survives
