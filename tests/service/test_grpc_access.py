@@ -3,11 +3,13 @@ and message-size limits (RESOURCE_EXHAUSTED), and the repository RPCs that are d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as triton
 from pydantic import SecretStr
@@ -15,9 +17,10 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from bnfold.service.settings import Settings
-from tests.service.builders import write_entry
+from tests.service.builders import manifest_for, write_entry
 from tests.service.grpc_server import RunningGrpcServer, running_grpc_server
 from tests.service.oracle import binary_request, run_directly
+from tests.service.test_runtime_errors import fragile_graph
 
 TOKEN = "s3cret-token"
 GOOD = {"authorization": f"Bearer {TOKEN}"}
@@ -135,3 +138,26 @@ def test_message_over_the_body_limit(client: triton.InferenceServerClient) -> No
     assert status == "StatusCode.RESOURCE_EXHAUSTED"
     assert message == f"SERVER: Received message larger than max ({len(_infer_message(x))} vs. 4096)"
     assert client.is_server_live()  # the connection survives
+
+
+def test_onnxruntime_failure_is_internal_with_the_http_message(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Input that passes every check but makes onnxruntime fail: INTERNAL, the HTTP 500's message; the server
+    keeps serving."""
+    entry = tmp_path / "fragile"
+    entry.mkdir()
+    model = fragile_graph(rng)
+    onnx.save(model, entry / "unfolded.onnx")
+    onnx.save(model, entry / "folded.onnx")
+    np.savez(entry / "calibration.npz", input=rng.uniform(-1, 1, (8, 1, 8, 8)).astype(np.float32))
+    (entry / "model.json").write_text(json.dumps(manifest_for("fragile", "regression", entry)))
+    with running_grpc_server(Settings(repository=tmp_path, equivalence_policy="off")) as running:
+        client = triton.InferenceServerClient(running.grpc_address)
+        client.infer("fragile", [tensor_of(np.ones((8, 1, 8, 8), np.float32))])
+        x = np.ones((2, 1, 8, 8), np.float32)
+        status, message = status_and_message(lambda: client.infer("fragile", [tensor_of(x)]))
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8], "data": x.ravel().tolist()}]}
+        http = running.client.post("/v2/models/fragile/infer", json=body)
+        assert (status, message) == ("StatusCode.INTERNAL", http.json()["error"])
+        assert message.startswith("onnxruntime failed on model 'fragile' (folded): ")
+        assert client.is_server_ready()
+        client.close()
