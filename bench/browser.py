@@ -7,6 +7,7 @@ browser gets a fresh profile directory, removed afterwards.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,9 @@ FLAGS = (
 @contextmanager
 def headless_chromium(width: int = 1400, height: int = 1000) -> Iterator[webdriver.Chrome]:
     """A headless Chromium with a fresh --user-data-dir, quit when the block ends."""
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(program, os.X_OK):
+            raise RuntimeError(f"{program} is missing; install it with: sudo scripts/ensure-deploy-tools.sh")
     with tempfile.TemporaryDirectory(prefix="bnfold-chromium-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM

@@ -79,7 +79,7 @@ function showModel(model) {
   c.checks.textContent = eq.checks;
   c.mismatches.textContent = eq.mismatches;
   c.mismatches.classList.toggle("bad", eq.mismatches > 0);
-  c.worst.textContent = sci(eq.max_abs_diff_seen);
+  c.worst.textContent = eq.checks > eq.inconclusive ? sci(eq.max_abs_diff_seen) : "—";
   for (const variant of ["folded", "unfolded"]) {
     const t = model.traffic[variant];
     c[variant + "-rps"].textContent = t ? num(t.rps, 1) : "0.0";
