@@ -20,7 +20,7 @@ def dashboard_page(key_required: bool) -> str:
     return render(
         "dashboard.html",
         style=asset("dashboard.css"),
-        script=asset("dashboard.js"),
+        script=asset("dashboard.js") + asset("try_it.js"),
         poll_ms=str(POLL_MS),
         logout=logout,
     )

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from sklearn.datasets import load_digits
 
 from bench.browser import draw_on_grid
@@ -150,3 +150,25 @@ def test_the_page_polls_without_counting_as_inference(
     p50, p99 = float(cell(row, "unfolded-p50")), float(cell(row, "unfolded-p99"))
     assert 0 < p50 <= p99
     assert metric(ui_server, "bnfold_requests_total") == inference_before + 20
+
+
+def test_other_models_get_an_input_editor_prefilled_with_a_calibration_sample(
+    ui_server: RunningServer, browser: webdriver.Chrome, ui_repository: Path
+) -> None:
+    batch = np.load(ui_repository / "breast_cancer_mlp" / "calibration.npz")["features"]
+    open_dashboard(browser, ui_server, 5)
+    Select(browser.find_element(By.ID, "try-model")).select_by_value("breast_cancer_mlp")
+    editor = browser.find_element(By.ID, "editor")
+    WebDriverWait(browser, 10).until(lambda _: editor.get_attribute("value"))
+    assert editor.is_displayed() and not browser.find_element(By.ID, "grid").is_displayed()
+    text = str(editor.get_attribute("value"))
+    np.testing.assert_array_equal(np.asarray(json.loads(text)["features"], np.float32), batch[:1])
+    browser.find_element(By.ID, "run-editor").click()
+    result = browser.find_element(By.ID, "result")
+    WebDriverWait(browser, 10).until(lambda _: result.get_attribute("data-input-key") == text)
+    assert result.get_attribute("data-model") == "breast_cancer_mlp"
+    request = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30], "data": batch[0].tolist()}]}
+    logits = ui_server.client.post("/v2/models/breast_cancer_mlp/infer", json=request).json()["outputs"][0]["data"]
+    assert browser.find_element(By.ID, "folded-class").text == str(int(np.argmax(logits)))
+    assert browser.find_element(By.ID, "unfolded-class").text == str(int(np.argmax(logits)))
+    np.testing.assert_allclose(shown_logits(browser, "folded"), logits, atol=6e-5)
