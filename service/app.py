@@ -31,6 +31,7 @@ from bnfold.service.openapi import add_infer_paths
 from bnfold.service.repository import discover
 from bnfold.service.routes import json_response, protected_router, public_router
 from bnfold.service.settings import Settings
+from bnfold.service.ui.routes import ui_router
 
 log = logging.getLogger("bnfold.service")
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.plane = plane
     app.include_router(public_router(plane))
     app.include_router(protected_router(plane, bearer_guard(settings.api_key)))
+    app.include_router(ui_router(plane))  # /ui pages: their own key check (cookie or bearer), own counter
     _add_error_handlers(app)
     _describe_infer_routes(app)
     app.add_middleware(FastInferMiddleware, plane=plane)  # V2 infer requests skip FastAPI's routing

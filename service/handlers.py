@@ -110,7 +110,22 @@ async def predict(plane: DataPlane, body: bytes) -> dict[str, Any]:
         plane.observe(label, variant, error.status, None)
         raise
     plane.observe(label, variant, 200, started)
-    return _predict_response(model.name, request_id, outcome)
+    response = _predict_response(model.name, request_id, outcome)
+    if document.get("variant") == "both":
+        response.update(both_variant_outputs(outcome))
+    return response
+
+
+def both_variant_outputs(outcome: Outcome) -> dict[str, Any]:
+    """`folded_outputs` and `unfolded_outputs` of a checked /predict; an output holding NaN/Inf is null (JSON
+    cannot carry it; the V2 endpoint returns it as binary tensor data)."""
+    return {
+        f"{variant}_outputs": {
+            key: np.asarray(value).tolist() if np.isfinite(np.asarray(value)).all() else None
+            for key, value in tensors.items()
+        }
+        for variant, tensors in outcome.by_variant.items()
+    }
 
 
 def _string_field(document: dict[str, Any], key: str) -> str:

@@ -115,6 +115,9 @@ def test_overflowing_reference_is_inconclusive_not_a_mismatch(
 
     predicted = strict_json(post(server, "/predict", {"model": "overflow", "variant": "both", "inputs": x.tolist()}))
     assert predicted["variant"] == "folded" and predicted["failed_over"] is False
+    # Both variants' outputs: unfolded's holds Inf, which JSON cannot carry, so it is null.
+    assert list(predicted["unfolded_outputs"].values()) == [None]
+    np.testing.assert_array_equal(np.asarray(next(iter(predicted["folded_outputs"].values())), np.float32), folded)
     assert predicted["equivalence"] == {
         "agree": None,
         "inconclusive": True,
