@@ -49,11 +49,12 @@ def load_settings(argv: list[str]) -> Settings:
 
 def serve_main(argv: list[str]) -> int:
     """Entry point of `bnfold serve`: returns the process exit code."""
-    import uvicorn
-
     from bnfold.service.app import create_app
+    from bnfold.service.uvicorn_server import build_server
 
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
-    return 0
+    server = build_server(create_app(settings), settings, host=settings.host, port=settings.port,
+                          log_level=settings.log_level)  # fmt: skip
+    server.run()
+    return 0 if server.started else 3  # uvicorn's exit status for a failed startup (e.g. the port is taken)

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.requests import ClientDisconnect
 
 from bnfold.service import metadata
 from bnfold.service.auth import Guard
 from bnfold.service.dataplane import DataPlane
-from bnfold.service.errors import NotReadyError, PayloadTooLargeError
+from bnfold.service.errors import BadRequestError, NotReadyError, PayloadTooLargeError
 from bnfold.service.handlers import infer_v2, predict
 from bnfold.service.openapi import INFER_BODY, INFER_RESPONSES, PREDICT_BODY, PREDICT_RESPONSES
 from bnfold.service.v2_response import encode_json
@@ -31,11 +32,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared), limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(size, limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(size, limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or closed by the body bound: the answer reaches nobody, nothing to log
+        raise BadRequestError("the client closed the connection before its request body arrived") from None
     return b"".join(chunks)
 
 
