@@ -15,6 +15,7 @@ from rich.table import Table
 from bnfold.models.cli_support import OneLineParser, run, stdout_console
 from bnfold.models.entry_check import verify_entry
 from bnfold.models.repository import read_manifest
+from bnfold.models.writer_temporaries import find_stale
 
 
 def _entry_parser(prog: str, description: str) -> OneLineParser:
@@ -29,7 +30,9 @@ def verify_main(argv: Sequence[str]) -> int:
 
     def work() -> dict[str, Any]:
         result = verify_entry(args.entry)
-        return {"ok": True, "entry": str(result.entry), "passed": result.passed, "max_abs_error": result.max_abs_error}
+        stale = [str(path) for path in find_stale(args.entry.parent)]
+        return {"ok": True, "entry": str(result.entry), "passed": result.passed, "max_abs_error": result.max_abs_error,
+                "stale_temporaries": stale}  # fmt: skip
 
     return run("verify", work, as_json=args.json, show=_show_verified)
 
@@ -38,6 +41,8 @@ def _show_verified(result: dict[str, Any]) -> None:
     for line in result["passed"]:
         print(f"✓ {line}")
     print(f"{result['entry']}: verified")
+    for path in result["stale_temporaries"]:
+        print(f"note: {path} was left by a writer that died; the next write into its repository removes it")
 
 
 def inspect_main(argv: Sequence[str]) -> int:

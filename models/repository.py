@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bnfold.models.errors import BadInputError, VerificationError
+from bnfold.models.writer_temporaries import claim_temporary, release_temporary, remove_stale
 
 FORMAT = "bnfold-repository/1"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -85,7 +85,8 @@ def write_entry(
     created = not repository.exists()
     try:
         repository.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=repository, prefix=f".{name}.tmp-"))
+        remove_stale(repository)  # temporaries of writers that died (kill -9, power loss)
+        temporary = claim_temporary(repository, name)
     except OSError as error:
         raise BadInputError(f"cannot write into {repository} ({error.strerror}); choose a writable --out") from None
     try:
@@ -98,11 +99,13 @@ def write_entry(
         temporary.chmod(0o755)
         _fsync_directory(temporary)  # the entries' names are durable before the entry becomes visible
         temporary.rename(target)
+        release_temporary(temporary)
         _fsync_directory(repository)  # the rename itself is durable
         if created:
             _fsync_directory(repository.parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
+        release_temporary(temporary)
         raise
     return target
 
