@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     )
     keep_alive_timeout_s: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this.")
     max_connections: int = Field(
-        1000, ge=1, description="Most open connections; past it the longest-waiting one without a request in "
-        "progress is closed (or the new one refused with 503). Lowered to fit the open-file limit."
+        1000, ge=1, description="Most open connections; past it the one waiting longest for its request head "
+        "(or idle), else for its body, is closed with 503 (or the new one is). Lowered to fit the open-file limit."
     )  # fmt: skip
     graceful_shutdown_s: int = Field(
         10, ge=0, description="On SIGTERM, requests in progress get this long to finish; the rest are cancelled."
