@@ -17,6 +17,7 @@ from rich.table import Table
 from bnfold.cli.support import OneLineParser, run, stdout_console
 from bnfold.models.export.entry_check import verify_entry
 from bnfold.models.export.repository import read_manifest
+from bnfold.models.export.temporaries import find_stale
 from bnfold.service.ui.report_file import entry_report_page
 
 
@@ -32,7 +33,9 @@ def verify_main(argv: Sequence[str]) -> int:
 
     def work() -> dict[str, Any]:
         result = verify_entry(args.entry)
-        return {"ok": True, "entry": str(result.entry), "passed": result.passed, "max_abs_error": result.max_abs_error}
+        stale = [str(path) for path in find_stale(args.entry.parent)]
+        return {"ok": True, "entry": str(result.entry), "passed": result.passed, "max_abs_error": result.max_abs_error,
+                "stale_temporaries": stale}  # fmt: skip
 
     return run("verify", work, as_json=args.json, show=_show_verified)
 
@@ -41,6 +44,8 @@ def _show_verified(result: dict[str, Any]) -> None:
     for line in result["passed"]:
         print(f"✓ {line}")
     print(f"{result['entry']}: verified")
+    for path in result["stale_temporaries"]:
+        print(f"note: {path} was left by a writer that died; the next write into its repository removes it")
 
 
 def inspect_main(argv: Sequence[str]) -> int:

@@ -103,15 +103,20 @@ def build_default_main(argv: Sequence[str]) -> int:
     progress = Progress(quiet=args.json)
 
     def work() -> Any:
+        from bnfold.models.export.temporaries import remove_stale
         from bnfold.models.zoo.default_repository import build_default
 
+        removed = [str(path) for path in remove_stale(args.out)]  # left by writers that died
         entries = build_default(args.out, progress=progress)
-        return {"ok": True, "repository": str(args.out), "models": [entry.to_json() for entry in entries]}
+        models = [entry.to_json() for entry in entries]
+        return {"ok": True, "repository": str(args.out), "models": models, "removed_temporaries": removed}
 
     return run("build-default", work, as_json=args.json, show=_show_default)
 
 
 def _show_default(result: dict[str, Any]) -> None:
+    for path in result["removed_temporaries"]:
+        print(f"removed {path}, a temporary directory left by a writer that died")
     models = result["models"]
     if all(model["status"] == "reused" for model in models):
         print(f"{result['repository']}: already built and valid ({len(models)} models); nothing to do")

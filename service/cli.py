@@ -54,8 +54,9 @@ def serve_main(argv: list[str]) -> int:
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        create_server(settings).run()  # HTTP, and gRPC on --grpc-port unless 0
+        server = create_server(settings)
+        server.run()  # HTTP, and gRPC on --grpc-port unless 0
     except GrpcPortError as error:
         print(f"bnfold serve: {error}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if server.started else 3  # uvicorn's exit status for a failed startup (e.g. the port is taken)

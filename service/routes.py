@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from bnfold.service import metadata
 from bnfold.service.auth import Guard, is_authenticated
 from bnfold.service.dataplane import DataPlane
-from bnfold.service.edge import read_body
+from bnfold.service.edge import read_route_body
 from bnfold.service.errors import NotFoundError, NotReadyError, ServiceError
 from bnfold.service.handlers import predict
 from bnfold.service.openapi import PREDICT_BODY, PREDICT_RESPONSES
@@ -85,7 +85,7 @@ def protected_router(plane: DataPlane, guard: Guard) -> APIRouter:
     @router.post("/predict", openapi_extra=PREDICT_BODY, responses=PREDICT_RESPONSES)
     async def predict_route(request: Request) -> Response:
         declared = request.headers.get("content-length", "")
-        return json_response(await predict(plane, await read_body(request.receive, declared, limit)))
+        return json_response(await predict(plane, await read_route_body(request.receive, declared, limit)))
 
     return router
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EquivalencePolicy = Literal["off", "sample", "always"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
+HttpProtocol = Literal["auto", "h11", "httptools"]
 
 
 class Settings(BaseSettings):
@@ -65,12 +67,39 @@ class Settings(BaseSettings):
         "all", description="onnxruntime graph optimisation of the folded variant (unfolded always 'disable')."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    http_protocol: HttpProtocol = Field(
+        "auto", description="uvicorn's HTTP/1.1 implementation (auto: httptools when installed, else h11)."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Longest time a request head (request line and headers) may take to arrive, "
+        "from the connection's start or the first byte of a next request; then 408 and close."
+    )  # fmt: skip
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest time a request body may take to arrive after its head; then 408 and close."
+    )
+    keep_alive_timeout_s: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this.")
+    max_connections: int = Field(
+        1000, ge=1, description="Most open connections; past it the one waiting longest for its request head "
+        "(or idle), else for its body, is closed with 503 (or the new one is). Lowered to fit the open-file limit."
+    )  # fmt: skip
+    graceful_shutdown_s: int = Field(
+        10, ge=0, description="On SIGTERM, requests in progress get this long to finish; the rest are cancelled."
+    )
+    log_burst: int = Field(20, ge=1, description="Log lines of one kind allowed per log interval (rest counted).")
+    log_interval_s: float = Field(10.0, gt=0, description="The interval of --log-burst.")
 
     @field_validator("repository")
     @classmethod
     def _repository_is_directory(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError(f"repository {str(value)!r} is not a directory; build one with bnfold build-default")
+        return value
+
+    @field_validator("http_protocol")
+    @classmethod
+    def _protocol_is_installed(cls, value: str) -> str:
+        if value == "httptools" and importlib.util.find_spec("httptools") is None:
+            raise ValueError("httptools is not installed; pip install httptools, or use h11 or auto")
         return value
 
     @field_validator("api_key")

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from bnfold.contract.layout import (
 )
 from bnfold.contract.manifest import TensorSpec, parse_manifest
 from bnfold.models.errors import BadInputError, VerificationError
+from bnfold.models.export.temporaries import claim_temporary, release_temporary, remove_stale
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -93,7 +93,8 @@ def write_entry(
     created = not repository.exists()
     try:
         repository.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=repository, prefix=f".{name}.tmp-"))
+        remove_stale(repository)  # temporaries of writers that died (kill -9, power loss)
+        temporary = claim_temporary(repository, name)
     except OSError as error:
         raise BadInputError(f"cannot write into {repository} ({error.strerror}); choose a writable --out") from None
     try:
@@ -106,11 +107,13 @@ def write_entry(
         temporary.chmod(0o755)
         _fsync_directory(temporary)  # the entries' names are durable before the entry becomes visible
         temporary.rename(target)
+        release_temporary(temporary)
         _fsync_directory(repository)  # the rename itself is durable
         if created:
             _fsync_directory(repository.parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
+        release_temporary(temporary)
         raise
     return target
 

@@ -28,6 +28,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from bnfold.models.pt2.expression import expression_refusal
+
 _EXPRESSION_TOKEN = re.compile(
     r"\s+|[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|'[A-Za-z0-9_.+-]*'|[(),=+\-*/]|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
 )
@@ -67,6 +69,8 @@ def program_refusal(model_json: bytes) -> str | None:
             return f"the name {text[:80]!r} ({key}) is not a dotted path of letters, digits, '_' and '-'"
         if key == "expr_str" and not _safe_expression(text):
             return f"a shape expression {text[:80]!r} is not a plain sympy expression (sympify would eval it)"
+        if key == "expr_str" and (refusal := expression_refusal(text)) is not None:
+            return refusal
         if key == "target" and not _safe_target(text):
             return f"a graph node calls {text[:80]!r}, which is not an ATen/prims operator or allowed helper"
     return None

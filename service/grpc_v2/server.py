@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 import grpc
 import uvicorn
 
+from bnfold.service.connection_guard import ConnectionGuard
 from bnfold.service.dataplane import DataPlane
 from bnfold.service.grpc_v2.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from bnfold.service.grpc_v2.servicer import InferenceServicer
+from bnfold.service.rate_limited_log import RateLimitFilter
 from bnfold.service.settings import Settings
+from bnfold.service.uvicorn_server import GuardedServer, server_parts
 
 log = logging.getLogger("bnfold.service")
 STOP_GRACE_SECONDS = 5.0
@@ -52,12 +56,15 @@ def create_grpc_server(plane: DataPlane) -> grpc.aio.Server:
     return server
 
 
-class HttpAndGrpcServer(uvicorn.Server):
-    """A uvicorn server that also serves gRPC on the same data plane, started and stopped with it (same event
-    loop): `run()` / `serve()` / `should_exit` work as on uvicorn.Server."""
+class HttpAndGrpcServer(GuardedServer):
+    """The uvicorn server of `bnfold serve` (with the connection bounds of GuardedServer) that also serves gRPC on
+    the same data plane, started and stopped with it (same event loop): `run()` / `serve()` / `should_exit` work
+    as on uvicorn.Server."""
 
-    def __init__(self, config: uvicorn.Config, plane: DataPlane) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: uvicorn.Config, guard: ConnectionGuard, limiter: RateLimitFilter | None, plane: DataPlane
+    ) -> None:
+        super().__init__(config, guard, limiter)
         self.plane = plane
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -73,11 +80,11 @@ class HttpAndGrpcServer(uvicorn.Server):
                 await grpc_server.stop(STOP_GRACE_SECONDS)
 
 
-def create_server(settings: Settings, **config: object) -> HttpAndGrpcServer:
+def create_server(settings: Settings, *, limit_logs: bool = True, **config: Any) -> HttpAndGrpcServer:
     """The app of `settings` in a uvicorn server (host, port, log level from the settings; `config` adds
-    uvicorn options), with gRPC on settings.grpc_port unless it is 0."""
+    uvicorn options), with gRPC on settings.grpc_port unless it is 0. `limit_logs` as in `build_server`."""
     from bnfold.service.app import create_app
 
     app = create_app(settings)
     options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, **config}
-    return HttpAndGrpcServer(uvicorn.Config(app, **options), app.state.plane)  # type: ignore[arg-type]
+    return HttpAndGrpcServer(*server_parts(app, settings, limit_logs=limit_logs, **options), app.state.plane)

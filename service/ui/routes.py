@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from prometheus_client import Counter
 
 from bnfold.service.dataplane import DataPlane
-from bnfold.service.edge import read_body
+from bnfold.service.edge import read_route_body
 from bnfold.service.errors import BadRequestError, NotReadyError, ServiceError, UnauthorizedError
 from bnfold.service.handlers import predict
 from bnfold.service.routes import json_response
@@ -127,7 +127,7 @@ def _api_routes(router: APIRouter, plane: DataPlane, traffic: TrafficWindow, cou
 
 async def _body(request: Request, limit: int) -> bytes:
     """The request body through the HTTP edge's one reader (413 past `limit`)."""
-    return await read_body(request.receive, request.headers.get("content-length", ""), limit)
+    return await read_route_body(request.receive, request.headers.get("content-length", ""), limit)
 
 
 def _login_routes(router: APIRouter, access: UiAccess, requests: Counter) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -38,14 +39,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_process(repository: Path, timeout: float = 60.0, **settings: str) -> Iterator[ServeProcess]:
-    """Start `bnfold serve` (settings as BNFOLD_<NAME> variables), wait until ready, terminate at the end."""
+def serve_process(
+    repository: Path,
+    timeout: float = 60.0,
+    log_file: Path | None = None,
+    open_files: int | None = None,
+    **settings: str,
+) -> Iterator[ServeProcess]:
+    """Start `bnfold serve` (settings as BNFOLD_<NAME> variables), wait until ready, terminate at the end.
+    `log_file`: its stderr goes there (else to a pipe); `open_files`: its file-descriptor limit (RLIMIT_NOFILE)."""
     port = free_port()
     settings = {"grpc_port": "0", **settings}  # HTTP only unless asked: no two processes contend for 8001
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
     env = {**clean, "BNFOLD_REPOSITORY": str(repository), **{f"BNFOLD_{k.upper()}": v for k, v in settings.items()}}
     command = [str(BNFOLD), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    limit = None if open_files is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2))
+    stderr = subprocess.PIPE if log_file is None else log_file.open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit)
+    if log_file is not None:
+        stderr.close()  # type: ignore[union-attr]  # the child holds its own descriptor
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, timeout)

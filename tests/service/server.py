@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
-import uvicorn
 
 from bnfold.service.app import create_app
 from bnfold.service.settings import Settings
+from bnfold.service.uvicorn_server import build_server
 
 
 @dataclass
@@ -34,8 +34,7 @@ def running_server(settings: Settings, wait_ready: bool = True) -> Iterator[Runn
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = build_server(create_app(settings), settings, limit_logs=False, log_level="warning", lifespan="on")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
