@@ -1,4 +1,5 @@
-"""`bnfold serve`: parse flags (each also readable from BNFOLD_<NAME>), build the app, run uvicorn.
+"""`bnfold serve`: parse flags (each also readable from BNFOLD_<NAME>), build the app, run uvicorn (on uvloop +
+httptools, see server_stack).
 
 Imports neither torch nor folding, so it runs in the serving-only environment.
 """
@@ -52,8 +53,20 @@ def serve_main(argv: list[str]) -> int:
     import uvicorn
 
     from bnfold.service.app import create_app
+    from bnfold.service.server_stack import fast_stack
 
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    stack = fast_stack()
+    logging.getLogger("bnfold.service").info(
+        "bnfold serve on http://%s:%d (%s)", settings.host, settings.port, stack.describe()
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        loop=stack.loop,
+        http=stack.http,
+    )
     return 0
