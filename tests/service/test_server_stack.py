@@ -66,7 +66,8 @@ def test_a_missing_fast_package_falls_back_with_a_warning(
         assert fast_stack() == expected
     fallback = "asyncio" if missing == "uvloop" else "h11"
     assert [record.getMessage() for record in caplog.records] == [
-        f"{missing} is not installed: serving on {fallback}, which costs more CPU per request; install uvicorn[standard]"
+        f"{missing} is not installed: serving on {fallback}, which costs more CPU per request; "
+        "install uvicorn[standard]"
     ]
 
 
