@@ -82,11 +82,13 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
 
 @contextmanager
 def bnfold_serve(repository: Path, **settings: str) -> Iterator[Server]:
-    """`bnfold serve` on the repository with BNFOLD_<NAME>=value settings, log level warning."""
+    """`bnfold serve` on the repository with BNFOLD_<NAME>=value settings; log level warning unless `log_level`
+    is one of them (info, the default of `bnfold serve`, writes an access log line per request)."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
+    settings = {"log_level": "warning", **settings}
     env = {**clean, "BNFOLD_REPOSITORY": str(repository), **{f"BNFOLD_{k.upper()}": v for k, v in settings.items()}}
-    command = [str(BIN / "bnfold"), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command = [str(BIN / "bnfold"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     with running(command, port, "/v2/health/ready", env, timeout=300) as server:
         yield server
 

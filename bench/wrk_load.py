@@ -87,14 +87,15 @@ def wrk_binary() -> str:
 
 
 def run_wrk(port: int, post: HttpBody, concurrency: int, seconds: float, server_pid: int | None) -> WrkRun:
-    """wrk for `seconds` at `concurrency` connections; RuntimeError on any non-2xx answer or socket error."""
+    """wrk for `seconds` (whole seconds, at least 1) at `concurrency` connections; RuntimeError on any non-2xx
+    answer or socket error."""
     with tempfile.TemporaryDirectory(prefix="bnfold-wrk-") as temporary:
         work = Path(temporary)
         (work / "post.lua").write_text(LUA)
         (work / "body").write_bytes(post.body)
         (work / "headers").write_text("".join(f"{name}: {value}\n" for name, value in post.headers.items()))
         env = {**os.environ, "BNFOLD_WRK_BODY": str(work / "body"), "BNFOLD_WRK_HEADERS": str(work / "headers")}
-        command = [wrk_binary(), "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s"]
+        command = [wrk_binary(), "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
         command += ["-s", str(work / "post.lua"), f"http://127.0.0.1:{port}{post.path}"]
         cpu_before = server_cpu_seconds(server_pid)
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
