@@ -11,7 +11,9 @@ V2 binary) from the same load generator (wrk, one thread, keep-alive; bench.wrk_
     FastAPI, naive     bench.peer_servers.fastapi_v2: pydantic body, numpy, session.run, uvicorn[standard]
     KServe             kserve's Python ModelServer with bench.peer_servers.kserve_onnx (own virtualenv)
     MLServer           mlserver with bench.peer_servers.mlserver_onnx, default settings and parallel_workers=0
-    bnfold             `bnfold serve` on the whole repository, V2 JSON and V2 binary (equivalence policy off)
+    bnfold             `bnfold serve` on the whole repository: as shipped (log level info, so an access log line
+                       per request; equivalence policy sample 1 %), and with log level warning and policy off
+                       over V2 JSON and V2 binary
 
 KServe and MLServer run in virtualenvs of their own, created on first use (bench.peer_envs). Rounds are
 interleaved: each round starts every server in turn (rotated order), alone on the machine while measured,
@@ -122,7 +124,11 @@ def _peer_env() -> dict[str, str]:
 
 
 def _bnfold(setup: Setup) -> AbstractContextManager[Server]:
-    return bnfold_serve(setup.repository, equivalence_policy="off")
+    return bnfold_serve(setup.repository, equivalence_policy="off", log_level="warning")
+
+
+def _bnfold_as_shipped(setup: Setup) -> AbstractContextManager[Server]:
+    return bnfold_serve(setup.repository, log_level="info")  # defaults: access log on, policy sample 1 %
 
 
 PEERS: tuple[Peer, ...] = (
@@ -131,8 +137,9 @@ PEERS: tuple[Peer, ...] = (
     Peer(f"KServe {KSERVE} Python server", _kserve),
     Peer(f"MLServer {MLSERVER}, default settings", _mlserver(None)),
     Peer(f"MLServer {MLSERVER}, parallel_workers=0", _mlserver(0)),
-    Peer("bnfold serve, V2 JSON", _bnfold, "json"),
-    Peer("bnfold serve, V2 binary", _bnfold, "binary"),
+    Peer("bnfold serve as shipped (access log, policy sample 1 %), V2 JSON", _bnfold_as_shipped, "json"),
+    Peer("bnfold serve, no access log, policy off, V2 JSON", _bnfold, "json"),
+    Peer("bnfold serve, no access log, policy off, V2 binary", _bnfold, "binary"),
 )
 
 
