@@ -29,8 +29,10 @@ RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" scripts/install-deps.sh fold
 # Then the source, installed without touching the dependencies.
 COPY README.md ./
 COPY bnfold/ ./bnfold/
+COPY contract/ ./contract/
 COPY folding/ ./folding/
 COPY models/ ./models/
+COPY cli/ ./cli/
 COPY service/ ./service/
 RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 COPY scripts/ ./scripts/
@@ -58,8 +60,10 @@ COPY scripts/install-deps.sh ./scripts/
 RUN scripts/install-deps.sh serve
 COPY README.md ./
 COPY bnfold/ ./bnfold/
+COPY contract/ ./contract/
 COPY folding/ ./folding/
 COPY models/ ./models/
+COPY cli/ ./cli/
 COPY service/ ./service/
 RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 COPY scripts/ ./scripts/

@@ -28,8 +28,8 @@ repository: $(BIN)/.installed
 test: lint typecheck pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check folding models service tests bench
-	$(BIN)/ruff format --check folding models service tests bench
+	$(BIN)/ruff check bnfold contract folding models service cli tests bench
+	$(BIN)/ruff format --check bnfold contract folding models service cli tests bench
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy

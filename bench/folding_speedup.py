@@ -50,7 +50,7 @@ from bench.folding_variants import (
 )
 from bnfold.folding.errors import BnfoldError
 from bnfold.folding.export import count_op
-from bnfold.models.reference_nets import REFERENCE_NETS, randomize_batchnorm
+from tests.nets.reference_nets import REFERENCE_NETS, randomize_batchnorm
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -90,8 +90,8 @@ def _randomised(factory: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
 def zoo_cases() -> tuple[list[BenchCase], str | None]:
     """Every zoo model (trained, from the weights cache when present), or ([], why) when there is no zoo."""
     try:
-        from bnfold.models.data import load_split
-        from bnfold.models.zoo import ZOO, trained
+        from bnfold.models.zoo.catalog import ZOO, trained
+        from bnfold.models.zoo.data import load_split
     except ImportError as error:
         return [], f"the model zoo is not importable ({error}); only reference nets were measured"
 

@@ -28,7 +28,7 @@ from torch import fx, nn
 
 from bnfold.folding.compare import Tolerance, discrepancy
 from bnfold.folding.export import count_op, export_onnx
-from bnfold.models.batchnorm_variants import batchnorm_modules, delete_batchnorm
+from tests.nets.batchnorm_variants import batchnorm_modules, delete_batchnorm
 
 VARIANTS = ("unfolded", "folded", "bn_deleted")
 INPUT_NAME, OUTPUT_NAME = "input", "output"

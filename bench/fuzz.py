@@ -1,4 +1,4 @@
-"""The long fuzzing run of issue 6: schemathesis against `bnfold serve`'s OpenAPI schema, looking for 5xx.
+"""The long fuzzing run of the service: schemathesis against `bnfold serve`'s OpenAPI schema, looking for 5xx.
 
     .venv/bin/python -m bench.fuzz [--repository model_repository] [--examples 3000]
 

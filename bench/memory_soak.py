@@ -1,4 +1,4 @@
-"""Benchmark 3 of issue 6 and the full soak: resident memory of `bnfold serve` with the whole zoo loaded, and
+"""Serving benchmark 3 and the full soak: resident memory of `bnfold serve` with the whole zoo loaded, and
 after 20,000 requests at 32 in flight across every model and variant (JSON and binary), with zero errors.
 
     .venv/bin/python -m bench.memory_soak [--repository model_repository] [--requests 20000] [--concurrency 32]

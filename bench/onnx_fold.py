@@ -29,8 +29,9 @@ from bnfold.folding.compare import discrepancy
 from bnfold.folding.export import count_op, export_onnx
 from bnfold.folding.onnx_fold import fold_onnx
 from bnfold.folding.onnx_measure import run_all_optimisations_off
-from bnfold.models.reference_nets import densenet_small, mobilenet_v2, resnet50
-from bnfold.models.zoo import ZOO, trained
+from bnfold.folding.report import Action
+from bnfold.models.zoo.catalog import ZOO, trained
+from tests.nets.reference_nets import densenet_small, mobilenet_v2, resnet50
 
 REFERENCE_NETS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: resnet50(num_classes=1000),
@@ -70,14 +71,13 @@ def measure(
     folded = run_all_optimisations_off(result.model, feeds)["output"]
     gap = discrepancy(folded, reference)
     errors = [entry.max_error for entry in result.report if entry.max_error is not None]
-    counts = result.report.counts()
     return {
         "model": name,
         "batchnorm_total": count_op(exported),
         "batchnorm_left": count_op(result.model),
         "folded": result.report.folded,
-        "lowered": counts["lowered_to_scale_shift"],
-        "kept": counts["kept"],
+        "lowered": result.report.count(Action.LOWERED),
+        "kept": result.report.count(Action.KEPT),
         "worst_entry_error": max(errors, default=0.0),
         "output_max_abs": gap.max_abs,
         "output_max_rel": gap.max_rel,

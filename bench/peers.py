@@ -22,8 +22,8 @@ Reported per server and concurrency: the median round by throughput, with its p5
 request (/proc utime+stime of its process tree over the window). Prints the machine, the load average and a
 markdown table; saves bench/results/peers.json.
 
-A new server is one more `Peer` in PEERS: a name, how to start it, and how to load it (wrk with an HTTP body
-here; a gRPC peer would bring its own load loop returning the same WrkRun fields).
+A new server is one more `Peer` in PEERS: a name, how to start it, and how to check and load it (wrk with an
+HTTP body; GrpcPeer: bench.grpc_load's Python loop, the only row not loaded by wrk).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine_description, markdown_table, package_version, save_results
-from bench.http_load import send_once
+from bench.grpc_load import infer_once, measure_grpc
+from bench.http_load import Target, send_once
 from bench.peer_envs import KSERVE, MLSERVER, python_of
 from bench.processes import ROOT, Server, bare_server, bnfold_serve, free_port, running
 from bench.serving import build_zoo
@@ -82,6 +83,45 @@ class Peer:
 
     def load(self, setup: Setup, server: Server, concurrency: int, seconds: float) -> WrkRun:
         return run_wrk(server.port, self.post(setup), concurrency, seconds, server.pid)
+
+    def check(self, setup: Setup, server: Server) -> None:
+        """RuntimeError unless the answer equals onnxruntime in process (1e-4 relative)."""
+        status, body = send_once(server.port, self.post(setup).request())
+        if status != 200:
+            raise RuntimeError(f"{self.name}: status {status}: {body[:300]!r}")
+        if self.infers:
+            np.testing.assert_allclose(first_output(body, self.kind), expected_output(setup), rtol=1e-4, atol=1e-5)
+
+
+@dataclass(frozen=True)
+class GrpcPeer(Peer):
+    """A V2 gRPC server: the same tensor as raw_input_contents, loaded by bench.grpc_load's Python loop (one
+    channel per request in flight) over windows of 1 s instead of by wrk."""
+
+    kind: str = "grpc"
+
+    def load(self, setup: Setup, server: Server, concurrency: int, seconds: float) -> WrkRun:
+        windows = max(3, round(seconds))
+        target = Target(self._port(server), setup.requests.grpc, server.pid)
+        found = measure_grpc(target, concurrency, window_s=1.0, max_windows=windows)
+        counted = round(found.throughput_rps * min(3, len(found.windows)))
+        return WrkRun(
+            concurrency, found.throughput_rps, found.p50_ms, found.p90_ms, found.p99_ms, counted, found.server_cpu_us
+        )
+
+    def check(self, setup: Setup, server: Server) -> None:
+        response = infer_once(self._port(server), setup.requests.grpc)
+        output = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(response.outputs[0].shape)
+        np.testing.assert_allclose(output, expected_output(setup), rtol=1e-4, atol=1e-5)
+
+    def _port(self, server: Server) -> int:
+        if server.grpc_port is None:
+            raise RuntimeError(f"{self.name}: the server has no gRPC port")
+        return server.grpc_port
+
+
+def expected_output(setup: Setup) -> np.ndarray:
+    return folded_session(setup.requests.entry, 1).run(None, setup.requests.inputs)[0]
 
 
 def _fastapi(setup: Setup) -> AbstractContextManager[Server]:
@@ -140,18 +180,8 @@ PEERS: tuple[Peer, ...] = (
     Peer("bnfold serve as shipped (access log, policy sample 1 %), V2 JSON", _bnfold_as_shipped, "json"),
     Peer("bnfold serve, no access log, policy off, V2 JSON", _bnfold, "json"),
     Peer("bnfold serve, no access log, policy off, V2 binary", _bnfold, "binary"),
+    GrpcPeer("bnfold serve, no access log, policy off, V2 gRPC (Python grpc.aio client)", _bnfold),
 )
-
-
-def check_answer(peer: Peer, setup: Setup, server: Server) -> None:
-    """RuntimeError unless the peer's answer equals onnxruntime in process (1e-4 relative)."""
-    status, body = send_once(server.port, peer.post(setup).request())
-    if status != 200:
-        raise RuntimeError(f"{peer.name}: status {status}: {body[:300]!r}")
-    if not peer.infers:
-        return
-    expected = folded_session(setup.requests.entry, 1).run(None, setup.requests.inputs)[0]
-    np.testing.assert_allclose(first_output(body, peer.kind), expected, rtol=1e-4, atol=1e-5)
 
 
 def log(message: str) -> None:
@@ -162,7 +192,7 @@ def measure_round(peer: Peer, setup: Setup, seconds: float, warmup: float) -> di
     """Start the peer, check it, then per concurrency: a warm-up run, then the measured run."""
     found = {}
     with peer.start(setup) as server:
-        check_answer(peer, setup, server)
+        peer.check(setup, server)
         for concurrency in CONCURRENCIES:
             peer.load(setup, server, concurrency, warmup)
             run = peer.load(setup, server, concurrency, seconds)
@@ -214,6 +244,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s (smoke run; results not saved)")
+    parser.add_argument("--only", help="only the servers whose name contains this (smoke run; results not saved)")
     arguments = parser.parse_args()
     rounds, seconds = (1, 2.0) if arguments.quick else (arguments.rounds, arguments.seconds)
     wrk_binary()
@@ -236,7 +267,8 @@ def main() -> None:
             request_binary_body_bytes=len(HttpBody.from_request(setup.requests.binary).body),
         )
         log(f"machine: {machine['cpu']}, {machine['logical_cores']} cores, load average {load_before}")
-        results = compare(PEERS, setup, rounds, seconds, warmup=1.0)
+        peers = tuple(p for p in PEERS if not arguments.only or arguments.only in p.name or p is PEERS[0])
+        results = compare(peers, setup, rounds, seconds, warmup=1.0)
     machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     loads = [run["load_average_1m"] for by_c in results.values() for run in by_c.values()]
     machine["load_average_1m_median_during"] = round(statistics.median(loads), 2)
@@ -246,7 +278,7 @@ def main() -> None:
         f"before {load_before[0]:.2f}, median during the runs {machine['load_average_1m_median_during']:.2f}\n"
     )
     print(table(results))
-    if not arguments.quick:
+    if not arguments.quick and not arguments.only:
         print(f"\nsaved {save_results('peers', {'machine': machine, 'model': MODEL, 'results': results})}")
 
 

@@ -42,7 +42,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("access log + logging", r"logging/__init__|\(logging/|access_log|AccessFormatter"),
     ("request id (uuid4)", r"^uuid4|uuid\.py|os_urandom|getrandom"),
     ("batcher: queue, futures, thread hop", r"batching\.py|anyio/|to_thread|threading\.py|concurrent/futures"),
-    ("data plane + handler glue", r"dataplane\.py|handlers\.py|service/model\.py|fast_infer\.py"),
+    ("data plane + handler glue", r"dataplane\.py|handlers\.py|service/model\.py|fast_infer\.py|service/edge\.py"),
     ("ASGI layers (Starlette / FastAPI / uvicorn middleware)", r"starlette/|fastapi/|uvicorn/middleware"),
     ("HTTP protocol (uvicorn + httptools)", r"uvicorn/protocols|httptools|HttpParser|HttpToolsProtocol|h11"),
     ("event loop (uvloop / asyncio)", r"uvloop|loop\.c|asyncio|_asynciomodule|uv_|uv__"),

@@ -1,6 +1,6 @@
 """Service request overhead: V2 JSON and binary infer vs a bare ASGI POST handler on the same uvicorn.
 
-Baseline for issue 6 (target: V2 JSON throughput ≥ 40% of a bare ASGI POST handler on small models). One
+Baseline of the serving benchmarks (target: V2 JSON throughput ≥ 40% of a bare ASGI POST handler on small models). One
 client, keep-alive, sequential requests, timings interleaved (bench.common); the bare handler reads the same
 request body and returns a fixed small JSON document. Prints a markdown table and saves
 bench/results/service_baseline_<model>.json.

@@ -1,4 +1,4 @@
-"""The targets of issue 6's serving benchmark, evaluated on bench.serving's results (met / not met)."""
+"""The targets of the serving benchmark, evaluated on bench.serving's results (met / not met)."""
 
 from __future__ import annotations
 

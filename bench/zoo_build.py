@@ -1,6 +1,6 @@
 """The zoo from scratch: training time, accuracy, BN folded / total and fold-and-export time per model.
 
-Builds the default repository (models.default_repository.build_default, the code path of
+Builds the default repository (models.zoo.default_repository.build_default, the code path of
 `bnfold build-default`) into a temporary directory with an empty temporary weights cache, so every model is
 trained now. Reported per model: held-out metric, BatchNorm folded / total, max |folded − PyTorch| on the
 calibration batch, training wall time, and fold-and-export wall time (fold, export both variants, verify,
@@ -19,20 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine_description, markdown_table, save_results
-from bnfold.models.default_repository import build_default
+from bnfold.folding.report import FoldReport
+from bnfold.models.zoo.default_repository import build_default
 
 TRAINING_BUDGET_SECONDS = 120.0
 
 
 def _row(repository: Path, entry: Any) -> dict[str, Any]:
     manifest = json.loads((repository / entry.name / "model.json").read_text())
-    entries = manifest["fold_report"]["entries"]
-    folded = sum(e["action"].startswith("folded") for e in entries)
+    report = FoldReport.from_json(manifest["fold_report"])
     return {
         "model": entry.name,
         "metrics": entry.metrics,
-        "batchnorm_folded": folded,
-        "batchnorm_total": len(entries),
+        "batchnorm_folded": report.folded,
+        "batchnorm_total": report.total,
         "max_output_error": manifest["fold_report"]["max_output_error"],
         "train_seconds": entry.train_seconds,
         "fold_and_export_seconds": entry.export_seconds,

@@ -1,24 +1,53 @@
 """bnfold's folding engine: fold inference-time BatchNorm into neighbouring layers and report each one.
 
 from bnfold.folding import fold, fold_onnx
-result = fold(model, example_inputs)   # PyTorch: result.model (folded nn.Module), result.report
-result = fold_onnx(onnx_model)         # ONNX (folding/onnx_fold.py), imported on first use
+result = fold(model, example_inputs)   # PyTorch (folding/torch_fold.py)
+result = fold_onnx(onnx_model)         # ONNX (folding/onnx_fold.py)
+
+Every public name is loaded on first use (PEP 562), so `from bnfold.folding import FoldReport, Tolerance`
+imports neither torch nor onnx: only `fold`, `FoldResult` and `ChannelScaleShift` need torch, and only
+`fold_onnx`, `OnnxFoldResult` and `export_onnx` need onnx / onnx-ir.
 """
 
-from typing import Any
+from __future__ import annotations
 
-from bnfold.folding.compare import Discrepancy, Tolerance, discrepancy
-from bnfold.folding.errors import BnfoldError, EquivalenceError, FoldingError
-from bnfold.folding.report import Action, FoldEntry, FoldReport
-from bnfold.folding.torch_fold import FoldResult, fold
-from bnfold.folding.torch_scale_shift import ChannelScaleShift
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bnfold.contract.op_count import count_op
+    from bnfold.folding.compare import Discrepancy, Tolerance, discrepancy
+    from bnfold.folding.errors import BnfoldError, FoldingError
+    from bnfold.folding.export import export_onnx
+    from bnfold.folding.onnx_fold import OnnxFoldResult, fold_onnx
+    from bnfold.folding.report import Action, FoldEntry, FoldReport
+    from bnfold.folding.torch_fold import FoldResult, fold
+    from bnfold.folding.torch_scale_shift import ChannelScaleShift
+
+# public name → the module that defines it
+_HOME: dict[str, str] = {
+    "Action": "bnfold.folding.report",
+    "FoldEntry": "bnfold.folding.report",
+    "FoldReport": "bnfold.folding.report",
+    "BnfoldError": "bnfold.folding.errors",
+    "FoldingError": "bnfold.folding.errors",
+    "Discrepancy": "bnfold.folding.compare",
+    "Tolerance": "bnfold.folding.compare",
+    "discrepancy": "bnfold.folding.compare",
+    "fold": "bnfold.folding.torch_fold",
+    "FoldResult": "bnfold.folding.torch_fold",
+    "ChannelScaleShift": "bnfold.folding.torch_scale_shift",
+    "fold_onnx": "bnfold.folding.onnx_fold",
+    "OnnxFoldResult": "bnfold.folding.onnx_fold",
+    "export_onnx": "bnfold.folding.export",
+    "count_op": "bnfold.contract.op_count",
+}
 
 __all__ = [
     "Action",
     "BnfoldError",
     "ChannelScaleShift",
     "Discrepancy",
-    "EquivalenceError",
     "FoldEntry",
     "FoldReport",
     "FoldResult",
@@ -32,18 +61,15 @@ __all__ = [
     "fold_onnx",
 ]
 
-# The ONNX engine and the exporter pull in onnx and onnx-ir: loaded when first asked for.
-_LAZY = {
-    "fold_onnx": "bnfold.folding.onnx_fold",
-    "OnnxFoldResult": "bnfold.folding.onnx_fold",
-    "export_onnx": "bnfold.folding.export",
-    "count_op": "bnfold.folding.export",
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'bnfold.folding' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'folding' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))

@@ -3,8 +3,7 @@
 Exception hierarchy::
 
     BnfoldError                 base of everything bnfold raises on purpose
-    ├── FoldingError            a model cannot be captured or folded (names the cause and what to try)
-    └── EquivalenceError        a folded model does not match its unfolded original within tolerance
+    └── FoldingError            a model cannot be captured or folded (names the cause and what to try)
 
 Every message says what went wrong and how to fix it; callers show it as one line, never a traceback.
 """
@@ -18,7 +17,3 @@ class BnfoldError(Exception):
 
 class FoldingError(BnfoldError):
     """The model cannot be captured or folded; the message names the cause and what to try."""
-
-
-class EquivalenceError(BnfoldError):
-    """Folded and unfolded outputs differ by more than the tolerance."""

@@ -15,15 +15,17 @@ metadata that records source file paths and line numbers is removed, the rest is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import onnx
 import onnx_ir as ir
 import torch
 from torch import Tensor, nn
 
+from bnfold.contract.op_count import count_op
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.onnx_constants import fold_constant_subexpressions
+from bnfold.messages import first_line
+
+__all__ = ["BATCH_DIM", "count_op", "export_onnx"]
 
 BATCH_DIM = "batch"
 # Node metadata that embeds source paths / line numbers: machine-dependent, so it is dropped.
@@ -53,30 +55,9 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except Exception as error:  # checker raises several exception types
         raise FoldingError(
-            f"the exported ONNX model is invalid ({_first_line(error)}); try another opset with opset=…"
+            f"the exported ONNX model is invalid ({first_line(error)}); try another opset with opset=…"
         ) from error
     return proto
-
-
-def count_op(model: onnx.ModelProto, op_type: str = "BatchNormalization") -> int:
-    """Number of nodes of `op_type` (default domain) in the main graph, its subgraphs and local functions."""
-    total = _count_in_nodes(model.graph.node, op_type)
-    for function in model.functions:
-        total += _count_in_nodes(function.node, op_type)
-    return total
-
-
-def _count_in_nodes(nodes: Iterable[onnx.NodeProto], op_type: str) -> int:
-    count = 0
-    for node in nodes:
-        if node.op_type == op_type and node.domain in ("", "ai.onnx"):
-            count += 1
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                count += _count_in_nodes(attribute.g.node, op_type)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                count += sum(_count_in_nodes(graph.node, op_type) for graph in attribute.graphs)
-    return count
 
 
 def _check_arguments(
@@ -125,7 +106,7 @@ def _run_exporter(
         )
     except Exception as error:  # the exporter raises many unrelated types; all mean "cannot capture"
         raise FoldingError(
-            f"torch.onnx.export could not capture {type(model).__name__} ({_first_line(error)}); make forward "
+            f"torch.onnx.export could not capture {type(model).__name__} ({first_line(error)}); make forward "
             "traceable by torch.export (no data-dependent Python control flow) and check the example inputs"
         ) from error
     if program is None or program.model_proto is None:
@@ -161,8 +142,3 @@ def _check_dynamic_batch(proto: onnx.ModelProto) -> None:
                 f"ONNX {value.name!r} has no dynamic batch axis 0; the model must keep the batch axis "
                 "first in every input and output (no reduction or reshape over the batch)"
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

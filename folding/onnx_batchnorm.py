@@ -12,6 +12,7 @@ that are not compile-time constants (for example computed by ReduceMean from the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,8 @@ import onnx_ir as ir
 
 from bnfold.folding.arithmetic import ScaleShift, batchnorm_scale_shift
 from bnfold.folding.errors import FoldingError
-from bnfold.folding.onnx_graph import FloatArray, constant, float_attr, int_attr
+from bnfold.folding.onnx_graph import FloatArray, GraphEditor, constant, float_attr, int_attr
+from bnfold.folding.plan import Rewrite
 
 DEFAULT_EPSILON = 1e-5
 _ROLES = ("scale (γ)", "B (β)", "input_mean (μ)", "input_var (σ²)")
@@ -31,6 +33,11 @@ class InferenceBatchNorm:
 
     affine: ScaleShift
     dtype: np.dtype[np.generic]  # dtype of its scale input: the dtype a lowered scale/shift is stored in
+
+
+OnnxRule = Callable[[GraphEditor, ir.Node, ir.Node, InferenceBatchNorm], str | Rewrite]
+"""A fold rule of the ONNX engine: (editor, the neighbour node, the BN node, its statistics) → the rewrite
+it made, or the reason it refused."""
 
 
 def read_batchnorm(node: ir.Node, opset: int) -> InferenceBatchNorm | str:

@@ -25,13 +25,15 @@ from numpy.typing import NDArray
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, bn_name, read_batchnorm
 from bnfold.folding.onnx_constants import fold_constant_subexpressions
-from bnfold.folding.onnx_graph import Folded, GraphEditor, is_op
+from bnfold.folding.onnx_graph import GraphEditor, is_op
 from bnfold.folding.onnx_lower import lower_batchnorm
 from bnfold.folding.onnx_measure import measure_fold
 from bnfold.folding.onnx_next import fold_into_next
 from bnfold.folding.onnx_previous import fold_into_previous
 from bnfold.folding.onnx_shapes import infer_ranks
+from bnfold.folding.plan import LOWERING_DISABLED, Decision, Plan, Rewrite, not_folded, not_lowered
 from bnfold.folding.report import Action, FoldEntry, FoldReport
+from bnfold.messages import first_line
 
 
 @dataclass(frozen=True)
@@ -40,14 +42,6 @@ class OnnxFoldResult:
 
     model: onnx.ModelProto
     report: FoldReport
-
-
-@dataclass
-class _Fate:
-    action: Action
-    target: str | None = None
-    reason: str | None = None
-    probe: str | None = None
 
 
 def fold_onnx(
@@ -66,42 +60,45 @@ def fold_onnx(
     ir_model = ir.from_proto(working)
     fold_constant_subexpressions(ir_model)
     editor = GraphEditor(ir_model.graph, ranks, elem_types)
-    fates = _fold_main_graph(editor, _onnx_opset(ir_model), lower_unfoldable)
+    plans = _fold_main_graph(editor, _onnx_opset(ir_model), lower_unfoldable)
     editor.restore_names()
     folded = ir.to_proto(ir_model)
     _check_output(folded)
-    entries = [FoldEntry(bn=name, action=f.action, target=f.target, reason=f.reason) for name, f in fates.items()]
+    entries = [plan.decision.entry(name) for name, plan in plans.items()]
     entries += _nested_batchnorms(ir_model)
     report = FoldReport(entries=entries)
     if example_inputs is not None:
-        probes = {name: fate.probe for name, fate in fates.items() if fate.probe is not None}
+        probes = {name: plan.replacement for name, plan in plans.items() if plan.replacement is not None}
         report = measure_fold(model, folded, example_inputs, report, probes, editor.superseded)
     return OnnxFoldResult(model=folded, report=report)
 
 
-def _fold_main_graph(editor: GraphEditor, opset: int, lower_unfoldable: bool) -> dict[str, _Fate]:
-    """The fate of every BN of the main graph, by report name, in graph order."""
+def _fold_main_graph(editor: GraphEditor, opset: int, lower_unfoldable: bool) -> dict[str, Plan]:
+    """The plan of every BN of the main graph, by report name, in graph order; a plan's reference and
+    replacement are the probe, a value name present in both models."""
     batchnorms = [node for node in editor.graph if is_op(node, "BatchNormalization")]
-    fates: dict[ir.Node, _Fate] = {}
+    plans: dict[ir.Node, Plan] = {}
     readable: list[tuple[ir.Node, InferenceBatchNorm]] = []
     for bn in batchnorms:
         read = read_batchnorm(bn, opset)
         if isinstance(read, str):
-            fates[bn] = _Fate(Action.KEPT, reason=read)
+            plans[bn] = Plan(Decision.kept(read))
         else:
             readable.append((bn, read))
-    refusals: dict[ir.Node, str] = {}
+    previous: dict[ir.Node, str] = {}
     for bn, batchnorm in readable:
-        _settle(fates, refusals, bn, fold_into_previous(editor, bn, batchnorm), Action.FOLDED_INTO_PREVIOUS)
-    for bn, batchnorm in reversed([pair for pair in readable if pair[0] not in fates]):
-        _settle(fates, refusals, bn, fold_into_next(editor, bn, batchnorm), Action.FOLDED_INTO_NEXT)
-    for bn, batchnorm in [pair for pair in readable if pair[0] not in fates]:
-        outcome = lower_batchnorm(editor, bn, batchnorm) if lower_unfoldable else "lowering is disabled"
-        if isinstance(outcome, Folded):
-            fates[bn] = _Fate(Action.LOWERED, reason=refusals[bn], probe=outcome.probe)
+        _settle(plans, previous, bn, fold_into_previous(editor, bn, batchnorm), Action.FOLDED_INTO_PREVIOUS)
+    following: dict[ir.Node, str] = {}
+    for bn, batchnorm in reversed([pair for pair in readable if pair[0] not in plans]):
+        _settle(plans, following, bn, fold_into_next(editor, bn, batchnorm), Action.FOLDED_INTO_NEXT)
+    for bn, batchnorm in [pair for pair in readable if pair[0] not in plans]:
+        reason = not_folded(previous[bn], following[bn])
+        lowered = lower_batchnorm(editor, bn, batchnorm) if lower_unfoldable else LOWERING_DISABLED
+        if isinstance(lowered, Rewrite):
+            plans[bn] = Plan(Decision.lowered(reason), lowered.probe, lowered.probe)
         else:
-            fates[bn] = _Fate(Action.KEPT, reason=f"{refusals[bn]}; not lowered: {outcome}")
-    return {name: fates[bn] for bn, name in zip(batchnorms, _report_names(batchnorms), strict=True)}
+            plans[bn] = Plan(Decision.kept(not_lowered(reason, lowered)))
+    return {name: plans[bn] for bn, name in zip(batchnorms, _report_names(batchnorms), strict=True)}
 
 
 def _report_names(nodes: list[ir.Node]) -> list[str]:
@@ -117,14 +114,13 @@ def _report_names(nodes: list[ir.Node]) -> list[str]:
 
 
 def _settle(
-    fates: dict[ir.Node, _Fate], refusals: dict[ir.Node, str], bn: ir.Node, outcome: str | Folded, action: Action
+    plans: dict[ir.Node, Plan], refusals: dict[ir.Node, str], bn: ir.Node, outcome: str | Rewrite, action: Action
 ) -> None:
-    """Record a successful fold, or add the refusal to the BN's reasons."""
-    if isinstance(outcome, Folded):
-        fates[bn] = _Fate(action, target=outcome.target, probe=outcome.probe)
-        return
-    side = "previous" if action is Action.FOLDED_INTO_PREVIOUS else "next"
-    refusals[bn] = "; ".join(filter(None, [refusals.get(bn), f"not into the {side} layer: {outcome}"]))
+    """Record a successful fold, or the refusal of this side."""
+    if isinstance(outcome, Rewrite):
+        plans[bn] = Plan(Decision.folded(action, outcome.target), outcome.probe, outcome.probe)
+    else:
+        refusals[bn] = outcome
 
 
 def _nested_batchnorms(ir_model: ir.Model) -> list[FoldEntry]:
@@ -157,9 +153,7 @@ def _valid_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except Exception as error:  # the checker raises several types
-        raise FoldingError(
-            f"the input is not a valid ONNX model ({_first_line(error)}); fix or re-export it"
-        ) from error
+        raise FoldingError(f"the input is not a valid ONNX model ({first_line(error)}); fix or re-export it") from error
     working = onnx.ModelProto()
     working.CopyFrom(model)
     return working
@@ -183,9 +177,4 @@ def _check_output(folded: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(folded)
     except Exception as error:  # a bnfold bug, never the caller's
-        raise FoldingError(f"bnfold produced an invalid model ({_first_line(error)}); please report it") from error
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
+        raise FoldingError(f"bnfold produced an invalid model ({first_line(error)}); please report it") from error

@@ -23,15 +23,6 @@ _FOLD_SUFFIX = re.compile(r"(_bnfold(_\d+)?)+$")
 FloatArray = NDArray[np.floating]
 
 
-@dataclass(frozen=True)
-class Folded:
-    """A successful fold: the layer the BN went into, and the value whose data the fold changed
-    (where its error is measured)."""
-
-    target: str
-    probe: str
-
-
 def is_op(node: ir.Node | None, *op_types: str) -> bool:
     """True when `node` is one of `op_types` in the default ONNX domain."""
     return node is not None and node.domain in ONNX_DOMAINS and node.op_type in op_types

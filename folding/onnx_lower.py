@@ -12,12 +12,14 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, bn_input, bn_name
-from bnfold.folding.onnx_graph import Folded, GraphEditor
+from bnfold.folding.onnx_graph import GraphEditor
+from bnfold.folding.plan import Rewrite
 from bnfold.folding.rounding import round_once
 
 
-def lower_batchnorm(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
-    """Replace `bn` by Mul + Add; returns the probe to measure it at, or why it cannot be lowered."""
+def lower_batchnorm(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
+    """Replace `bn` by Mul + Add; returns the Add it became and the probe to measure it at, or why it
+    cannot be lowered."""
     x = bn_input(bn)
     rank = editor.ranks.get(str(x.name))
     if rank is None or rank < 2:
@@ -31,7 +33,7 @@ def lower_batchnorm(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchN
     add = editor.node("Add", [multiply.outputs[0], shift], (), editor.unique(f"{name}_add"))
     probe = str(bn.outputs[0].name)
     editor.replace([bn], [multiply, add], bn.outputs[0])
-    return Folded(target=add.name or "", probe=probe)
+    return Rewrite(target=add.name or "", probe=probe)
 
 
 def _input_dtype(editor: GraphEditor, x: ir.Value, batchnorm: InferenceBatchNorm) -> np.dtype[np.generic]:

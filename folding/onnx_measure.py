@@ -3,7 +3,7 @@
 Each fold is measured at its *probe*: the BN's output when it went into the previous layer or was
 lowered, the next layer's output when it went into that one. Where a later fold removed the probe (a
 chain Conv → BN → BN), the error is measured at the value that replaced it further down, so it includes
-the later folds too. Errors are max |folded − unfolded| (folding.compare.discrepancy).
+the later folds too. Errors are max |folded − unfolded| (bnfold.contract.agreement.discrepancy).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import onnx
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from bnfold.folding.compare import discrepancy
+from bnfold.contract.agreement import discrepancy
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.report import FoldReport
+from bnfold.messages import first_line
 
 
 def measure_fold(
@@ -61,8 +62,7 @@ def run_all_optimisations_off(
         names = [output.name for output in session.get_outputs()]
         results = session.run(names, {name: np.asarray(feeds[name]) for name in expected})
     except Exception as error:  # onnxruntime raises its own exception types
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise FoldingError(f"onnxruntime could not run the model on example_inputs ({first})") from error
+        raise FoldingError(f"onnxruntime could not run the model on example_inputs ({first_line(error)})") from error
     return {name: np.asarray(result) for name, result in zip(names, results, strict=True)}
 
 

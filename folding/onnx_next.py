@@ -6,21 +6,18 @@
     MatMul z = x̂·W (x̂ 2-D):   W'[c, :] = s_c·W[c, :], then an Add of Wᵀ·t
 
 A Conv that pads reads zeros at the border, where the BN would have produced t rather than 0, so it is
-refused (FOLDING_TRAPS 6). The BN's output must be read by that one layer alone, as its data input.
+refused. The BN's output must be read by that one layer alone, as its data input.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
 from bnfold.folding.arithmetic import fold_into_next as fold_arithmetic
 from bnfold.folding.errors import FoldingError
-from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, bn_input
+from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, OnnxRule, bn_input
 from bnfold.folding.onnx_graph import (
-    Folded,
     GraphEditor,
     constant,
     float_attr,
@@ -31,11 +28,10 @@ from bnfold.folding.onnx_graph import (
     rounded,
     sole_consumer,
 )
+from bnfold.folding.plan import Rewrite, pads_with_zeros
 
-Rule = Callable[[GraphEditor, ir.Node, ir.Node, InferenceBatchNorm], str | Folded]
 
-
-def fold_into_next(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+def fold_into_next(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
     """Fold `bn` into the single layer reading its output; returns what it went into, or why not."""
     found = sole_consumer(bn.outputs[0])
     if isinstance(found, str):
@@ -52,7 +48,7 @@ def fold_into_next(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNo
         return str(error)
 
 
-def _conv(editor: GraphEditor, conv: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+def _conv(editor: GraphEditor, conv: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
     padding = _padding_refusal(conv)
     if padding is not None:
         return padding
@@ -76,11 +72,11 @@ def _padding_refusal(conv: ir.Node) -> str | None:
     pads_attr = conv.attributes.get("pads")
     pads = [] if pads_attr is None else list(pads_attr.as_ints())
     if mode not in ("NOTSET", "VALID") or any(pads):
-        return f"Conv {conv.name!r} pads with zeros (auto_pad={mode}, pads={pads}); the border would get BN's shift"
+        return pads_with_zeros(f"Conv {conv.name!r}", f"auto_pad={mode}, pads={pads}")
     return None
 
 
-def _gemm(editor: GraphEditor, gemm: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+def _gemm(editor: GraphEditor, gemm: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
     if int_attr(gemm, "transA", 0) != 0:
         return f"Gemm {gemm.name!r} has transA = 1, so BN's channel axis is not Gemm's reduction axis"
     b = constant(gemm.inputs[1], "Gemm B")
@@ -102,7 +98,7 @@ def _gemm(editor: GraphEditor, gemm: ir.Node, bn: ir.Node, batchnorm: InferenceB
     return _replace(editor, [bn, gemm], [node], gemm)
 
 
-def _matmul(editor: GraphEditor, matmul: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+def _matmul(editor: GraphEditor, matmul: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
     weight = constant(matmul.inputs[1], "MatMul weight")
     if isinstance(weight, str):
         return weight
@@ -117,10 +113,10 @@ def _matmul(editor: GraphEditor, matmul: ir.Node, bn: ir.Node, batchnorm: Infere
     return _replace(editor, [bn, matmul], [product, plus], matmul)
 
 
-def _replace(editor: GraphEditor, old: list[ir.Node], new: list[ir.Node], consumer: ir.Node) -> Folded:
+def _replace(editor: GraphEditor, old: list[ir.Node], new: list[ir.Node], consumer: ir.Node) -> Rewrite:
     probe = str(consumer.outputs[0].name)
     editor.replace(old, new, consumer.outputs[0])
-    return Folded(target=consumer.name or new[0].name or consumer.op_type, probe=probe)
+    return Rewrite(target=consumer.name or new[0].name or consumer.op_type, probe=probe)
 
 
-NEXT_RULES: dict[str, Rule] = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul}
+NEXT_RULES: dict[str, OnnxRule] = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul}

@@ -14,16 +14,13 @@ New weights always get new initializers, so a weight shared with another node is
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import onnx_ir as ir
 
 from bnfold.folding.arithmetic import fold_into_previous as fold_arithmetic
 from bnfold.folding.errors import FoldingError
-from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, bn_input
+from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, OnnxRule, bn_input
 from bnfold.folding.onnx_graph import (
-    Folded,
     GraphEditor,
     constant,
     float_attr,
@@ -33,11 +30,10 @@ from bnfold.folding.onnx_graph import (
     private_output,
     rounded,
 )
+from bnfold.folding.plan import Rewrite, output_needed_elsewhere
 
-Rule = Callable[[GraphEditor, ir.Node, ir.Node, InferenceBatchNorm], str | Folded]
 
-
-def fold_into_previous(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+def fold_into_previous(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
     """Fold `bn` into its producer; returns what it went into, or the reason it refused."""
     z = bn_input(bn)
     producer = z.producer()
@@ -48,14 +44,14 @@ def fold_into_previous(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBat
         return f"its producer is {producer.op_type}, not one of {', '.join(PREVIOUS_RULES)}"
     shared = private_output(z)
     if shared is not None:
-        return f"the output of {producer.op_type} {producer.name!r} is needed elsewhere: {shared}"
+        return output_needed_elsewhere(f"{producer.op_type} {producer.name!r}", shared)
     try:
         return rule(editor, producer, bn, batchnorm)
     except FoldingError as error:
         return str(error)
 
 
-def _conv(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+def _conv(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
     weight = constant(producer.inputs[1], "weight")
     bias = optional_constant(_input(producer, 2), "bias")
     if isinstance(weight, str) or isinstance(bias, str):
@@ -73,7 +69,7 @@ def _conv(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: Infere
     return _replace(editor, [producer, bn], [node], bn, producer)
 
 
-def _gemm(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+def _gemm(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
     b = constant(producer.inputs[1], "Gemm B")
     c = optional_constant(_input(producer, 2), "Gemm C")
     if isinstance(b, str) or isinstance(c, str):
@@ -93,11 +89,11 @@ def _gemm(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: Infere
     return _replace(editor, [producer, bn], [node], bn, producer)
 
 
-def _matmul(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+def _matmul(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
     return _fold_matmul(editor, producer, None, bn, batchnorm)
 
 
-def _matmul_add(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Folded:
+def _matmul_add(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
     """Add(MatMul(X, W), b) or Add(b, MatMul(X, W)) with b constant: a Gemm in disguise."""
     for slot in (0, 1):
         matmul_out, other = producer.inputs[slot], producer.inputs[1 - slot]
@@ -105,14 +101,14 @@ def _matmul_add(editor: GraphEditor, producer: ir.Node, bn: ir.Node, batchnorm: 
         if is_op(matmul, "MatMul") and matmul is not None and not isinstance(constant(other, "b"), str):
             shared = private_output(matmul_out) if matmul_out is not None else None
             if shared is not None:
-                return f"the output of MatMul {matmul.name!r} is needed elsewhere: {shared}"
+                return output_needed_elsewhere(f"MatMul {matmul.name!r}", shared)
             return _fold_matmul(editor, matmul, producer, bn, batchnorm)
     return "its producer is an Add that is not MatMul + constant bias"
 
 
 def _fold_matmul(
     editor: GraphEditor, matmul: ir.Node, add: ir.Node | None, bn: ir.Node, batchnorm: InferenceBatchNorm
-) -> str | Folded:
+) -> str | Rewrite:
     weight = constant(matmul.inputs[1], "MatMul weight")
     if isinstance(weight, str):
         return weight
@@ -137,10 +133,10 @@ def _other_input(node: ir.Node, known: ir.Value) -> ir.Value | None:
     return node.inputs[1] if node.inputs[0] is known else node.inputs[0]
 
 
-def _replace(editor: GraphEditor, old: list[ir.Node], new: list[ir.Node], bn: ir.Node, producer: ir.Node) -> Folded:
+def _replace(editor: GraphEditor, old: list[ir.Node], new: list[ir.Node], bn: ir.Node, producer: ir.Node) -> Rewrite:
     probe = str(bn.outputs[0].name)
     editor.replace(old, new, bn.outputs[0])
-    return Folded(target=producer.name or new[0].name or producer.op_type, probe=probe)
+    return Rewrite(target=producer.name or new[0].name or producer.op_type, probe=probe)
 
 
 def _input(node: ir.Node, index: int) -> ir.Value | None:
@@ -159,7 +155,7 @@ def _name(editor: GraphEditor, node: ir.Node) -> str:
     return node.name or editor.unique(node.op_type.lower())
 
 
-PREVIOUS_RULES: dict[str, Rule] = {
+PREVIOUS_RULES: dict[str, OnnxRule] = {
     "Conv": _conv,
     "ConvTranspose": _conv,
     "Gemm": _gemm,

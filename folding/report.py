@@ -49,9 +49,13 @@ class FoldEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FoldEntry:
+        """The entry written by `to_json`; KeyError for a missing field, ValueError for an unknown action."""
+        action, known = data["action"], [value.value for value in Action]
+        if action not in known:
+            raise ValueError(f"unknown action {action!r} for {data['bn']!r}; expected one of {known}")
         return cls(
             bn=str(data["bn"]),
-            action=Action(data["action"]),
+            action=Action(action),
             target=data.get("target"),
             reason=data.get("reason"),
             max_error=data.get("max_error"),
@@ -92,6 +96,10 @@ class FoldReport:
         """How many BatchNorms were merged into a neighbouring layer's weights."""
         return sum(entry.action in (Action.FOLDED_INTO_PREVIOUS, Action.FOLDED_INTO_NEXT) for entry in self.entries)
 
+    def count(self, action: Action) -> int:
+        """How many entries have `action`."""
+        return sum(entry.action is action for entry in self.entries)
+
     def counts(self) -> dict[str, int]:
         counter = Counter(entry.action.value for entry in self.entries)
         return {action.value: counter.get(action.value, 0) for action in Action}
@@ -105,6 +113,7 @@ class FoldReport:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form stored in model.json (docs/repository-format.md); do not change its shape."""
         return {
             "entries": [entry.to_json() for entry in self.entries],
             "max_output_error": self.max_output_error,
@@ -113,6 +122,7 @@ class FoldReport:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FoldReport:
+        """The report written by `to_json` (model.json's "fold_report"); "summary" is derived, not read."""
         return cls(
             entries=[FoldEntry.from_json(e) for e in data["entries"]],
             max_output_error=data.get("max_output_error"),

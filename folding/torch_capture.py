@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.torch_conv_transpose import SEPARATE_BIAS_CLASSES
+from bnfold.messages import first_line
 
 _CAPTURE_ADVICE = (
     "torch.fx cannot trace Python control flow that depends on tensor values (if/while on a tensor, "
@@ -101,7 +102,7 @@ def private_copy(model: object) -> nn.Module:
         return copy.deepcopy(model)
     except Exception as error:  # deepcopy raises anything a custom __deepcopy__ raises
         raise FoldingError(
-            f"cannot deep-copy {type(model).__name__} ({type(error).__name__}: {_first_line(error)}); "
+            f"cannot deep-copy {type(model).__name__} ({type(error).__name__}: {first_line(error)}); "
             "fold never mutates the caller's model, so the model must support copy.deepcopy"
         ) from None
 
@@ -123,7 +124,7 @@ def capture(model: nn.Module) -> fx.GraphModule:
     except Exception as error:  # tracing executes arbitrary user code: any exception means "cannot capture"
         raise FoldingError(
             f"cannot capture {type(model).__name__} as a graph ({type(error).__name__}: "
-            f"{_first_line(error)}); {_CAPTURE_ADVICE}"
+            f"{first_line(error)}); {_CAPTURE_ADVICE}"
         ) from None
 
 
@@ -131,8 +132,3 @@ def _trace(model: nn.Module, *, trace_subclasses: bool) -> fx.GraphModule:
     tracer = BatchNormLeafTracer(trace_subclasses)
     graph = tracer.trace(model)
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from torch import fx, nn
 
-from bnfold.folding.report import FoldEntry, FoldReport
+from bnfold.folding.plan import Plan
+from bnfold.folding.report import FoldReport
 from bnfold.folding.torch_batchnorm import describe_batchnorm, is_batchnorm_node
 from bnfold.folding.torch_capture import capture, normalise_inputs, private_copy
 from bnfold.folding.torch_conv_transpose import separate_bias
 from bnfold.folding.torch_measure import output_error, record
-from bnfold.folding.torch_plan import Outcome, decide
+from bnfold.folding.torch_plan import decide
 from bnfold.folding.torch_rules import INTO_NEXT
 
 
@@ -43,16 +44,18 @@ def fold(model: nn.Module, example_inputs: object, *, lower_unfoldable: bool = T
     graph_module = capture(private_copy(model))
     batchnorms = [node for node in graph_module.graph.nodes if is_batchnorm_node(graph_module, node)]
     reference = record(graph_module, inputs, _measured_nodes(graph_module, batchnorms))
-    outcomes = _fold_all(graph_module, batchnorms, reference.ndims, lower_unfoldable)
-    for target in {o.target for o in outcomes if o.target is not None}:
+    plans = _fold_all(graph_module, batchnorms, reference.ndims, lower_unfoldable)
+    for target in {p.decision.target for p in plans.values() if p.decision.target is not None}:
         separate_bias(graph_module.get_submodule(target))  # a fused ConvTranspose: eager fast path
     graph_module.graph.lint()
     graph_module.delete_all_unused_submodules()
     _align_containers(graph_module)
     graph_module.recompile()
-    compare = {o.replacement: reference.values[o.reference] for o in outcomes if o.reference in reference.values}
+    compare = {
+        str(p.replacement): reference.values[p.reference] for p in plans.values() if p.reference in reference.values
+    }
     folded = record(graph_module, inputs, set(), compare)
-    return FoldResult(graph_module, _report(outcomes, folded.errors, output_error(folded.output, reference.output)))
+    return FoldResult(graph_module, _report(plans, folded.errors, output_error(folded.output, reference.output)))
 
 
 def _measured_nodes(graph_module: fx.GraphModule, batchnorms: list[fx.Node]) -> set[str]:
@@ -68,18 +71,19 @@ def _measured_nodes(graph_module: fx.GraphModule, batchnorms: list[fx.Node]) -> 
 
 def _fold_all(
     graph_module: fx.GraphModule, batchnorms: list[fx.Node], ndims: dict[str, int], lower_unfoldable: bool
-) -> list[Outcome]:
-    """Decide every BN in graph order; a later fold into a node re-points earlier entries' references."""
+) -> dict[str, Plan]:
+    """Decide every BN in graph order, by report name; a later fold into a node re-points earlier plans'
+    references."""
     names: set[str] = set()
-    outcomes: list[Outcome] = []
+    plans: dict[str, Plan] = {}
     for node in batchnorms:
         site = describe_batchnorm(graph_module, node, names)
-        outcome = decide(graph_module, site, ndims, lower_unfoldable)
-        for earlier in outcomes:  # e.g. conv → bn1 → bn2: bn1's output now exists only as bn2's output
-            if earlier.replacement == outcome.replacement and earlier.action.removes_batchnorm:
-                earlier.reference = outcome.reference
-        outcomes.append(outcome)
-    return outcomes
+        plan = decide(graph_module, site, ndims, lower_unfoldable)
+        for earlier in plans.values():  # e.g. conv → bn1 → bn2: bn1's output now exists only as bn2's output
+            if earlier.replacement == plan.replacement and earlier.decision.action.removes_batchnorm:
+                earlier.reference = plan.reference
+        plans[site.name] = plan
+    return plans
 
 
 def _align_containers(graph_module: fx.GraphModule) -> None:
@@ -90,6 +94,6 @@ def _align_containers(graph_module: fx.GraphModule) -> None:
             module.train(graph_module.training)
 
 
-def _report(outcomes: list[Outcome], errors: dict[str, float | None], output: float | None) -> FoldReport:
-    entries = [FoldEntry(o.bn, o.action, o.target, o.reason, errors.get(o.replacement)) for o in outcomes]
+def _report(plans: dict[str, Plan], errors: dict[str, float | None], output: float | None) -> FoldReport:
+    entries = [plan.decision.entry(bn, errors.get(str(plan.replacement))) for bn, plan in plans.items()]
     return FoldReport(entries=entries, max_output_error=output)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, fx
 from torch.utils import _pytree
 
+from bnfold.contract.agreement import discrepancy
 from bnfold.folding.errors import FoldingError
 
 
@@ -91,11 +92,12 @@ def record(
 def max_abs_error(candidate: Tensor | None, reference: Tensor | None) -> float | None:
     """max |candidate − reference| (None when either is missing or the shapes differ).
 
-    Elements that are identical (equal infinities, NaN for NaN: a kept BN whose statistics divide by zero)
-    count as agreement; any other NaN/Inf in the candidate counts as an infinite error, as in folding.compare.
-    Computed with torch in the activations' own precision (float32: the difference of two close float32
-    values is exact, Sterbenz): activations of a 224×224 ResNet are large, and a float64 pass costs as
-    much as a forward pass.
+    The non-finite policy is the contract's (bnfold.contract.agreement): identical elements (equal
+    infinities, NaN for NaN: a kept BN whose statistics divide by zero) count as agreement, any other NaN/Inf
+    on either side is an infinite error. The common all-finite case is computed with torch in the
+    activations' own precision (float32: the difference of two close float32 values is exact, Sterbenz):
+    activations of a 224×224 ResNet are large, and a float64 pass costs as much as a forward pass. When that
+    maximum is not finite, the contract's float64 rule decides.
     """
     if candidate is None or reference is None or candidate.shape != reference.shape:
         return None
@@ -106,15 +108,10 @@ def max_abs_error(candidate: Tensor | None, reference: Tensor | None) -> float |
         a, b = a.double(), b.double()
     elif a.dtype in (torch.float16, torch.bfloat16):  # float32 holds every difference of two half values
         a, b = a.float(), b.float()
-    worst = (a - b).abs().max()  # NaN propagates through max: then take the careful path below
+    worst = (a - b).abs().max()  # NaN propagates through max: then the contract's rule decides
     if bool(torch.isfinite(worst)):
         return float(worst)
-    a, b = a.double(), b.double()
-    differ = ~((a == b) | (a.isnan() & b.isnan()))
-    if not bool(differ.any()):
-        return 0.0
-    difference = (a[differ] - b[differ]).abs()
-    return float(torch.where(difference.isnan(), torch.inf, difference).max())
+    return discrepancy(a.double().cpu().numpy(), b.double().cpu().numpy()).max_abs
 
 
 def output_error(candidate: Any, reference: Any) -> float | None:

@@ -3,33 +3,19 @@
 
 Graph conditions checked here, module conditions in the rule tables (folding/torch_rules.py):
 - into the previous layer: the BN's input is a `call_module` whose output feeds nothing but this BN
-  (trap 3: a conv that also feeds a residual add must keep its output);
+  (a conv whose output also feeds a residual add must keep that output, so it is not folded into);
 - into the next layer: the BN's output feeds exactly one `call_module`, as its only argument.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import fx
 
+from bnfold.folding.plan import LOWERING_DISABLED, Decision, Plan, not_folded, not_lowered, output_needed_elsewhere
 from bnfold.folding.report import Action
 from bnfold.folding.torch_batchnorm import BatchNormSite
 from bnfold.folding.torch_rewrite import install, lower, remove_batchnorm
 from bnfold.folding.torch_rules import INTO_NEXT, INTO_PREVIOUS, NewTensors, apply_rule
-
-
-@dataclass
-class Outcome:
-    """One BN's fate plus where to measure it: `reference` names the unfolded graph's node computing the
-    BN output (or what the fold turns it into), `replacement` the folded graph's node computing the same."""
-
-    bn: str
-    action: Action
-    target: str | None
-    reason: str | None
-    reference: str
-    replacement: str
 
 
 def describe_node(node: fx.Node) -> str:
@@ -45,11 +31,12 @@ def describe_node(node: fx.Node) -> str:
     return f"{node.op} {node.name}"
 
 
-def decide(graph_module: fx.GraphModule, site: BatchNormSite, ndims: dict[str, int], lower_unfoldable: bool) -> Outcome:
-    """Apply the first possible fold for `site` to `graph_module` and say what happened."""
+def decide(graph_module: fx.GraphModule, site: BatchNormSite, ndims: dict[str, int], lower_unfoldable: bool) -> Plan:
+    """Apply the first possible fold for `site` to `graph_module` and say what happened; the plan's
+    reference and replacement are fx node names."""
     name = site.node.name
     if site.affine is None:
-        return Outcome(site.name, Action.KEPT, None, site.refusal, name, name)
+        return Plan(Decision.kept(str(site.refusal)), name, name)
     ndim = ndims.get(site.input.name)
     previous = _try_previous(graph_module, site, ndim)
     if not isinstance(previous, str):
@@ -57,30 +44,30 @@ def decide(graph_module: fx.GraphModule, site: BatchNormSite, ndims: dict[str, i
     following = _try_next(graph_module, site, ndim)
     if not isinstance(following, str):
         return following
-    reason = f"no foldable neighbour: previous: {previous}; next: {following}"
+    reason = not_folded(previous, following)
     if not lower_unfoldable:
-        return Outcome(site.name, Action.KEPT, None, reason, name, name)
+        return Plan(Decision.kept(not_lowered(reason, LOWERING_DISABLED)), name, name)
     lowered = lower(graph_module, site)
-    return Outcome(site.name, Action.LOWERED, None, reason, name, lowered.name)
+    return Plan(Decision.lowered(reason), name, lowered.name)
 
 
-def _try_previous(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int | None) -> Outcome | str:
+def _try_previous(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int | None) -> Plan | str:
     producer = site.input
     if producer.op != "call_module":
         return f"{describe_node(producer)} is not a layer module"
     if len(producer.users) > 1:
         others = ", ".join(describe_node(user) for user in producer.users if user is not site.node)
-        return f"layer {producer.target}'s output also feeds {others}; folding would change what they see"
+        return output_needed_elsewhere(f"layer {producer.target}", f"it also feeds {others}")
     assert site.affine is not None
     new = apply_rule(INTO_PREVIOUS, graph_module.get_submodule(str(producer.target)), site.affine, ndim)
     if not isinstance(new, NewTensors):
         return f"layer {producer.target}: {new}"
     target = install(graph_module, producer, new, site.node.name)
     remove_batchnorm(graph_module.graph, site)
-    return Outcome(site.name, Action.FOLDED_INTO_PREVIOUS, target, None, site.node.name, producer.name)
+    return Plan(Decision.folded(Action.FOLDED_INTO_PREVIOUS, target), site.node.name, producer.name)
 
 
-def _try_next(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int | None) -> Outcome | str:
+def _try_next(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int | None) -> Plan | str:
     users = list(site.node.users)
     if len(users) != 1:
         return f"the BN output feeds {len(users)} nodes, not exactly one layer"
@@ -93,4 +80,4 @@ def _try_next(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int | Non
         return f"layer {consumer.target}: {new}"
     target = install(graph_module, consumer, new, site.node.name)
     remove_batchnorm(graph_module.graph, site)
-    return Outcome(site.name, Action.FOLDED_INTO_NEXT, target, None, consumer.name, consumer.name)
+    return Plan(Decision.folded(Action.FOLDED_INTO_NEXT, target), consumer.name, consumer.name)

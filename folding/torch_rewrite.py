@@ -3,7 +3,7 @@
 Fused tensors are installed as *new* Parameters/buffers (never written in place), so a tensor shared with
 another module (tied weights) keeps its old value there. A module referenced from more than one place in
 the graph (a conv called at two call sites, or read through get_attr) is first copied, and only the call
-site being folded is pointed at the copy (trap 2): the other call sites keep computing what they did.
+site being folded is pointed at the copy: the other call sites keep computing what they did.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _set_tensor(module: nn.Module, attribute: str, values: object) -> None:
     reference = like if like is not None else module.get_parameter("weight")
     tensor = rounded_tensor(values, reference.dtype, reference.device)  # type: ignore[arg-type]
     if like is not None and tuple(tensor.shape) != tuple(like.shape):
-        raise FoldingError(  # trap 11: a fused tensor must keep the exact original shape
+        raise FoldingError(  # a fused tensor keeps the exact original shape, never a broadcast of it
             f"internal error: fused {attribute} has shape {tuple(tensor.shape)}, original {tuple(like.shape)}"
         )
     if attribute in module._parameters:

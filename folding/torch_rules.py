@@ -21,6 +21,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from bnfold.folding.arithmetic import F64, ScaleShift, compose, fold_into_next, fold_into_previous
 from bnfold.folding.errors import FoldingError
+from bnfold.folding.plan import pads_with_zeros
 from bnfold.folding.torch_conv_transpose import (
     ConvTranspose1dSeparateBias,
     ConvTranspose2dSeparateBias,
@@ -49,7 +50,7 @@ def _unbatched_conv(conv: _ConvNd, ndim: int | None, side: str) -> str | None:
     """The reason to refuse when the BN's tensor is not the conv's batched (N, C, spatial…) layout, else None.
 
     A conv also accepts unbatched (C, spatial…) input; its channels then sit on axis 0, while a BatchNorm
-    always normalises axis 1, so shapes can line up (L == C) although the axes differ (trap 11).
+    always normalises axis 1, so shapes can line up (L == C) although the axes differ.
     """
     expected = len(conv.kernel_size) + 2
     if ndim == expected:
@@ -61,8 +62,9 @@ def _unbatched_conv(conv: _ConvNd, ndim: int | None, side: str) -> str | None:
 
 
 def _into_conv(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
-    """Conv/ConvTranspose → BN: scale the output channels (per group for transposed, trap 1); only when the
-    conv's output is batched, so that the BN's channel axis 1 is the conv's output-channel axis."""
+    """Conv/ConvTranspose → BN: scale the output channels (a transposed conv's weight is
+    [C_in, C_out/groups, k…], so its output channels sit on axis 1 within each group); only when the conv's
+    output is batched, so that the BN's channel axis 1 is the conv's output-channel axis."""
     conv, weight, bias = _conv_weights(module)
     unbatched = _unbatched_conv(conv, ndim, "output")
     if unbatched is not None:
@@ -107,17 +109,15 @@ def reads_zero_padding(conv: _ConvNd) -> bool:
 
 
 def _conv_absorbs(module: nn.Module, affine: ScaleShift, ndim: int | None) -> NewTensors | str:
-    """BN → Conv (forward folding): exact only when the conv reads no zero padding (trap 6) and its input
-    is batched (the BN's channel axis 1 is the conv's input-channel axis, trap 11)."""
+    """BN → Conv (forward folding): exact only when the conv reads no zero padding (its border would get
+    the BN's shift instead of zero) and its input is batched (so the BN's channel axis 1 is the conv's
+    input-channel axis)."""
     conv, weight, bias = _conv_weights(module)
     unbatched = _unbatched_conv(conv, ndim, "input")
     if unbatched is not None:
         return unbatched
     if reads_zero_padding(conv):
-        return (
-            f"the next conv pads with zeros (padding={conv.padding}), whose border would receive the BN's "
-            "shift instead of zero"
-        )
+        return pads_with_zeros("the conv", f"padding={conv.padding}")
     new_weight, new_bias = fold_into_next(weight, bias, affine, groups=conv.groups)
     return NewTensors({"weight": new_weight, "bias": new_bias})
 

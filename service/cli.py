@@ -50,9 +50,7 @@ def load_settings(argv: list[str]) -> Settings:
 
 def serve_main(argv: list[str]) -> int:
     """Entry point of `bnfold serve`: returns the process exit code."""
-    import uvicorn
-
-    from bnfold.service.app import create_app
+    from bnfold.service.grpc_v2.server import GrpcPortError, create_server
     from bnfold.service.server_stack import fast_stack
 
     settings = load_settings(argv)
@@ -61,12 +59,9 @@ def serve_main(argv: list[str]) -> int:
     logging.getLogger("bnfold.service").info(
         "bnfold serve on http://%s:%d (%s)", settings.host, settings.port, stack.describe()
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        loop=stack.loop,
-        http=stack.http,
-    )
+    try:
+        create_server(settings, loop=stack.loop, http=stack.http).run()  # HTTP, and gRPC on --grpc-port unless 0
+    except GrpcPortError as error:
+        print(f"bnfold serve: {error}", file=sys.stderr)
+        return 1
     return 0

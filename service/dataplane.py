@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from bnfold.messages import first_line
 from bnfold.service.equivalence import Equivalence, compare
 from bnfold.service.errors import InferenceError
 from bnfold.service.metrics import ServiceMetrics
@@ -141,8 +142,7 @@ class DataPlane:
 
 def _inference_error(model: str, variant: str, error: Exception) -> InferenceError:
     log.exception("onnxruntime failed on model %r, variant %s", model, variant)
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return InferenceError(f"onnxruntime failed on model {model!r} ({variant}): {first_line}")
+    return InferenceError(f"onnxruntime failed on model {model!r} ({variant}): {first_line(error, limit=None)}")
 
 
 def new_request_id() -> str:

@@ -1,28 +1,15 @@
-"""Open Inference Protocol v2 datatype names and their numpy dtypes (little-endian, as on the wire)."""
+"""Open Inference Protocol v2 datatypes on the wire: the contract's V2 ↔ numpy map, onnxruntime's type names,
+and lookups that refuse with a BadRequestError."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from bnfold.contract.datatypes import NUMPY_TO_V2, V2_TO_NUMPY
+from bnfold.contract.datatypes import v2_name as v2_name
 from bnfold.service.errors import BadRequestError
 
-# V2 name -> numpy dtype. BYTES is not served: bnfold models take numeric tensors only.
-V2_TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-
-NUMPY_TO_V2: dict[np.dtype, str] = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+__all__ = ["NUMPY_TO_V2", "ORT_TO_V2", "V2_TO_NUMPY", "numpy_dtype", "v2_name"]
 
 # onnxruntime's type strings ("tensor(float)") -> V2 name.
 ORT_TO_V2: dict[str, str] = {
@@ -47,8 +34,3 @@ def numpy_dtype(v2_name: str) -> np.dtype:
         return V2_TO_NUMPY[v2_name]
     except (KeyError, TypeError):
         raise BadRequestError(f"unsupported datatype {v2_name!r}; use one of {', '.join(V2_TO_NUMPY)}") from None
-
-
-def v2_name(dtype: np.dtype) -> str:
-    """The V2 datatype name of a numpy dtype (byte order ignored)."""
-    return NUMPY_TO_V2[np.dtype(dtype)]

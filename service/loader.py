@@ -121,6 +121,11 @@ def _calibrate(entry: Entry, runners: dict[str, SessionRunner]) -> Equivalence:
     tolerance = entry.manifest.tolerance
     classifier = entry.manifest.task == "classification"
     result = compare(outputs["folded"], outputs["unfolded"], tolerance.atol, tolerance.rtol, classifier)
+    if result.inconclusive:
+        raise EntryError(
+            f"cannot certify folded against unfolded on the calibration batch: {result.describe()}; "
+            "rebuild the entry with calibration inputs in the model's range"
+        )
     if not result.agree:
         raise EntryError(
             f"folded and unfolded disagree on the calibration batch: {result.describe()} "

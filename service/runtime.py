@@ -1,6 +1,6 @@
 """onnxruntime sessions with pinned options, behind the `Runner` interface the data plane calls.
 
-`Runner.run` is the one seam between the data plane and a model: a dynamic batcher (issue 6) is another
+`Runner.run` is the one seam between the data plane and a model: the dynamic batcher (service.batching) is another
 `Runner` that wraps a `SessionRunner`, merges concurrent calls along axis 0 and splits the results, without
 the data plane or the HTTP layer changing.
 """
@@ -19,6 +19,7 @@ import anyio.to_thread
 import numpy as np
 import onnxruntime as ort
 
+from bnfold.messages import first_line
 from bnfold.service.datatypes import ORT_TO_V2
 from bnfold.service.repository import EntryError, TensorSpec
 
@@ -79,8 +80,7 @@ def open_session(path: Path, config: SessionConfig) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), sess_options=session_options(config), providers=[PROVIDER])
     except Exception as error:  # onnxruntime raises several private exception types
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise EntryError(f"onnxruntime cannot load {path.name}: {first_line}") from None
+        raise EntryError(f"onnxruntime cannot load {path.name}: {first_line(error, limit=None)}") from None
 
 
 def check_signature(session: ort.InferenceSession, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:

@@ -1,6 +1,6 @@
 """Shared fixtures: the default repository (every zoo model), built once per test session.
 
-`zoo_repository` is built by `models.default_repository.build_default`, the code path of
+`zoo_repository` is built by `models.zoo.default_repository.build_default`, the code path of
 `bnfold build-default --out DIR` (train → fold → export both → verify → write atomically), with a fresh
 temporary weights cache, so the session trains the zoo once. Treat it as read-only: a test that damages or
 edits entries takes `zoo_repository_copy` (a private copy in the test's tmp_path) instead.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bnfold.models.default_repository import DefaultEntry, build_default
+from bnfold.models.zoo.default_repository import DefaultEntry, build_default
 
 
 @pytest.fixture(scope="session")

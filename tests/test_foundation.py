@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from bnfold.cli.dispatch import main as bnfold_main
 from bnfold.folding.arithmetic import batchnorm_scale_shift, compose, fold_into_next, fold_into_previous
 from bnfold.folding.compare import Tolerance, discrepancy
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.report import Action, FoldEntry, FoldReport
-from bnfold.models.cli import main as bnfold_main
 
 
 def _random_bn(rng: np.random.Generator, channels: int) -> dict[str, np.ndarray]:
@@ -55,7 +57,7 @@ def test_fold_into_previous_conv_matches_conv_then_bn(groups: int, has_bias: boo
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
 def test_fold_into_previous_grouped_conv_transpose_with_square_channels(groups: int) -> None:
-    """Trap 1: ConvTranspose weight is [C_in, C_out/groups, k…]; C_in == C_out hides an axis-0 bug."""
+    """ConvTranspose weight is [C_in, C_out/groups, k…]; C_in == C_out hides an axis-0 bug."""
     rng = np.random.default_rng(groups)
     weight = rng.normal(size=(8, 8 // groups, 3, 3))
     bn = _random_bn(rng, 8)
@@ -72,7 +74,7 @@ def test_fold_into_previous_grouped_conv_transpose_with_square_channels(groups: 
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_fold_into_next_conv_without_padding_matches_bn_then_conv(groups: int) -> None:
-    """Trap 7: the next layer is scaled along its input-channel axis and its bias gains Σ W·t."""
+    """The next layer is scaled along its input-channel axis and its bias gains Σ W·t."""
     rng = np.random.default_rng(7 + groups)
     weight = rng.normal(size=(6, 4 // groups, 3, 3))
     bias = rng.normal(size=6)
@@ -87,7 +89,7 @@ def test_fold_into_next_conv_without_padding_matches_bn_then_conv(groups: int) -
 
 
 def test_gamma_zero_and_tiny_variance_stay_finite() -> None:
-    """Trap 7/8: γ = 0 is legal; σ² ≈ 0 with ε > 0 must not produce NaN or Inf."""
+    """γ = 0 is legal; σ² ≈ 0 with ε > 0 must not produce NaN or Inf."""
     affine = batchnorm_scale_shift(
         np.array([0.0, 1.0]), np.array([0.5, -0.5]), np.array([3.0, -2.0]), np.array([0.0, 1e-30]), 1e-5
     )
@@ -147,9 +149,18 @@ def test_dispatcher_lists_commands_and_rejects_unknown(capsys: pytest.CaptureFix
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
 
 
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "bnfold")
+
+
 def test_console_script_is_installed() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bnfold.models.cli", "--help"], capture_output=True, text=True, check=False
-    )
-    assert completed.returncode == 0
-    assert "serve" in completed.stdout
+    for command in ([CONSOLE_SCRIPT, "--help"], [sys.executable, "-m", "bnfold.cli", "--help"]):
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert completed.returncode == 0, completed.stderr
+        assert "serve" in completed.stdout
+
+
+def test_version_prints_the_project_version() -> None:
+    expected = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    for command in ([CONSOLE_SCRIPT, "--version"], [sys.executable, "-m", "bnfold.cli", "-V"]):
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert (completed.returncode, completed.stdout, completed.stderr) == (0, f"bnfold {expected}\n", "")

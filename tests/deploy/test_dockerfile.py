@@ -1,4 +1,4 @@
-"""The Dockerfile: hadolint finds nothing, and it has the shape issue 7 asks for (stages, layers, user, checks)."""
+"""The Dockerfile: hadolint finds nothing, and it has the shape a deployment needs (stages, layers, user, checks)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_dependencies_are_installed_before_the_source_is_copied(
     install = stage.index("RUN", "scripts/install-deps.sh")
     copies_before = [arguments for name, arguments in stage.instructions[:install] if name == "COPY"]
     assert copies_before == ["pyproject.toml ./", "scripts/install-deps.sh ./scripts/"]
-    for package in ("folding/", "models/", "service/"):
+    for package in ("bnfold/", "contract/", "folding/", "models/", "service/", "cli/"):
         assert stage.index("COPY", package) > install
 
 
@@ -93,4 +93,14 @@ def test_dockerignore_admits_only_what_the_image_copies() -> None:
     lines = [line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert lines[0] == "**"
     admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert admitted == {"pyproject.toml", "README.md", "bnfold", "folding", "models", "service", "scripts"}
+    assert admitted == {
+        "pyproject.toml",
+        "README.md",
+        "bnfold",
+        "contract",
+        "folding",
+        "models",
+        "service",
+        "cli",
+        "scripts",
+    }

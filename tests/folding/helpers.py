@@ -10,7 +10,7 @@ from bnfold.folding import FoldResult, fold
 from bnfold.folding.compare import discrepancy
 from bnfold.folding.torch_batchnorm import FUNCTIONAL_BATCHNORMS
 
-FP32_REL = 1e-5  # the bar: max |folded − unfolded| ≤ 1e-5 · max |unfolded|
+FP32_REL = 1e-5  # the float32 agreement bar: max |folded − unfolded| ≤ 1e-5 · max |unfolded|
 
 
 @torch.no_grad()

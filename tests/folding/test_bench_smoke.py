@@ -17,7 +17,7 @@ from bench.common import Summary, interleaved_timings, markdown_table, save_resu
 from bench.folding_speedup import RUNTIMES, BenchCase, Settings, batchnorm_table, measure_case, results_table
 from bench.folding_variants import VARIANTS, build_variants
 from bnfold.folding.compare import Tolerance, discrepancy
-from bnfold.models.reference_nets import batchnorm_modules, randomize_batchnorm
+from tests.nets.reference_nets import batchnorm_modules, randomize_batchnorm
 
 
 class TinyNet(nn.Module):

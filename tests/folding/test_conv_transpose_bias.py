@@ -17,7 +17,7 @@ from bnfold.folding.torch_conv_transpose import (
     ConvTranspose2dSeparateBias,
     ConvTranspose3dSeparateBias,
 )
-from bnfold.models.reference_nets import randomize_batchnorm
+from tests.nets.reference_nets import randomize_batchnorm
 
 CASES = {
     # name: (ConvTranspose, BatchNorm, its SeparateBias class, input shape)

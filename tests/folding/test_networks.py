@@ -1,4 +1,4 @@
-"""ResNet-, MobileNetV2- and DenseNet-style networks (models/reference_nets.py, built locally) folded end
+"""ResNet-, MobileNetV2- and DenseNet-style networks (tests/nets/reference_nets.py, built locally) folded end
 to end with random BN statistics: every BN accounted for, output within float32 rounding."""
 
 from __future__ import annotations
@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from bnfold.folding import Action
-from bnfold.models.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet18
 from tests.folding.helpers import check_fold, randn
+from tests.nets.reference_nets import densenet_small, mobilenet_v2, randomize_batchnorm, resnet18
 
 
 @pytest.mark.slow
 def test_resnet18_folds_every_batchnorm_into_its_conv() -> None:
     model = randomize_batchnorm(resnet18(num_classes=10), seed=1)
     result = check_fold(model, (randn(2, 3, 32, 32),), remaining=0)
-    assert result.report.counts()["folded_into_previous"] == 20
+    assert result.report.count(Action.FOLDED_INTO_PREVIOUS) == 20
     assert result.report["layer2.0.downsample.1"].target == "layer2.0.downsample.0"
     assert result.report["layer4.1.bn2"].target == "layer4.1.conv2"
     assert result.report.max_output_error is not None
@@ -36,9 +36,9 @@ def test_densenet_pre_activation_batchnorms_are_lowered_or_kept(lower: bool) -> 
     """Pre-activation BNs follow a concatenation and precede a ReLU: no neighbour can absorb them."""
     model = randomize_batchnorm(densenet_small(num_classes=10), seed=3)
     result = check_fold(model, (randn(2, 3, 32, 32),), remaining=0 if lower else 15, lower_unfoldable=lower)
-    counts = result.report.counts()
-    assert counts["folded_into_previous"] == 13  # stem + the 12 bottleneck BNs after their 1×1 conv
-    assert counts["lowered_to_scale_shift" if lower else "kept"] == 15
+    assert result.report.count(Action.FOLDED_INTO_PREVIOUS) == 13  # stem + the 12 bottleneck BNs after their 1×1 conv
+    assert result.report.count(Action.LOWERED if lower else Action.KEPT) == 15
+    assert result.report.count(Action.KEPT if lower else Action.LOWERED) == 0
     entry = result.report["features.denseblock2.denselayer1.norm1"]
     assert entry.action is (Action.LOWERED if lower else Action.KEPT)
     assert "also feeds a call of cat" in (entry.reason or "")

@@ -75,4 +75,4 @@ def test_any_conv_next_to_a_batchnorm_folds_exactly_or_is_lowered(case: Case) ->
     assert entry.target == (None if action is Action.LOWERED else conv_name)
     assert (entry.reason is None) == (action is not Action.LOWERED)
     folded_weight = result.model.get_parameter(f"{conv_name}.weight")
-    assert folded_weight.shape == model.get_parameter(f"{conv_name}.weight").shape  # trap 11
+    assert folded_weight.shape == model.get_parameter(f"{conv_name}.weight").shape  # never a broadcast of it

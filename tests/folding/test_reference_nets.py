@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnfold.models.reference_nets import (
+from tests.nets.reference_nets import (
     REFERENCE_NETS,
     batchnorm_modules,
     delete_batchnorm,

@@ -1,4 +1,4 @@
-"""Must-not-fold cases of issue 2: each BN stays (kept, or lowered to a per-channel scale/shift when it
+"""Must-not-fold cases of the PyTorch engine: each BN stays (kept, or lowered to a per-channel scale/shift when it
 computes a fixed affine map), the report gives the reason, and the output is unchanged."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def prepared(model: nn.Module) -> nn.Module:
 
 
 def test_batchnorm_without_running_statistics_is_kept() -> None:
-    """Trap 4: track_running_stats=False normalises with batch statistics even in eval mode."""
+    """track_running_stats=False normalises with batch statistics even in eval mode."""
     model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)))
     result = check_fold(model, (randn(4, 3, 8, 8),), remaining=1)
     entry = result.report["1"]
@@ -37,7 +37,7 @@ def test_batchnorm_without_running_statistics_is_kept() -> None:
 
 
 def test_batchnorm_in_training_mode_is_kept() -> None:
-    """Trap 4: a BN left in training mode uses batch statistics; it is kept and its statistics untouched."""
+    """A BN left in training mode uses batch statistics; it is kept and its statistics untouched."""
     model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2)))
     model[1].train()
     before = snapshot(model)
@@ -57,7 +57,7 @@ def test_batchnorm_in_training_mode_is_kept() -> None:
 
 
 def test_whole_model_in_training_mode_keeps_every_batchnorm() -> None:
-    """Trap 4: nothing folds when the caller forgot model.eval()."""
+    """Nothing folds when the caller forgot model.eval()."""
     model = randomise_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
     result = fold(model, (randn(4, 3, 8, 8),))
     assert [e.action for e in result.report] == [Action.KEPT]
@@ -65,7 +65,7 @@ def test_whole_model_in_training_mode_keeps_every_batchnorm() -> None:
 
 
 class Residual(nn.Module):
-    """conv output feeds both the BN and a residual add (trap 3)."""
+    """conv output feeds both the BN and a residual add."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,13 +79,16 @@ class Residual(nn.Module):
 
 @pytest.mark.parametrize("lower", [True, False], ids=["lowered", "kept"])
 def test_producer_feeding_a_residual_add_is_not_folded(lower: bool) -> None:
-    """Trap 3: folding into a conv whose output also feeds an add would change what the add sees."""
+    """Folding into a conv whose output also feeds an add would change what the add sees."""
     model = prepared(Residual())
     result = check_fold(model, (randn(2, 4, 6, 6),), remaining=0 if lower else 1, lower_unfoldable=lower)
     entry = result.report["bn"]
     assert entry.action is (Action.LOWERED if lower else Action.KEPT)
     assert entry.target is None
-    assert "layer conv's output also feeds a call of add" in (entry.reason or "")
+    assert "not into the previous layer: the output of layer conv is needed elsewhere: it also feeds a call of add" in (
+        entry.reason or ""
+    )
+    assert "folding would change what the other readers see" in (entry.reason or "")
     assert "a call of relu" in (entry.reason or "")  # why the next layer could not take it either
     assert torch.equal(result.model.get_parameter("conv.weight"), model.conv.weight)
     if lower:
@@ -93,24 +96,27 @@ def test_producer_feeding_a_residual_add_is_not_folded(lower: bool) -> None:
 
 
 def test_batchnorm_then_zero_padded_conv_is_not_folded_forward() -> None:
-    """Trap 6: the zero-padded border of the next conv would receive the BN's shift instead of zero."""
+    """The zero-padded border of the next conv would receive the BN's shift instead of zero."""
     model = prepared(nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, 5, 3, padding=1)))
     result = check_fold(model, (randn(2, 4, 6, 6),), remaining=1, lower_unfoldable=False)
     entry = result.report["0"]
     assert entry.action is Action.KEPT
-    assert "layer 1: the next conv pads with zeros (padding=(1, 1))" in (entry.reason or "")
+    assert (
+        "not into the next layer: layer 1: the conv pads with zeros (padding=(1, 1)), so its border would "
+        "receive the BN's shift instead of zero" in (entry.reason or "")
+    )
     assert torch.equal(result.model.get_parameter("1.weight"), model[1].weight)
 
 
 class BatchNormReLU(nn.BatchNorm2d):
-    """A BatchNorm2d subclass that also applies ReLU, as model libraries ship (trap 5)."""
+    """A BatchNorm2d subclass that also applies ReLU, as model libraries ship."""
 
     def forward(self, input: Tensor) -> Tensor:
         return torch.relu(super().forward(input))
 
 
 class BatchNormReLUIfPositive(nn.BatchNorm2d):
-    """A subclass whose extra behaviour depends on tensor values: torch.fx cannot trace it (trap 5)."""
+    """A subclass whose extra behaviour depends on tensor values: torch.fx cannot trace it."""
 
     def forward(self, input: Tensor) -> Tensor:
         output = super().forward(input)
@@ -124,7 +130,7 @@ class RenamedBatchNorm(nn.BatchNorm2d):
 
 
 def test_batchnorm_subclass_with_an_activation_folds_and_keeps_the_activation() -> None:
-    """Trap 5: matching on isinstance would fold away the ReLU. The subclass is traced through instead, so the
+    """Matching on isinstance would fold away the ReLU. The subclass is traced through instead, so the
     ReLU is a graph node of its own: the BN folds into the conv and the ReLU stays (outputs are negative
     without it: β and γ are random with both signs)."""
     model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormReLU(4)))
@@ -139,7 +145,7 @@ def test_batchnorm_subclass_with_an_activation_folds_and_keeps_the_activation() 
 
 
 def test_batchnorm_subclass_with_untraceable_forward_is_kept() -> None:
-    """Trap 5: when the subclass's forward cannot be traced, its behaviour cannot be proven: kept."""
+    """When the subclass's forward cannot be traced, its behaviour cannot be proven: kept."""
     layers = [nn.Conv2d(3, 4, 3), BatchNormReLUIfPositive(4), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2)]
     model = prepared(nn.Sequential(*layers))
     result = check_fold(model, (randn(2, 3, 6, 6),), remaining=1)
@@ -152,7 +158,7 @@ def test_batchnorm_subclass_with_untraceable_forward_is_kept() -> None:
 
 
 def test_batchnorm_subclass_with_plain_forward_folds() -> None:
-    """Trap 5: a subclass that does not override forward is plain BN and folds as a module."""
+    """A subclass that does not override forward is plain BN and folds as a module."""
     model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), RenamedBatchNorm(4)))
     result = check_fold(model, (randn(2, 3, 6, 6),), remaining=0)
     assert result.report["1"].action is Action.FOLDED_INTO_PREVIOUS
@@ -171,7 +177,7 @@ class TokenLinear(nn.Module):
 
 
 def test_linear_on_3d_input_then_batchnorm1d_is_not_folded() -> None:
-    """Trap 11: with L == features the shapes line up, but the BN's channel axis is not the Linear's."""
+    """With L == features the shapes line up, but the BN's channel axis is not the Linear's."""
     model = prepared(TokenLinear())
     result = check_fold(model, (randn(3, 4, 4),), remaining=0)
     entry = result.report["bn"]
@@ -180,7 +186,7 @@ def test_linear_on_3d_input_then_batchnorm1d_is_not_folded() -> None:
 
 
 def test_batchnorm1d_on_sequence_then_linear_is_not_folded_forward() -> None:
-    """Trap 11: BatchNorm1d over (N, C, L) followed by a Linear over L cannot fold into the Linear."""
+    """BatchNorm1d over (N, C, L) followed by a Linear over L cannot fold into the Linear."""
     model = prepared(nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 3)))
     result = check_fold(model, (randn(2, 5, 5),), remaining=1, lower_unfoldable=False)
     assert "the BN output is 3-D" in (result.report["0"].reason or "")
@@ -195,7 +201,7 @@ class StandardisedConv(nn.Conv2d):
 
 
 def test_conv_subclass_with_custom_forward_is_not_folded_into() -> None:
-    """Trap 5 (producer side): only exact layer types are folded into; a custom conv is traced through."""
+    """Only exact layer types are folded into; a custom conv is traced through."""
     model = prepared(nn.Sequential(StandardisedConv(3, 4, 3), nn.BatchNorm2d(4)))
     result = check_fold(model, (randn(2, 3, 6, 6),), remaining=1, lower_unfoldable=False)
     assert "a call of conv2d" in (result.report["1"].reason or "")
@@ -244,7 +250,9 @@ def test_batchnorm_then_conv_transpose_is_not_folded_forward() -> None:
     result = check_fold(model, (randn(2, 4, 5, 5),), remaining=0)
     entry = result.report["0"]
     assert entry.action is Action.LOWERED
-    assert "next: layer 1: a transposed conv sums a position-dependent subset" in (entry.reason or "")
+    assert "; not into the next layer: layer 1: a transposed conv sums a position-dependent subset" in (
+        entry.reason or ""
+    )
 
 
 class UnbatchedConvThenBatchNorm(nn.Module):
@@ -260,7 +268,7 @@ class UnbatchedConvThenBatchNorm(nn.Module):
 
 
 def test_unbatched_conv_then_batchnorm_is_not_folded_into_the_conv() -> None:
-    """Trap 11: with L == C_out the shapes line up, but the BN's axis 1 is L, not the conv's channels."""
+    """With L == C_out the shapes line up, but the BN's axis 1 is L, not the conv's channels."""
     model = prepared(UnbatchedConvThenBatchNorm())
     x = randn(3, 4)
     before, count_before = snapshot(model), batchnorm_count(model)
@@ -284,7 +292,7 @@ def test_unbatched_conv2d_then_batchnorm1d_is_lowered_not_folded() -> None:
 
 
 def test_batchnorm_then_unbatched_conv_is_not_folded_forward() -> None:
-    """Trap 11, forward: BatchNorm1d(4) on (4, L=4) normalises L, while the unbatched Conv1d(4, …) reads
+    """Folding forward: BatchNorm1d(4) on (4, L=4) normalises L, while the unbatched Conv1d(4, …) reads
     axis 0 as its channels."""
     model = prepared(nn.Sequential(nn.BatchNorm1d(4), nn.Conv1d(4, 2, 1)))
     x = randn(4, 4)

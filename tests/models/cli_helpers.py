@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bnfold.models.cli import main
+from bnfold.cli.dispatch import main
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Each bad input of issue 3: a one-line error naming the problem and the fix, exit ≠ 0, nothing left behind."""
+"""Each bad input of fold-and-export: a one-line error naming the problem and the fix, exit ≠ 0, nothing left behind."""
 
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from tests.models import tiny_nets
 from tests.models.cli_helpers import bnfold, repository_contents
 
 TINY = "tests/models/tiny_nets.py"
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fails_cleanly(ran_code: int, err: str, repository: Path, *fragments: str) -> None:
@@ -106,10 +109,33 @@ def test_output_directory_that_exists(capsys: pytest.CaptureFixture[str], tmp_pa
 
 
 def test_name_the_format_forbids(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A --name the format forbids is a usage error (exit 2), one line, before anything is written."""
     repository = tmp_path / "repo"
     ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--input-shape", "1,3,8,8",
                  "--name", "../escape", "--out", repository)  # fmt: skip
-    _fails_cleanly(ran.code, ran.err, repository, "model name '../escape' is not allowed")
+    assert ran.code == 2 and "Traceback" not in ran.err
+    assert ran.err.strip().splitlines() == [
+        "bnfold fold-and-export: argument --name: model name '../escape' is not allowed; use 1–64 letters, "
+        "digits, '_', '.', '-' starting with a letter or digit (see bnfold fold-and-export --help)"
+    ]
+    assert repository_contents(repository) == []
+
+
+def test_name_with_a_trailing_newline_is_refused_by_the_real_cli(tmp_path: Path) -> None:
+    """The whole name must match the rule: `re.match` with `$` would let "nl\\n" through."""
+    repository = tmp_path / "repo"
+    script = Path(sys.executable).with_name("bnfold")
+    done = subprocess.run(
+        [str(script), "fold-and-export", "--model", f"{TINY}:build", "--input-shape", "1,3,8,8",
+         "--name", "nl\n", "--out", str(repository)],
+        cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "bnfold fold-and-export: argument --name: model name 'nl\\n' is not allowed; use 1–64 letters, "
+        "digits, '_', '.', '-' starting with a letter or digit (see bnfold fold-and-export --help)"
+    ]
+    assert done.stdout == "" and repository_contents(repository) == []
 
 
 def test_failed_verification_names_the_excess_and_leaves_nothing(

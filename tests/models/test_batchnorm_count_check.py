@@ -1,4 +1,4 @@
-"""Verification rule 2 (review L1): unfolded.onnx must hold one BatchNormalization node per BN of the fold
+"""Verification rule 2: unfolded.onnx must hold one BatchNormalization node per BN of the fold
 report. An exporter that fused *some* BNs (not all) used to pass, since only "none left" was checked."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import torch
 from torch import Tensor, nn
 
 from bnfold.folding.onnx_fold import fold_onnx
-from bnfold.models import publish
-from bnfold.models.checks import count_batchnorm
 from bnfold.models.errors import VerificationError
-from bnfold.models.manifest import Candidate
+from bnfold.models.export import publish
+from bnfold.models.export.checks import count_batchnorm
+from bnfold.models.export.manifest import Candidate
+from bnfold.models.export.spec import LoadedModel
+from bnfold.models.export.torch_candidate import candidate_from_model
 from bnfold.models.progress import Progress
-from bnfold.models.spec import LoadedModel
-from bnfold.models.torch_candidate import candidate_from_model
 from tests.models.tiny_nets import randomise_batchnorm
 
 

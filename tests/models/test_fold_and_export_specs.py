@@ -187,6 +187,21 @@ def test_verify_catches_a_swapped_unfolded_graph(capsys: pytest.CaptureFixture[s
     assert "unfolded.onnx has 0 BatchNormalization nodes, model.json says 4" in ran.err
 
 
+def test_verify_refuses_an_unknown_fold_action(capsys: pytest.CaptureFixture[str], zoo_repository_copy: Path) -> None:
+    """A fold report entry whose action is not one of the report's actions is named, not counted as folded."""
+    entry = zoo_repository_copy / "digits_autoencoder"
+    manifest = _manifest(entry)
+    bn = manifest["fold_report"]["entries"][0]["bn"]
+    manifest["fold_report"]["entries"][0]["action"] = "merged"
+    (entry / "model.json").write_text(json.dumps(manifest))
+    ran = bnfold(capsys, "verify", entry)
+    assert ran.code == 1
+    assert ran.err.strip().splitlines() == [
+        f"bnfold verify: model.json's fold_report is malformed: unknown action 'merged' for {bn!r}; expected one of "
+        "['folded_into_previous', 'folded_into_next', 'lowered_to_scale_shift', 'kept']; rebuild the entry"
+    ]
+
+
 def test_build_default_reuses_a_valid_repository(capsys: pytest.CaptureFixture[str], zoo_repository_copy: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in zoo_repository_copy.rglob("*")}
     ran = bnfold(capsys, "build-default", "--out", zoo_repository_copy)

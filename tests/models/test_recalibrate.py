@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from bnfold.models.data import load_split
 from bnfold.models.recalibrate import recalibrate
-from bnfold.models.training import evaluate
-from bnfold.models.zoo import trained
+from bnfold.models.zoo.catalog import trained
+from bnfold.models.zoo.data import load_split
+from bnfold.models.zoo.training import evaluate
 from tests.models import tiny_nets
 from tests.models.cli_helpers import bnfold
 

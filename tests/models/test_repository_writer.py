@@ -10,7 +10,22 @@ import numpy as np
 import pytest
 
 from bnfold.models.errors import BadInputError, VerificationError
-from bnfold.models.repository import FORMAT, read_manifest, write_entry
+from bnfold.models.export.repository import FORMAT, read_manifest, write_entry
+
+
+def complete_manifest(name: str) -> dict[str, object]:
+    """A model.json with every field the contract's schema requires."""
+    variant = {"sha256": "0" * 64, "batchnorm_nodes": 0}
+    return {
+        "format": FORMAT,
+        "name": name,
+        "task": "regression",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+        "variants": {"unfolded": {"file": "unfolded.onnx", **variant}, "folded": {"file": "folded.onnx", **variant}},
+        "tolerance": {"atol": 1e-6, "rtol": 1e-5},
+        "calibration": {"file": "calibration.npz", "batch_size": 2},
+    }
 
 
 def test_failure_while_writing_leaves_nothing(tmp_path: Path) -> None:
@@ -22,7 +37,7 @@ def test_failure_while_writing_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_written_entry_is_complete_and_readable(tmp_path: Path) -> None:
-    manifest = {"format": FORMAT, "name": "whole"}
+    manifest = complete_manifest("whole")
     entry = write_entry(tmp_path, "whole", manifest, {"unfolded.onnx": b"u", "folded.onnx": b"f"},
                         {"input": np.zeros((2, 3), np.float32)})  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["whole"]
@@ -36,10 +51,12 @@ def test_written_entry_is_complete_and_readable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [('{"format": "other/2", "name": "e"}', "has format 'other/2', expected 'bnfold-repository/1'"),
-     (json.dumps({"format": FORMAT, "name": "x"}), "names the model 'x' but its directory is 'e'"),
+    [('{"format": "other/2", "name": "e"}', "format is 'other/2', expected 'bnfold-repository/1'"),
+     (json.dumps(complete_manifest("x")), "name 'x' differs from its directory 'e'"),
+     (json.dumps({**complete_manifest("e"), "task": "poetry"}), "is invalid at task: "),
+     (json.dumps({**complete_manifest("e"), "variants": {}}), "has no variant 'folded'"),
      ("{", "is not valid JSON")],
-    ids=["other_format", "name_mismatch", "bad_json"],
+    ids=["other_format", "name_mismatch", "bad_task", "no_variants", "bad_json"],
 )  # fmt: skip
 def test_reader_refusals(tmp_path: Path, content: str, message: str) -> None:
     entry = tmp_path / "e"

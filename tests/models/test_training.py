@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnfold.models import cache
-from bnfold.models.zoo import ZOO, trained
+from bnfold.models.zoo import cache
+from bnfold.models.zoo.catalog import ZOO, trained
 from tests.models.cli_helpers import bnfold
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def test_train_command_reads_the_cache(
 def test_verify_runs_without_torch(zoo_repository: Path) -> None:
     """`bnfold verify` needs only onnx, onnxruntime and numpy: torch is never imported."""
     script = (
-        "import sys; from bnfold.models.cli import main; code = main(['verify', sys.argv[1]]); "
+        "import sys; from bnfold.cli.dispatch import main; code = main(['verify', sys.argv[1]]); "
         "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
     )
     done = subprocess.run(

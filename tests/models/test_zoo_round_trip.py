@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from bnfold.models.data import load_split
-from bnfold.models.zoo import ZOO, trained
+from bnfold.models.zoo.catalog import ZOO, trained
+from bnfold.models.zoo.data import load_split
 
 CLASSIFIERS = [name for name, spec in ZOO.items() if spec.task == "classification"]
 

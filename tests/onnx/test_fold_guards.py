@@ -1,4 +1,6 @@
-"""fold_onnx never folds what it must not (issue 4, FOLDING_TRAPS 2–4, 6, 11), and says why."""
+"""fold_onnx never folds what it must not, and says why: batch statistics (training_mode), a producer also
+read elsewhere, a zero-padded next Conv, a channel axis that only lines up by shape, a weight shared by two
+nodes."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def _conv_bn(seed: int, **bn_attributes: Any) -> GraphBuilder:
 
 
 def test_training_mode_bn_is_kept_untouched() -> None:
-    """FOLDING_TRAPS 4: training_mode = 1 normalises with batch statistics; folding it is wrong."""
+    """training_mode = 1 normalises with batch statistics; folding it is wrong."""
     g = _conv_bn(seed=1, training_mode=1)
     g.nodes[-1].output.extend(["running_mean", "running_var"])
     model = g.model(15)
@@ -112,7 +114,7 @@ def test_statistics_computed_at_run_time_are_kept() -> None:
 
 
 def test_producer_output_with_another_consumer_is_not_folded_into() -> None:
-    """FOLDING_TRAPS 3: Conv feeding both the BN and a residual Add."""
+    """Conv feeding both the BN and a residual Add."""
     g = GraphBuilder(seed=7)
     g.node("Conv", [g.input("x", ["N", 4, 5, 5]), g.weight("w", (4, 4, 3, 3))], "z", pads=[1, 1, 1, 1])
     g.node("Add", [g.batchnorm("z", 4, "b"), "z"], "y")
@@ -121,7 +123,8 @@ def test_producer_output_with_another_consumer_is_not_folded_into() -> None:
     assert ops(result.model) == ["Conv", "Mul", "Add", "Add"]
     reason = result.report["bn_b"].reason
     assert reason is not None and reason.startswith(
-        "not into the previous layer: the output of Conv 'conv_z' is needed elsewhere: 'z' has 2 consumers, not one"
+        "not into the previous layer: the output of Conv 'conv_z' is needed elsewhere: 'z' has 2 consumers, not one; "
+        "folding would change what the other readers see; not into the next layer: "
     )
 
 
@@ -151,7 +154,7 @@ def test_bn_output_with_two_consumers_is_not_folded_forward() -> None:
     ids=["pads", "one_side", "same"],
 )
 def test_bn_then_padded_conv_is_not_folded_forward(padding: dict[str, object]) -> None:
-    """FOLDING_TRAPS 6: the zero-padded border would receive BN's shift."""
+    """The zero-padded border would receive BN's shift."""
     g = GraphBuilder(seed=10)
     g.batchnorm(g.input("x", ["N", 4, 5, 5]), 4, "h")
     g.node("Conv", ["h", g.weight("w", (3, 4, 3, 3))], "y", **padding)
@@ -159,7 +162,8 @@ def test_bn_then_padded_conv_is_not_folded_forward(padding: dict[str, object]) -
     result = fold_and_check(g.model(), g.feeds(), batchnorms_left=0)
     assert ops(result.model) == ["Mul", "Add", "Conv"]
     reason = str(result.report["bn_h"].reason)
-    assert "Conv 'conv_y' pads with zeros" in reason and "the border would get BN's shift" in reason
+    assert "not into the next layer: Conv 'conv_y' pads with zeros (auto_pad=" in reason
+    assert "so its border would receive the BN's shift instead of zero" in reason
 
 
 def test_bn_then_gemm_with_trans_a_is_not_folded_forward() -> None:
@@ -173,7 +177,7 @@ def test_bn_then_gemm_with_trans_a_is_not_folded_forward() -> None:
 
 
 def test_matmul_on_3d_input_is_not_folded() -> None:
-    """FOLDING_TRAPS 11: on (N, L, C) BN's channel axis 1 is L, not the MatMul's feature axis C."""
+    """On (N, L, C) BN's channel axis 1 is L, not the MatMul's feature axis C."""
     g = GraphBuilder(seed=12)
     g.node("MatMul", [g.input("x", ["N", 5, 6]), g.weight("w", (6, 4))], "z")
     g.batchnorm("z", 5, "y")
@@ -184,7 +188,7 @@ def test_matmul_on_3d_input_is_not_folded() -> None:
 
 
 def test_shared_weight_is_cloned_never_mutated() -> None:
-    """FOLDING_TRAPS 2: two Convs read one weight; only one is followed by a BN."""
+    """Two Convs read one weight; only one is followed by a BN."""
     g = GraphBuilder(seed=13)
     x = g.input("x", ["N", 3, 5, 5])
     g.weight("w", (4, 3, 3, 3))
@@ -275,7 +279,7 @@ def test_duplicate_node_names_get_distinct_report_entries() -> None:
 
 
 def test_weight_shared_by_two_conv_bn_pairs_gets_one_clone_per_site() -> None:
-    """FOLDING_TRAPS 2, fold per call site: each Conv gets its own fused copy of the shared weight."""
+    """Fold per call site: each Conv gets its own fused copy of the shared weight."""
     g = GraphBuilder(seed=21)
     x = g.input("x", ["N", 3, 5, 5])
     g.weight("w", (4, 3, 3, 3))

@@ -1,4 +1,5 @@
-"""fold_onnx folds every pattern of issue 4 on graphs built with onnx.helper, with random BN statistics."""
+"""fold_onnx folds every must-fold pattern of the ONNX engine (graphs built with onnx.helper, random BN
+statistics)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_conv_then_bn_folds_into_conv(opset: int, groups: int, bias: bool) -> No
     ("c_in", "c_out", "groups"), [(4, 6, 1), (4, 4, 2), (6, 6, 3), (4, 8, 4)], ids=["plain", "g2_square", "g3", "g4"]
 )
 def test_conv_transpose_then_bn_scales_output_channels_within_groups(c_in: int, c_out: int, groups: int) -> None:
-    """FOLDING_TRAPS 1: ConvTranspose weight is [C_in, C_out/groups, k…]; scaling axis 0 would pass when
+    """ConvTranspose weight is [C_in, C_out/groups, k…]; scaling axis 0 would pass when
     C_in == C_out and groups == 1 but corrupt grouped layers."""
     g = GraphBuilder(seed=c_in + c_out + groups)
     x = g.input("x", ["N", c_in, 5, 5])
@@ -63,7 +64,7 @@ def test_conv_transpose_then_bn_scales_output_channels_within_groups(c_in: int, 
 def test_gemm_then_bn_honours_trans_alpha_beta(
     trans_a: int, trans_b: int, alpha: float, beta: float, c_shape: tuple[int, ...] | None
 ) -> None:
-    """FOLDING_TRAPS 10: transB picks B's output axis, β scales C, α scales A·B."""
+    """transB picks B's output axis, β scales C, α scales A·B."""
     g = GraphBuilder(seed=trans_a * 2 + trans_b)
     a = g.input("a", [3, 4] if trans_a else [4, 3])  # A is (K, M) when transA = 1
     b = g.weight("b", (5, 3) if trans_b else (3, 5))
@@ -104,7 +105,7 @@ def test_matmul_add_then_bn_folds_into_both(bias_first: bool) -> None:
 
 @pytest.mark.parametrize(("groups", "stride"), [(1, 1), (2, 2), (4, 1)], ids=["plain", "g2_stride2", "depthwise"])
 def test_bn_then_unpadded_conv_folds_into_next(groups: int, stride: int) -> None:
-    """FOLDING_TRAPS 7: the next conv's weight is scaled on its input-channel axis, its bias gains Σ W·t."""
+    """The next conv's weight is scaled on its input-channel axis, its bias gains Σ W·t."""
     g = GraphBuilder(seed=10 + groups)
     g.batchnorm(g.input("x", ["N", 4, 6, 6]), 4, "h")
     g.node("Conv", ["h", g.weight("w", (8, 4 // groups, 3, 3))], "y", group=groups, strides=[stride, stride])

@@ -1,4 +1,4 @@
-"""fold_onnx rounds fused bfloat16/float16 tensors once (review L2): float64 → bfloat16 through float32
+"""fold_onnx rounds fused bfloat16/float16 tensors once: float64 → bfloat16 through float32
 (ml_dtypes' astype) rounds twice and can land one bfloat16 ulp off.
 
 The reference rounding is independent of numpy's and ml_dtypes' casts: frexp gives the significand, which

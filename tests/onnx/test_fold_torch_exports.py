@@ -96,3 +96,50 @@ def test_batch_statistics_bn_from_torch_is_kept() -> None:
     (entry,) = result.report
     assert entry.action is Action.KEPT and "is computed at run time, not a constant initializer" in str(entry.reason)
     _agree_with_torch(model, result.model, torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(2)))
+
+
+class _ResidualThenZeroPad(nn.Module):
+    """conv → bn → relu, plus a residual add of the conv's output (so the BN cannot go back), and a second
+    BN feeding a zero-padded conv (so it cannot go forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.pad = nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        z = torch.relu(self.bn(y)) + y
+        return self.pad(self.bn2(z))
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "kept"])
+def test_both_engines_word_the_same_refusals_alike(lower: bool) -> None:
+    """The PyTorch and the ONNX engine give the same fate and the same refusal wording (folding/plan.py)
+    for a BN whose producer is also read by a residual add and a BN before a zero-padded conv."""
+    from bnfold.folding import fold
+
+    torch.manual_seed(0)
+    model = _ResidualThenZeroPad()
+    randomise_batchnorm(model, seed=5)
+    model.eval()
+    example = torch.randn(2, 3, 8, 8)
+    by_torch = fold(model, (example,), lower_unfoldable=lower).report
+    by_onnx = fold_onnx(_export(model, example), lower_unfoldable=lower).report
+    assert len(by_torch) == len(by_onnx) == 2
+    action = Action.LOWERED if lower else Action.KEPT
+    phrases = [
+        ("not into the previous layer: the output of ", "is needed elsewhere: ", "; folding would change what "
+         "the other readers see; not into the next layer: "),
+        ("not into the next layer: ", " pads with zeros (", "), so its border would receive the BN's shift "
+         "instead of zero"),
+    ]  # fmt: skip
+    for torch_entry, onnx_entry, expected in zip(by_torch, by_onnx, phrases, strict=True):
+        for entry in (torch_entry, onnx_entry):
+            assert entry.action is action and entry.target is None
+            reason = entry.reason or ""
+            assert reason.startswith("not into the previous layer: ")
+            assert all(phrase in reason for phrase in expected), reason
+            assert reason.endswith("; not lowered: lowering is disabled") is not lower

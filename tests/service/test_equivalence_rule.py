@@ -1,4 +1,4 @@
-"""The service's equivalence rule equals the folding side's (folding/compare.py) on finite references."""
+"""The service's equivalence check reports the contract's rule (bnfold.contract.agreement) on finite references."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bnfold.folding.compare import Tolerance, discrepancy
+from bnfold.contract.agreement import Tolerance, discrepancy
 from bnfold.service.equivalence import compare
 
 ATOL, RTOL = 1e-6, 1e-5

@@ -1,11 +1,11 @@
-"""Non-finite numbers while serving (review H2 and L3).
+"""Non-finite numbers while serving: inconclusive checks, and no bare NaN/Infinity on the wire.
 
-H2: finite inputs near the float32 range overflow the unfolded graph (its Conv output, before the BN scales it
+Overflow: finite inputs near the float32 range overflow the unfolded graph (its Conv output, before the BN scales it
 down) while the folded one stays finite. Such a check is *inconclusive*: reported, counted on its own, never a
 mismatch and never a fail-over. A folded variant that goes non-finite where unfolded is finite is still a real
 mismatch.
 
-L3: no response body holds bare NaN/Infinity. A non-finite output goes binary when the client speaks the
+Strict JSON: no response body holds bare NaN/Infinity. A non-finite output goes binary when the client speaks the
 binary extension, else 422; non-finite figures (an infinite max |Δ|) are null in JSON and left out of the V2
 parameters.
 """
@@ -99,7 +99,7 @@ def test_overflowing_reference_is_inconclusive_not_a_mismatch(
     x = huge(rng)
     entry = repository / "overflow"
     folded, unfolded = run_directly(entry, "folded", x), run_directly(entry, "unfolded", x)
-    assert np.isfinite(folded).all() and not np.isfinite(unfolded).all()  # the scenario of H2
+    assert np.isfinite(folded).all() and not np.isfinite(unfolded).all()  # overflow in unfolded only
 
     response = post(server, "/v2/models/overflow/infer", json_request(x))
     assert response.status_code == 200, response.text
@@ -216,10 +216,20 @@ def test_compare_rule_for_non_finite_values() -> None:
     nan_ref = {"y": np.array([[np.nan, 2.0]], np.float32)}
     inf_ref = {"y": np.array([[np.inf, 2.0]], np.float32)}
     for reference in (nan_ref, inf_ref):
-        for candidate in (finite, reference):
-            result = compare(candidate, reference, 1e-5, 1e-4, classifier=True)
-            assert result.inconclusive and not result.agree and not result.mismatch
-            assert result.to_json()["agree"] is None and result.to_json()["inconclusive"] is True
+        result = compare(finite, reference, 1e-5, 1e-4, classifier=True)
+        assert result.inconclusive and not result.agree and not result.mismatch
+        assert result.to_json()["agree"] is None and result.to_json()["inconclusive"] is True
+        assert "no finite reference" in result.describe() and "index (0, 0)" in result.describe()
+        same = compare(reference, reference, 1e-5, 1e-4, classifier=True)  # identical values: no error there
+        assert same.agree and not same.inconclusive and not same.mismatch
+        assert same.to_json() == {
+            "agree": True,
+            "inconclusive": False,
+            "max_abs_diff": 0.0,
+            "max_rel_diff": 0.0,
+            "within_tolerance": True,
+            "argmax_agree": True,
+        }
     broken = compare(nan_ref, finite, 1e-5, 1e-4, classifier=False)
     assert broken.mismatch and not broken.inconclusive and broken.max_abs == float("inf")
     assert broken.to_json()["max_abs_diff"] is None and broken.to_json()["within_tolerance"] is False

@@ -40,7 +40,9 @@ from bnfold.service.settings import Settings
 app = create_app(Settings(repository={str(repository)!r}))
 plane = app.state.plane
 load_all(plane.registry, plane.settings)
-loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'folding', 'models'))
+forbidden = ('torch', 'onnx', 'onnxscript', 'onnx_ir', 'bnfold.folding', 'bnfold.models', 'bnfold.cli')
+loaded = sorted(m for m in sys.modules if any(m == f or m.startswith(f + '.') for f in forbidden))
+assert 'bnfold.service.app' in sys.modules and 'bnfold.contract' in sys.modules  # the check looks at real names
 print(json.dumps({{"ready": plane.registry.models["digits"].state, "loaded": loaded}}))
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -59,6 +61,7 @@ def serve_process(repository: Path) -> Iterator[str]:
     """`bnfold serve` with the repository from BNFOLD_REPOSITORY and host/port from flags."""
     port = free_port()
     env = {**os.environ, "BNFOLD_REPOSITORY": str(repository), "BNFOLD_EQUIVALENCE_POLICY": "always"}
+    env["BNFOLD_GRPC_PORT"] = "0"  # HTTP only here (tests/service/test_grpc_process.py serves gRPC)
     command = [str(BNFOLD), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

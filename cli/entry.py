@@ -1,0 +1,66 @@
+"""`bnfold verify REPO_DIR/NAME` and `bnfold inspect REPO_DIR/NAME`; they need no torch.
+
+verify re-runs every check of models/export/entry_check.py and prints one line per passed check (exit 1 and one
+line naming the failed check otherwise); inspect shows the fold report of model.json as a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from bnfold.cli.support import OneLineParser, run, stdout_console
+from bnfold.models.export.entry_check import verify_entry
+from bnfold.models.export.repository import read_manifest
+
+
+def _entry_parser(prog: str, description: str) -> OneLineParser:
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("entry", type=Path, metavar="REPO_DIR/NAME", help="a repository entry")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    return parser
+
+
+def verify_main(argv: Sequence[str]) -> int:
+    args = _entry_parser("verify", "Re-run the checks of a repository entry.").parse_args(list(argv))
+
+    def work() -> dict[str, Any]:
+        result = verify_entry(args.entry)
+        return {"ok": True, "entry": str(result.entry), "passed": result.passed, "max_abs_error": result.max_abs_error}
+
+    return run("verify", work, as_json=args.json, show=_show_verified)
+
+
+def _show_verified(result: dict[str, Any]) -> None:
+    for line in result["passed"]:
+        print(f"✓ {line}")
+    print(f"{result['entry']}: verified")
+
+
+def inspect_main(argv: Sequence[str]) -> int:
+    args = _entry_parser("inspect", "Show the fold report of a repository entry.").parse_args(list(argv))
+    return run("inspect", lambda: read_manifest(args.entry), as_json=args.json, show=_show_report)
+
+
+def _show_report(manifest: dict[str, Any]) -> None:
+    report = manifest["fold_report"]
+    table = Table(title=f"{manifest['name']}: {report['summary']}")
+    for column in ("BatchNorm", "action", "into", "reason", "max |Δ|"):
+        table.add_column(column, overflow="fold")
+    for entry in report["entries"]:
+        error = entry.get("max_error")
+        table.add_row(entry["bn"], entry["action"], entry.get("target") or "—", entry.get("reason") or "—",
+                      "—" if error is None else f"{error:.2e}")  # fmt: skip
+    console = stdout_console()
+    console.print(table)
+    variants = manifest["variants"]
+    console.print(
+        f"BatchNormalization nodes: unfolded {variants['unfolded']['batchnorm_nodes']}, "
+        f"folded {variants['folded']['batchnorm_nodes']}; end-to-end max |Δ| {report.get('max_output_error')}; "
+        f"tolerance {manifest['tolerance']}; source {manifest['provenance']['source']}"
+    )
+    for note in manifest.get("notes", []):
+        console.print(f"note: {note}")

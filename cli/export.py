@@ -1,0 +1,130 @@
+"""`bnfold fold-and-export` and `bnfold build-default`.
+
+    bnfold fold-and-export --model SPEC [--weights FILE] [--input-shape 1,3,32,32] [--name NAME]
+                           [--task classification|regression|reconstruction] --out REPO_DIR [--json]
+    bnfold build-default --out REPO_DIR [--json]
+
+Progress goes to stderr; the summary (or with --json a machine-readable one) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from bnfold.cli.support import OneLineParser, run, stdout_console
+from bnfold.contract.errors import ContractError
+from bnfold.contract.layout import check_name
+from bnfold.models.errors import BadInputError
+from bnfold.models.progress import Progress
+
+TASKS = ("classification", "regression", "reconstruction")
+
+
+def _fold_and_export_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog="fold-and-export", description="Fold a model's BatchNorms and write a repository entry."
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="zoo:NAME, path/to/net.py:build, package.module:build, model.pt2 or model.onnx",
+    )
+    parser.add_argument("--weights", type=Path, help="a state_dict file, read with torch.load(weights_only=True)")
+    parser.add_argument("--input-shape", metavar="1,3,32,32", help="input shape (leading batch size is ignored)")
+    parser.add_argument("--name", type=_entry_name, help="entry name (default: from the SPEC)")
+    parser.add_argument("--task", choices=TASKS, help="how the service compares variants (default: regression)")
+    parser.add_argument("--atol", type=float, help="equivalence tolerance: absolute part (default 1e-6 for float32)")
+    parser.add_argument("--rtol", type=float, help="equivalence tolerance: part relative to max|reference| (1e-5)")
+    parser.add_argument("--out", type=Path, required=True, metavar="REPO_DIR", help="the model repository")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    return parser  # fmt: skip
+
+
+def _entry_name(value: str) -> str:
+    """--name as the repository format allows it (a usage error otherwise)."""
+    try:
+        check_name(value)
+    except ContractError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def fold_and_export_main(argv: Sequence[str]) -> int:
+    args = _fold_and_export_parser().parse_args(list(argv))
+    progress = Progress(quiet=args.json)
+
+    def work() -> Any:
+        from bnfold.models.export.fold_and_export import fold_and_export
+
+        return fold_and_export(
+            args.model,
+            out=args.out,
+            name=args.name,
+            weights=args.weights,
+            input_shape=args.input_shape,
+            task=args.task,
+            tolerance=_tolerance(args.atol, args.rtol),
+            progress=progress,
+        )
+
+    return run("fold-and-export", work, as_json=args.json, show=_show_export)
+
+
+def _tolerance(atol: float | None, rtol: float | None) -> tuple[float, float] | None:
+    """(atol, rtol) when either is given (the other then defaults to float32's), else None."""
+    if atol is None and rtol is None:
+        return None
+    chosen = (1e-6 if atol is None else atol, 1e-5 if rtol is None else rtol)
+    if not all(0.0 <= value < float("inf") for value in chosen):
+        raise BadInputError(f"--atol/--rtol must be finite and ≥ 0, got {chosen}")
+    return chosen
+
+
+def _show_export(summary: Any) -> None:
+    errors = ", ".join(f"{variant} {value:.2e}" for variant, value in summary.max_abs_error.items())
+    print(f"wrote {summary.path}: {summary.fold_summary}; BatchNormalization nodes unfolded "
+          f"{summary.batchnorm_nodes['unfolded']}, folded {summary.batchnorm_nodes['folded']}; "
+          f"max |Δ| vs {summary.reference}: {errors}")  # fmt: skip
+    for note in summary.notes:
+        print(f"note: {note}")
+
+
+def build_default_main(argv: Sequence[str]) -> int:
+    parser = OneLineParser(prog="build-default", description="Build (or reuse) the default repository: the zoo.")
+    parser.add_argument("--out", type=Path, required=True, metavar="REPO_DIR", help="the model repository")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    args = parser.parse_args(list(argv))
+    progress = Progress(quiet=args.json)
+
+    def work() -> Any:
+        from bnfold.models.zoo.default_repository import build_default
+
+        entries = build_default(args.out, progress=progress)
+        return {"ok": True, "repository": str(args.out), "models": [entry.to_json() for entry in entries]}
+
+    return run("build-default", work, as_json=args.json, show=_show_default)
+
+
+def _show_default(result: dict[str, Any]) -> None:
+    models = result["models"]
+    if all(model["status"] == "reused" for model in models):
+        print(f"{result['repository']}: already built and valid ({len(models)} models); nothing to do")
+        return
+    table = Table(title=f"default repository {result['repository']}")
+    for column in ("model", "status", "fold", "metrics", "train s", "fold+export s"):
+        table.add_column(column)
+    for model in models:
+        metrics = ", ".join(f"{key} {value:.4g}" for key, value in model["metrics"].items())
+        train, export = _seconds(model["train_seconds"], "cached"), _seconds(model["export_seconds"], "reused")
+        table.add_row(model["name"], model["status"], model["fold_summary"], metrics, train, export)
+    stdout_console().print(table)
+
+
+def _seconds(value: float | None, missing: str) -> str:
+    return missing if value is None else f"{value:.1f}"

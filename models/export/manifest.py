@@ -1,0 +1,92 @@
+"""Build model.json (docs/repository-format.md) from a verified candidate through the contract's schema
+(bnfold.contract.manifest), so the writer cannot write what the readers refuse; no torch needed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bnfold.contract.datatypes import v2_name
+from bnfold.contract.errors import ContractError
+from bnfold.contract.hashing import sha256_bytes
+from bnfold.contract.layout import CALIBRATION_FILE, FOLDED_FILE, FORMAT, UNFOLDED_FILE
+from bnfold.contract.manifest import Manifest
+
+
+@dataclass
+class Candidate:
+    """Everything a repository entry holds, before it is verified and written."""
+
+    source: str
+    task: str
+    inputs: dict[str, NDArray[Any]]  # name → calibration batch
+    output_names: list[str]
+    reference: list[NDArray[Any]] | None  # outputs of the PyTorch model on the calibration batch
+    unfolded: bytes
+    folded: bytes
+    fold_report: dict[str, Any]
+    tolerance: dict[str, float]
+    weights_sha256: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _v2(dtype: np.dtype[Any]) -> str:
+    try:
+        return v2_name(dtype)
+    except ContractError as error:
+        raise ValueError(str(error)) from None
+
+
+def tensor_spec(name: str, array: NDArray[Any]) -> dict[str, Any]:
+    """{name, datatype, shape} with -1 for the dynamic batch axis 0."""
+    return {"name": name, "datatype": _v2(array.dtype), "shape": [-1, *array.shape[1:]]}
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of bnfold and the libraries that shaped the files."""
+    found = {}
+    for package in ("bnfold", "torch", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def build_manifest(
+    name: str, candidate: Candidate, outputs: list[NDArray[Any]], batchnorm_nodes: dict[str, int]
+) -> dict[str, Any]:
+    """model.json for `candidate`; `outputs` are the unfolded graph's outputs (for output dtypes and shapes).
+    Validated by the contract's schema (pydantic ValidationError if a field is of the wrong type)."""
+    document = {
+        "format": FORMAT,
+        "name": name,
+        "task": candidate.task,
+        "inputs": [tensor_spec(key, value) for key, value in candidate.inputs.items()],
+        "outputs": [tensor_spec(key, value) for key, value in zip(candidate.output_names, outputs, strict=True)],
+        "variants": {
+            variant: {"file": file_name, "sha256": sha256_bytes(data), "batchnorm_nodes": batchnorm_nodes[variant]}
+            for variant, file_name, data in (
+                ("unfolded", UNFOLDED_FILE, candidate.unfolded),
+                ("folded", FOLDED_FILE, candidate.folded),
+            )
+        },
+        "tolerance": candidate.tolerance,
+        "calibration": {"file": CALIBRATION_FILE, "batch_size": len(next(iter(candidate.inputs.values())))},
+        "fold_report": candidate.fold_report,
+        "provenance": {
+            "source": candidate.source,
+            "weights_sha256": candidate.weights_sha256,
+            "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "versions": versions(),
+        },
+        "metrics": candidate.metrics,
+        "notes": candidate.notes,
+    }
+    return Manifest.model_validate(document).to_json()

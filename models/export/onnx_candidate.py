@@ -1,0 +1,116 @@
+"""Candidates folded on the ONNX side with `folding.onnx_fold.fold_onnx`: `.onnx` files and `.pt2` archives.
+
+- `model.onnx`: unfolded.onnx is the input file as given; folded.onnx is fold_onnx's result. There is no
+  PyTorch model, so both variants are checked against the unfolded graph run in onnxruntime. Axis 0 of
+  every input must be dynamic (the repository's batch axis); the calibration batch is 16 seeded
+  standard-normal samples per float input, shaped by the graph's static dims (or --input-shape).
+- `model.pt2` (torch.export archive): the archive's graph is fixed (it cannot be put back into eval mode
+  nor re-traced into modules), so it is exported to ONNX as it is and folded with fold_onnx; the reference
+  is the archive's own module run by PyTorch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from numpy.typing import NDArray
+
+from bnfold.contract.agreement import Tolerance
+from bnfold.folding.onnx_fold import fold_onnx
+from bnfold.models.errors import BadInputError
+from bnfold.models.export.manifest import Candidate
+from bnfold.models.export.spec import LoadedModel, parse_shape, random_batch
+from bnfold.models.export.torch_candidate import NO_BATCHNORM_NOTE, quiet_export
+from bnfold.models.progress import Progress
+
+FLOAT_TYPES: dict[int, type[np.floating[Any]]] = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+}
+
+
+def candidate_from_onnx(path: Path, weights: Path | None, input_shape: str | None, progress: Progress) -> Candidate:
+    """Fold an ONNX file; both variants are compared with the file itself in onnxruntime."""
+    if weights is not None:
+        raise BadInputError("an ONNX file carries its own weights; drop --weights")
+    if not path.is_file():
+        raise BadInputError(f"ONNX file {path} not found; check the path in --model")
+    data = path.read_bytes()
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:
+        raise BadInputError(f"{path} is not an ONNX model (cannot parse it); give a .onnx file") from None
+    inputs = {value.name: _calibration_input(value, input_shape) for value in _real_inputs(model)}
+    return _fold(data, model, inputs, None, str(path), None, progress)
+
+
+def candidate_from_archive(loaded: LoadedModel, progress: Progress) -> Candidate:
+    """Export a torch.export archive's module as it is, then fold the ONNX graph."""
+    for module in loaded.module.modules():
+        module.training = False  # the archive's graph is fixed; the flag only silences export's mode check
+    with progress.step("exporting unfolded.onnx"):
+        data = quiet_export(loaded.module, (loaded.calibration,), loaded.output_names, loaded.input_name)
+    with torch.no_grad():
+        output = loaded.module(loaded.calibration)
+    outputs = list(output) if isinstance(output, tuple | list) else [output]
+    reference = [value.detach().numpy() for value in outputs]
+    inputs = {loaded.input_name: loaded.calibration.numpy()}
+    model = onnx.load_from_string(data)
+    return _fold(data, model, inputs, reference, loaded.source, loaded.weights_sha256, progress)
+
+
+def _fold(
+    data: bytes,
+    model: onnx.ModelProto,
+    inputs: dict[str, NDArray[Any]],
+    reference: list[NDArray[Any]] | None,
+    source: str,
+    weights_sha256: str | None,
+    progress: Progress,
+) -> Candidate:
+    with progress.step("folding (ONNX)"):
+        result = fold_onnx(model, inputs)
+    notes = [NO_BATCHNORM_NOTE] if result.report.total == 0 else []
+    folded = data if result.report.total == 0 else result.model.SerializeToString()
+    dtype = str(next(iter(inputs.values())).dtype)
+    return Candidate(
+        source=source,
+        task="regression",
+        inputs=inputs,
+        output_names=[output.name for output in model.graph.output],
+        reference=reference,
+        unfolded=data,
+        folded=folded,
+        fold_report=result.report.to_json(),
+        tolerance=Tolerance.for_dtype(dtype).to_json(),
+        weights_sha256=weights_sha256,
+        notes=notes,
+    )
+
+
+def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (IR < 4 lists initializers as inputs too)."""
+    initializers = {initializer.name for initializer in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def _calibration_input(value: onnx.ValueInfoProto, input_shape: str | None) -> NDArray[Any]:
+    tensor = value.type.tensor_type
+    if tensor.elem_type not in FLOAT_TYPES:
+        raise BadInputError(f"input {value.name!r} is not float32/float64; fold-and-export calibrates float inputs")
+    dims = tensor.shape.dim
+    if not dims or dims[0].HasField("dim_value"):
+        raise BadInputError(
+            f"input {value.name!r} has no dynamic batch axis 0; re-export the model with a dynamic batch dimension"
+        )
+    if input_shape is not None:
+        shape = parse_shape(input_shape)
+    elif all(dim.HasField("dim_value") for dim in dims[1:]):
+        shape = (1, *(dim.dim_value for dim in dims[1:]))
+    else:
+        raise BadInputError(f"input {value.name!r} has symbolic dims besides the batch; pass --input-shape")
+    return random_batch(shape).numpy().astype(FLOAT_TYPES[tensor.elem_type])
