@@ -9,7 +9,7 @@ PORT ?= 8000
 # The CPU build of torch lies on some machines' disk; use it when it is there.
 PIP_LOCAL := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: serve test lint typecheck pytest repository bench clean deploy-tools screenshots
+.PHONY: serve test lint typecheck pytest repository bench bench-peers clean deploy-tools screenshots
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ screenshots: $(BIN)/.installed deploy-tools
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run_all
+
+## bnfold beside the bare ASGI floor, a naive FastAPI server, KServe and MLServer (needs wrk: apt-get install -y wrk;
+## KServe and MLServer get virtualenvs of their own under ~/.cache/bnfold/peers on first run).
+bench-peers: repository
+	$(BIN)/python -m bench.peers --repository $(REPOSITORY)
 
 clean:
 	rm -rf $(VENV) $(REPOSITORY) .mypy_cache .ruff_cache .pytest_cache .hypothesis

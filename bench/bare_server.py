@@ -2,7 +2,7 @@
 
     python -m bench.bare_server --port 8001
 
-uvicorn with the same defaults as `bnfold serve` (loop and HTTP implementation `auto`, log level warning); the
+uvicorn on the same stack as `bnfold serve` (bnfold.service.server_stack: uvloop + httptools), log level warning; the
 handler reads the whole body and answers a fixed small JSON with its Content-Length (as a Starlette Response
 of the service does).
 """
@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+
+from bnfold.service.server_stack import fast_stack
 
 ANSWER = b'{"ok":true}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
@@ -36,7 +38,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     arguments = parser.parse_args()
-    uvicorn.run(bare_post_handler, host=arguments.host, port=arguments.port, log_level="warning")
+    stack = fast_stack()
+    uvicorn.run(
+        bare_post_handler,
+        host=arguments.host,
+        port=arguments.port,
+        log_level="warning",
+        loop=stack.loop,
+        http=stack.http,
+    )
 
 
 if __name__ == "__main__":

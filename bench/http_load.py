@@ -70,11 +70,27 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 def server_cpu_seconds(pid: int | None) -> float | None:
-    """utime + stime of a process from /proc/<pid>/stat, in seconds."""
+    """utime + stime of a process and of all its live descendants (the workers of a multi-process server), from
+    /proc/<pid>/stat, in seconds."""
     if pid is None:
         return None
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while /proc was read
+            continue
+        child = int(stat.parent.name)
+        parents[child], ticks[child] = int(fields[1]), int(fields[11]) + int(fields[12])
+    if pid not in ticks:
+        raise RuntimeError(f"server process {pid} is gone")
+    tree, grown = {pid}, True
+    while grown:
+        before = len(tree)
+        tree |= {child for child, parent in parents.items() if parent in tree}
+        grown = len(tree) > before
+    return sum(ticks[member] for member in tree) / os.sysconf("SC_CLK_TCK")
 
 
 class _Recorder:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,30 +49,49 @@ def _get_status(port: int, path: str) -> int | None:
 
 @contextmanager
 def running(command: list[str], port: int, ready_path: str, env: dict[str, str], timeout: float) -> Iterator[Server]:
-    """Start `command`, wait until GET ready_path answers (200, or any status for the bare server), stop it."""
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        while (status := _get_status(port, ready_path)) is None or (ready_path != "/" and status != 200):
-            if process.poll() is not None or time.monotonic() > deadline:
-                error = process.stderr.read().decode()[-2000:] if process.stderr else ""
-                raise RuntimeError(f"server {command[:3]} did not become ready: {error}")
-            time.sleep(0.05)
-        yield Server(port, process.pid)
-    finally:
-        process.terminate()
-        process.communicate(timeout=60)
+    """Start `command`, wait until GET ready_path answers (200, or any status for the bare server), stop it.
+
+    The server's output goes to a temporary file, not a pipe: a server that logs every request (an access log)
+    would otherwise block once the pipe is full."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while (status := _get_status(port, ready_path)) is None or (ready_path != "/" and status != 200):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output.seek(0)
+                    error = output.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"server {command[:3]} did not become ready: {error}")
+                time.sleep(0.05)
+            yield Server(port, process.pid)
+        finally:
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM, then (a server whose graceful shutdown hangs, as MLServer's can) SIGKILL to its whole process
+    group: the server was started in a session of its own, so the group is it and its workers."""
+    process.terminate()
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
 
 
 @contextmanager
 def bnfold_serve(repository: Path, **settings: str) -> Iterator[Server]:
-    """`bnfold serve` on the repository with BNFOLD_<NAME>=value settings, log level warning; gRPC on a free
+    """`bnfold serve` on the repository with BNFOLD_<NAME>=value settings; log level warning unless `log_level`
+    is one of them (info, the default of `bnfold serve`, writes an access log line per request); gRPC on a free
     port of its own (several servers run at once)."""
     port = free_port()
     settings = {"grpc_port": str(free_port()), **settings}
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
+    settings = {"log_level": "warning", **settings}
     env = {**clean, "BNFOLD_REPOSITORY": str(repository), **{f"BNFOLD_{k.upper()}": v for k, v in settings.items()}}
-    command = [str(BIN / "bnfold"), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command = [str(BIN / "bnfold"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     with running(command, port, "/v2/health/ready", env, timeout=300) as server:
         yield Server(server.port, server.pid, int(settings["grpc_port"]) or None)
 

@@ -85,14 +85,15 @@ def check_answers(port: int, requests: ModelRequests, grpc_port: int | None = No
         status, body = send_once(port, request)
         if status != 200:
             raise RuntimeError(f"{requests.model} {kind}: status {status}: {body[:300]!r}")
-        np.testing.assert_allclose(_first_output(body, kind), expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(first_output(body, kind), expected, rtol=1e-4, atol=1e-5)
     if grpc_port is not None:
         response = infer_once(grpc_port, requests.grpc)
         output = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(response.outputs[0].shape)
         np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
 
 
-def _first_output(body: bytes, kind: str) -> np.ndarray:
+def first_output(body: bytes, kind: str) -> np.ndarray:
+    """The first output tensor of a V2 answer, JSON or binary."""
     if kind == "json":
         output = json.loads(body)["outputs"][0]
         return np.asarray(output["data"], np.float32).reshape(output["shape"])

@@ -1,4 +1,5 @@
-"""`bnfold serve`: parse flags (each also readable from BNFOLD_<NAME>), build the app, run uvicorn.
+"""`bnfold serve`: parse flags (each also readable from BNFOLD_<NAME>), build the app, run uvicorn (on uvloop +
+httptools, see server_stack).
 
 Imports neither torch nor folding, so it runs in the serving-only environment.
 """
@@ -50,11 +51,16 @@ def load_settings(argv: list[str]) -> Settings:
 def serve_main(argv: list[str]) -> int:
     """Entry point of `bnfold serve`: returns the process exit code."""
     from bnfold.service.grpc_v2.server import GrpcPortError, create_server
+    from bnfold.service.server_stack import fast_stack
 
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stack = fast_stack(settings.http_protocol)
+    logging.getLogger("bnfold.service").info(
+        "bnfold serve on http://%s:%d (%s)", settings.host, settings.port, stack.describe()
+    )
     try:
-        server = create_server(settings)
+        server = create_server(settings, loop=stack.loop)  # the HTTP parser follows settings.http_protocol
         server.run()  # HTTP, and gRPC on --grpc-port unless 0
     except GrpcPortError as error:
         print(f"bnfold serve: {error}", file=sys.stderr)

@@ -1,0 +1,59 @@
+"""Virtualenvs of the peer servers (KServe, MLServer), created on first use under a cache directory.
+
+Their pins conflict with bnfold's (and with each other's), so each gets its own environment:
+
+    <cache>/kserve/     pip install kserve==KSERVE onnxruntime
+    <cache>/mlserver/   pip install mlserver==MLSERVER onnxruntime
+
+<cache> is $BNFOLD_PEERS_CACHE, else ~/.cache/bnfold/peers. An environment is reused while its marker file
+(the exact requirement list it was built from) matches; otherwise it is rebuilt.
+
+    python -m bench.peer_envs            build both now (what bench.peers does first)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+KSERVE = "0.21.0"
+MLSERVER = "1.7.1"
+REQUIREMENTS = {
+    "kserve": [f"kserve=={KSERVE}", "onnxruntime", "numpy"],
+    # uvloop 0.22 made asyncio.get_event_loop() raise outside a running loop, which MLServer 1.7.1's parallel
+    # inference workers call at start-up: they die at once on a newer uvloop.
+    "mlserver": [f"mlserver=={MLSERVER}", "uvloop==0.21.0", "onnxruntime", "numpy"],
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BNFOLD_PEERS_CACHE") or Path.home() / ".cache" / "bnfold" / "peers")
+
+
+def python_of(name: str) -> Path:
+    """The interpreter of peer `name`'s environment, building the environment when missing or stale."""
+    home = cache_dir() / name
+    marker = home / "bnfold-requirements.txt"
+    wanted = "\n".join(REQUIREMENTS[name]) + "\n"
+    python = home / "bin" / "python"
+    if marker.is_file() and marker.read_text() == wanted and python.is_file():
+        return python
+    shutil.rmtree(home, ignore_errors=True)
+    print(f"creating the {name} virtualenv under {home} (first run only)…", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"]
+    subprocess.run([*pip, *REQUIREMENTS[name]], check=True)
+    marker.write_text(wanted)
+    return python
+
+
+def main() -> None:
+    for name in REQUIREMENTS:
+        print(name, python_of(name))
+
+
+if __name__ == "__main__":
+    main()
