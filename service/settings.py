@@ -62,6 +62,15 @@ class Settings(BaseSettings):
         "all", description="onnxruntime graph optimisation of the folded variant (unfolded always 'disable')."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    repository_poll_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        description="Every this many seconds, load new or changed repository entries and unload removed ones "
+        "(0: off; POST /v2/repository/models/{m}/load and …/unload still work).",
+    )
+    load_timeout_seconds: float = Field(
+        120.0, gt=0.0, description="A model whose load takes longer is refused with that reason; others go on."
+    )
 
     @field_validator("repository")
     @classmethod
