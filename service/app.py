@@ -1,7 +1,9 @@
 """The app factory: `create_app(settings)` wires registry, data plane, metrics, routes and error handlers.
 
-Models load in the lifespan, in a worker thread started at startup: the server is live at once and
-ready (GET /v2/health/ready → 200) when loading ends. Every error response is {"error": "<message>"}.
+Models load in the lifespan, each in a thread of its own (service.control): the server is live at once and
+ready (GET /v2/health/ready → 200) when the startup loading ends; then, with BNFOLD_REPOSITORY_POLL_SECONDS
+set, the repository is polled for new, changed and removed entries. Every error response is
+{"error": "<message>"}.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from bnfold.service.auth import bearer_guard
+from bnfold.service.control import RepositoryControl
 from bnfold.service.dataplane import DataPlane
 from bnfold.service.edge import error_response
 from bnfold.service.errors import BadRequestError, ServiceError
+from bnfold.service.extension_routes import extension_router
 from bnfold.service.fast_infer import FastInferMiddleware
-from bnfold.service.loader import load_all
 from bnfold.service.metadata import SERVER_VERSION
 from bnfold.service.metrics import ServiceMetrics
 from bnfold.service.model import Registry
@@ -40,16 +42,20 @@ def create_app(settings: Settings) -> FastAPI:
     """A FastAPI app serving the repository of `settings`; nothing is loaded until its lifespan starts."""
     metrics = ServiceMetrics()
     plane = DataPlane(Registry(discover(settings.repository)), settings, metrics)
+    control = RepositoryControl(plane)
     app = FastAPI(
         title="bnfold inference service",
         version=SERVER_VERSION,
-        lifespan=partial(_lifespan, plane=plane),
+        lifespan=partial(_lifespan, control=control),
         docs_url=None,
         redoc_url=None,
     )
     app.state.plane = plane
+    app.state.control = control
+    guard = bearer_guard(settings.api_key)
     app.include_router(public_router(plane))
-    app.include_router(protected_router(plane, bearer_guard(settings.api_key)))
+    app.include_router(extension_router(control, guard))  # before /v2/models/{model}: /v2/models/stats
+    app.include_router(protected_router(plane, guard))
     app.include_router(ui_router(plane))  # /ui pages: their own key check (cookie or bearer), own counter
     _add_error_handlers(app)
     _describe_infer_routes(app)
@@ -58,19 +64,18 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI, plane: DataPlane) -> AsyncIterator[None]:
-    task = asyncio.create_task(_load(plane))
+async def _lifespan(app: FastAPI, control: RepositoryControl) -> AsyncIterator[None]:
+    task = asyncio.create_task(_serve_repository(control))
     yield
     task.cancel()
 
 
-async def _load(plane: DataPlane) -> None:
-    await anyio.to_thread.run_sync(load_all, plane.registry, plane.settings, plane.metrics, abandon_on_cancel=True)
-    metrics = plane.metrics
-    for model in plane.registry.models.values():
-        metrics.model_ready.labels(model.name).set(model.state == "ready")
-        for family in (metrics.checks, metrics.mismatches, metrics.inconclusive, metrics.failovers, metrics.degraded):
-            family.labels(model.name)  # every model shows its zero counts from the start
+async def _serve_repository(control: RepositoryControl) -> None:
+    """Load what the repository holds, then (if enabled) keep polling it."""
+    await control.startup()
+    seconds = control.plane.settings.repository_poll_seconds
+    if seconds > 0:
+        await control.poll_forever(seconds)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -22,17 +22,18 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import anyio.to_thread
 import numpy as np
 
-from bnfold.service.runtime import SessionRunner, Tensors
+from bnfold.service.runtime import SessionRunner, Tensors, rows_of
+from bnfold.service.usage import VersionUsage
 
 # (input name, dtype, shape without axis 0) per input, in name order; None when the call cannot be merged.
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 BatchObserver = Callable[[int, int], None]  # (requests merged, samples) of one run
-RunFunction = Callable[[Mapping[str, np.ndarray]], Tensors]
 
 
 @dataclass
@@ -41,6 +42,16 @@ class _Call:
     rows: int
     signature: Signature | None
     future: asyncio.Future[Tensors] = field(repr=False)
+    queued_ns: int = 0
+
+
+@dataclass
+class _RunReport:
+    """Timings of one dispatched batch, measured in its thread and recorded into usage on the loop."""
+
+    started_ns: int  # run slot, gate and thread obtained: the calls' queueing ends here
+    executions: list[tuple[int, int, int, int]] = field(default_factory=list)  # rows, merge, run, split ns
+    call_infer_ns: dict[int, int] = field(default_factory=dict)  # index of a call that succeeded -> run ns
 
 
 def signature_of(inputs: Mapping[str, np.ndarray]) -> tuple[Signature | None, int]:
@@ -81,6 +92,8 @@ class BatchingRunner:
         self.max_delay = max_batch_delay_ms / 1000.0
         self.run_slots = max(1, run_slots)
         self.observe = observe or (lambda requests, rows: None)
+        self.usage: VersionUsage | None = None  # per-version statistics (service.usage), set by the loader
+        self._closed = False
         self._queue: deque[_Call] = deque()
         self._arrived: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -92,11 +105,24 @@ class BatchingRunner:
 
     def run_inline(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """Unbatched run on the calling thread, bypassing the queue (for runs within the inline budget)."""
-        return self.inner.run_inline(inputs)
+        if self.usage is None:
+            return self.inner.execute(inputs)
+        start = time.perf_counter_ns()
+        outputs = self.inner.execute(inputs)
+        self.usage.record_alone(rows_of(inputs), 0, time.perf_counter_ns() - start)
+        return outputs
+
+    def close(self) -> None:
+        """Stop the dispatcher once the calls already queued have run (the model was replaced or unloaded).
+        A call that still arrives restarts it for as long as calls are waiting. On the event loop's thread."""
+        self._closed = True
+        if self._arrived is not None:
+            self._arrived.set()
 
     async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         signature, rows = signature_of(inputs)
-        call = _Call(inputs, rows, signature, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        call = _Call(inputs, rows, signature, loop.create_future(), time.perf_counter_ns())
         self._start()
         self._queue.append(call)
         assert self._arrived is not None
@@ -115,6 +141,9 @@ class BatchingRunner:
         while True:
             await self._slots.acquire()
             while not self._queue:
+                if self._closed:
+                    self._slots.release()
+                    return
                 self._arrived.clear()
                 await self._arrived.wait()
             batch = await self._gather()
@@ -156,11 +185,12 @@ class BatchingRunner:
 
     async def _run_batch(self, batch: list[_Call]) -> None:
         assert self._slots is not None
+        report: _RunReport | None = None
         try:
             if self.inner.runs_inline(sum(call.rows for call in batch)):
-                results = self._run_merged(batch, self.inner.run_inline)
+                results, report = self._run_merged(batch, False)
             else:
-                results = await anyio.to_thread.run_sync(self._run_merged, batch, self.inner.run_sync)
+                results, report = await anyio.to_thread.run_sync(self._run_merged, batch, True)
         except BaseException as error:  # cancelled at shutdown: every waiting caller gets the error
             results = [error] * len(batch)
             if not isinstance(error, Exception):
@@ -168,7 +198,16 @@ class BatchingRunner:
                 raise
         finally:
             self._slots.release()
+        if self.usage is not None and report is not None:
+            self._record(batch, report, self.usage)
         self._deliver(batch, results)
+
+    @staticmethod
+    def _record(batch: list[_Call], report: _RunReport, usage: VersionUsage) -> None:
+        for rows, merge_ns, run_ns, split_ns in report.executions:
+            usage.record_execution(rows, merge_ns, run_ns, split_ns)
+        for index, run_ns in report.call_infer_ns.items():
+            usage.record_call(report.started_ns - batch[index].queued_ns, run_ns)
 
     @staticmethod
     def _deliver(batch: list[_Call], results: list[Tensors | BaseException]) -> None:
@@ -180,25 +219,44 @@ class BatchingRunner:
             else:
                 call.future.set_result(result)
 
-    def _run_merged(self, batch: list[_Call], run: RunFunction) -> list[Tensors | BaseException]:
+    def _run_merged(self, batch: list[_Call], gated: bool) -> tuple[list[Tensors | BaseException], _RunReport]:
         """One merged run split back, or — if it fails or cannot be split — each call alone. In a worker thread
-        (`run` = run_sync, gated), or inline on the loop for runs within the inline budget (`run_inline`)."""
-        if len(batch) > 1:
-            names = list(batch[0].inputs)
-            merged = {name: np.concatenate([call.inputs[name] for call in batch]) for name in names}
-            try:
-                pieces = split_outputs(run(merged), [call.rows for call in batch])
-            except Exception:
-                pieces = None
-            if pieces is not None:
-                self.observe(len(batch), sum(call.rows for call in batch))
-                return list(pieces)
-        return [self._run_alone(call, run) for call in batch]
+        under the process-wide gate (`gated`), or inline on the loop for runs within the inline budget."""
+        with self.inner.gate if gated else nullcontext():
+            report = _RunReport(time.perf_counter_ns())
+            if len(batch) > 1:
+                pieces = self._run_together(batch, report)
+                if pieces is not None:
+                    return list(pieces), report
+            return [self._run_alone(index, call, report) for index, call in enumerate(batch)], report
 
-    def _run_alone(self, call: _Call, run: RunFunction) -> Tensors | BaseException:
+    def _run_together(self, batch: list[_Call], report: _RunReport) -> list[Tensors] | None:
+        names = list(batch[0].inputs)
+        begin = time.perf_counter_ns()
+        merged = {name: np.concatenate([call.inputs[name] for call in batch]) for name in names}
+        merged_at = time.perf_counter_ns()
         try:
-            outputs = run(call.inputs)
+            outputs = self.inner.execute(merged)
+            ran_at = time.perf_counter_ns()
+            pieces = split_outputs(outputs, [call.rows for call in batch])
+        except Exception:
+            return None
+        if pieces is None:
+            return None
+        rows = sum(call.rows for call in batch)
+        self.observe(len(batch), rows)
+        report.executions.append((rows, merged_at - begin, ran_at - merged_at, time.perf_counter_ns() - ran_at))
+        report.call_infer_ns = dict.fromkeys(range(len(batch)), ran_at - merged_at)
+        return pieces
+
+    def _run_alone(self, index: int, call: _Call, report: _RunReport) -> Tensors | BaseException:
+        begin = time.perf_counter_ns()
+        try:
+            outputs = self.inner.execute(call.inputs)
         except Exception as error:
             return error
+        run_ns = time.perf_counter_ns() - begin
         self.observe(1, call.rows)
+        report.executions.append((call.rows, 0, run_ns, 0))
+        report.call_infer_ns[index] = run_ns
         return outputs

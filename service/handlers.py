@@ -14,6 +14,8 @@ import numpy as np
 from bnfold.service.dataplane import DataPlane, Outcome, new_request_id
 from bnfold.service.errors import BadRequestError, ServiceError
 from bnfold.service.repository import VARIANTS, TensorSpec
+from bnfold.service.runtime import rows_of
+from bnfold.service.usage import VersionUsage
 from bnfold.service.v2_request import Limits, decode_inputs, parse_json, split_body
 from bnfold.service.v2_response import BINARY_FIX, OutputRequest, encode, requested_outputs, require_finite
 
@@ -43,18 +45,21 @@ async def run_v2(
 ) -> T:
     """One V2 infer request of any transport: `read()` gives its V2 document and binary tail, `respond(header,
     outputs, wanted)` encodes the answer (header: model_name, model_version, id, parameters); counted once."""
-    started, label = time.perf_counter(), plane.model_label(name)
+    started, begin, label = time.perf_counter(), time.perf_counter_ns(), plane.model_label(name)
     variant = "default" if version is None else version if version in VARIANTS else "<unknown>"
+    usage: VersionUsage | None = None  # statistics of the version addressed, once the model is ready
     try:
         model = plane.registry.get(name)
         model.check_version(version)
         manifest = model.require_ready()
+        usage = model.usage[version or model.default_version]
         document, tail = read()
         request_id = _request_id(document)
         inputs = decode_inputs(document, tail, manifest.inputs, _limits(plane))
         wanted = requested_outputs(document, [spec.name for spec in manifest.outputs], binary_request)
+        decoded = time.perf_counter_ns()
         outcome = await plane.execute(model, version, inputs, request_id or new_request_id(), plane.wants_check())
-        variant = outcome.variant
+        ran, variant = time.perf_counter_ns(), outcome.variant
         header: dict[str, Any] = {"model_name": name, "model_version": outcome.variant}
         if request_id is not None:
             header["id"] = request_id
@@ -62,8 +67,12 @@ async def run_v2(
         result = respond(header, outcome.outputs, wanted)
     except ServiceError as error:
         plane.observe(label, variant, error.status, None)
+        if usage is not None:
+            usage.record_failure(time.perf_counter_ns() - begin)
         raise
     plane.observe(label, variant, 200, started)
+    end = time.perf_counter_ns()
+    model.usage[variant].record_success(rows_of(inputs), end - begin, decoded - begin, end - ran)
     return result
 
 
@@ -90,29 +99,36 @@ def _v2_parameters(outcome: Outcome) -> dict[str, Any]:
 
 async def predict(plane: DataPlane, body: bytes) -> dict[str, Any]:
     """POST /predict: {"model", "inputs", "variant"} -> outputs, variant, timings, equivalence."""
-    started, label, variant = time.perf_counter(), "<unknown>", "default"
+    started, begin, label, variant = time.perf_counter(), time.perf_counter_ns(), "<unknown>", "default"
+    usage: VersionUsage | None = None  # statistics of the version addressed, once the model is ready
     try:
         document = parse_json(body)
         model = plane.registry.get(_string_field(document, "model"))
         label = model.name
         manifest = model.require_ready()
         variant = _predict_variant(document)
+        version = None if variant in ("both", "default") else variant
+        usage = model.usage[version or model.default_version]
         items = _predict_items(document.get("inputs"), manifest.inputs)
         inputs = decode_inputs({"inputs": items}, memoryview(b""), manifest.inputs, _limits(plane))
         request_id = _request_id(document) or new_request_id()
-        version = None if variant in ("both", "default") else variant
         check = variant == "both" or (variant == "default" and plane.wants_check())
+        decoded = time.perf_counter_ns()
         outcome = await plane.execute(model, version, inputs, request_id, check)
-        variant = outcome.variant
+        ran, variant = time.perf_counter_ns(), outcome.variant
         for key, value in outcome.outputs.items():
             require_finite(key, np.asarray(value), f"use POST /v2/models/{model.name}/infer and {BINARY_FIX}")
+        response = _predict_response(model.name, request_id, outcome)
     except ServiceError as error:
         plane.observe(label, variant, error.status, None)
+        if usage is not None:
+            usage.record_failure(time.perf_counter_ns() - begin)
         raise
     plane.observe(label, variant, 200, started)
-    response = _predict_response(model.name, request_id, outcome)
     if document.get("variant") == "both":
         response.update(both_variant_outputs(outcome))
+    end = time.perf_counter_ns()
+    model.usage[variant].record_success(rows_of(inputs), end - begin, decoded - begin, end - ran)
     return response
 
 

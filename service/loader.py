@@ -16,6 +16,7 @@ from bnfold.service.model import Registry, ServedModel, Variant
 from bnfold.service.repository import Entry, EntryError, load_calibration, read_entry
 from bnfold.service.runtime import Runner, SessionConfig, SessionRunner, check_signature, open_session
 from bnfold.service.settings import Settings
+from bnfold.service.usage import VersionUsage
 
 log = logging.getLogger("bnfold.service")
 
@@ -45,8 +46,10 @@ class RunnerFactory:
     def session_runner(self, session: ort.InferenceSession) -> SessionRunner:
         return SessionRunner(session, self.gate, self.settings.inline_run_budget_ms / 1000)
 
-    def serving_runner(self, model: str, variant: str, runner: SessionRunner) -> Runner:
+    def serving_runner(self, model: str, variant: str, runner: SessionRunner, usage: VersionUsage) -> Runner:
+        """The runner requests call; it records the version's statistics into `usage`."""
         if not self.settings.dynamic_batching:
+            runner.usage = usage
             return runner
         metrics = self.metrics
 
@@ -55,16 +58,39 @@ class RunnerFactory:
                 metrics.observe_batch(model, variant, requests, samples)
 
         settings = self.settings
-        return BatchingRunner(
+        batching = BatchingRunner(
             runner, settings.max_batch_size, settings.max_batch_delay_ms, self.concurrent_runs, observe
         )
+        batching.usage = usage
+        return batching
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What every load of a process shares: session options and the runner factory (one process-wide gate)."""
+
+    configs: dict[str, SessionConfig]
+    factory: RunnerFactory
+
+    @classmethod
+    def for_models(cls, settings: Settings, models: int, metrics: ServiceMetrics | None = None) -> LoadContext:
+        """Options sized for `models` models (two sessions each)."""
+        session_count = 2 * models
+        configs = session_configs(settings, session_count)
+        return cls(configs, RunnerFactory(settings, settings.concurrent_runs(session_count), metrics))
+
+
+def load_model(name: str, directory: Path, context: LoadContext) -> ServedModel:
+    """A new ServedModel loaded from `directory`: ready, or unavailable with the reason (blocking)."""
+    model = ServedModel(name)
+    load_into(model, directory, context.configs, context.factory)
+    return model
 
 
 def load_all(registry: Registry, settings: Settings, metrics: ServiceMetrics | None = None) -> None:
     """Load every model of the registry in turn (blocking; run it in a worker thread)."""
-    session_count = 2 * len(registry.models)
-    configs = session_configs(settings, session_count)
-    factory = RunnerFactory(settings, settings.concurrent_runs(session_count), metrics)
+    context = LoadContext.for_models(settings, len(registry.models), metrics)
+    configs, factory = context.configs, context.factory
     for model in registry.models.values():
         load_into(model, settings.repository / model.name, configs, factory)
     registry.loaded = True
@@ -82,7 +108,7 @@ def load_into(model: ServedModel, directory: Path, configs: dict[str, SessionCon
         model.variants = {
             name: Variant(
                 name,
-                factory.serving_runner(model.name, name, runner),
+                factory.serving_runner(model.name, name, runner, model.usage[name]),
                 configs[name],
                 entry.manifest.variants[name].batchnorm_nodes,
             )

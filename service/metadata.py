@@ -9,7 +9,7 @@ from bnfold.service.repository import VARIANTS, TensorSpec
 
 SERVER_NAME = "bnfold"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -32,7 +32,7 @@ def model_metadata(model: ServedModel) -> dict[str, Any]:
         "outputs": _tensors(manifest.outputs) if manifest else [],
         "state": model.state,
         "reason": model.reason,
-        "default_version": "unfolded" if model.folded_degraded else "folded",
+        "default_version": model.default_version,
         "folded_degraded": model.folded_degraded,
         "variants": {
             name: {"session_options": v.config.to_json(), "batchnorm_nodes": v.batchnorm_nodes}
@@ -73,13 +73,22 @@ def model_config(model: ServedModel, max_batch_size: int) -> dict[str, Any]:
     }
 
 
-def model_stats(model: ServedModel) -> dict[str, Any]:
-    """Running agreement figures of the checks made while serving."""
+def agreement_stats(model: ServedModel) -> dict[str, Any]:
+    """Running agreement figures of the checks made while serving (the `bnfold` part of /stats)."""
     return {
-        "name": model.name,
         "state": model.state,
-        "default_version": "unfolded" if model.folded_degraded else "folded",
+        "default_version": model.default_version,
         "folded_degraded": model.folded_degraded,
         "calibration": model.calibration.to_json() if model.calibration else None,
         "equivalence": model.stats.to_json(),
+    }
+
+
+def model_statistics(models: list[ServedModel], version: str | None = None) -> dict[str, Any]:
+    """Triton's `$stats_model_response` for `models` (every version, or only `version`), plus bnfold's
+    agreement figures by model name under `bnfold`."""
+    versions = VARIANTS if version is None else (version,)
+    return {
+        "model_stats": [model.usage[name].to_triton(model.name, name) for model in models for name in versions],
+        "bnfold": {model.name: agreement_stats(model) for model in models},
     }

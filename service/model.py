@@ -10,6 +10,7 @@ from bnfold.service.equivalence import Equivalence, finite_or_none
 from bnfold.service.errors import NotFoundError, NotReadyError
 from bnfold.service.repository import VARIANTS, Manifest
 from bnfold.service.runtime import Runner, SessionConfig
+from bnfold.service.usage import VersionUsage
 
 State = Literal["loading", "ready", "unavailable"]
 
@@ -83,6 +84,12 @@ class ServedModel:
     calibration: Equivalence | None = None
     folded_degraded: str | None = None
     stats: AgreementStats = field(default_factory=AgreementStats)
+    usage: dict[str, VersionUsage] = field(default_factory=lambda: {name: VersionUsage() for name in VARIANTS})
+
+    @property
+    def default_version(self) -> str:
+        """The version an unversioned request runs: folded, or unfolded while folded is degraded."""
+        return "unfolded" if self.folded_degraded else "folded"
 
     def require_ready(self) -> Manifest:
         """The manifest of a ready model, else NotReadyError with the reason."""
@@ -114,15 +121,27 @@ class ServedModel:
 
 
 class Registry:
-    """Every model of the repository by name; `loaded` turns true when loading has ended."""
+    """Every served model by name; `loaded` turns true when the startup loading has ended.
+
+    `unloaded` names the models taken out of service (POST …/unload, or removed from the repository while
+    polling) with the reason, so requests to them get that reason instead of "unknown model". Entries are
+    replaced whole (`models[name] = new`, on the event loop's thread): a request holds the ServedModel it
+    resolved, so requests in flight finish on the model they started on.
+    """
 
     def __init__(self, names: list[str]) -> None:
         self.models = {name: ServedModel(name) for name in names}
+        self.unloaded: dict[str, str] = {}
         self.loaded = False
 
     def get(self, name: str) -> ServedModel:
         try:
             return self.models[name]
         except KeyError:
+            if name in self.unloaded:
+                raise NotFoundError(
+                    f"model {name!r} has no available versions: {self.unloaded[name]}; load it with "
+                    f"POST /v2/repository/models/{name}/load"
+                ) from None
             known = ", ".join(sorted(self.models)) or "none"
             raise NotFoundError(f"unknown model {name!r}; available models: {known}") from None

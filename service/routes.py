@@ -110,7 +110,3 @@ def _add_metadata_routes(router: APIRouter, plane: DataPlane) -> None:
     @router.get("/v2/models/{model}/config")
     async def model_config(model: str) -> Response:
         return json_response(metadata.model_config(plane.registry.get(model), plane.settings.max_batch_size))
-
-    @router.get("/v2/models/{model}/stats")
-    async def model_stats(model: str) -> Response:
-        return json_response(metadata.model_stats(plane.registry.get(model)))

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from bnfold.messages import first_line
 from bnfold.service.datatypes import ORT_TO_V2
 from bnfold.service.repository import EntryError, TensorSpec
+from bnfold.service.usage import VersionUsage
 
 Tensors = dict[str, np.ndarray]
 
@@ -131,15 +132,32 @@ class SessionRunner:
         # Shared by every session of the process: at most `concurrent_runs` onnxruntime runs at once.
         self.gate: AbstractContextManager[Any] = gate if gate is not None else nullcontext()
         self.seconds_per_sample: float | None = None  # measured by `timed_run` at load
+        self.usage: VersionUsage | None = None  # set when this runner serves unbatched (service.usage)
 
     def run_sync(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         with self.gate:
-            return self.run_inline(inputs)
+            return self.execute(inputs)
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """Run in the calling thread without the gate and without recording usage."""
+        values = self.session.run(self.output_names, dict(inputs))
+        return dict(zip(self.output_names, values, strict=True))
 
     def run_inline(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """Run in the calling thread without the gate (for runs within the inline budget only)."""
-        values = self.session.run(self.output_names, dict(inputs))
-        return dict(zip(self.output_names, values, strict=True))
+        if self.usage is None:
+            return self.execute(inputs)
+        start = time.perf_counter_ns()
+        outputs = self.execute(inputs)
+        self.usage.record_alone(rows_of(inputs), 0, time.perf_counter_ns() - start)
+        return outputs
+
+    def _run_gated_timed(self, inputs: Mapping[str, np.ndarray]) -> tuple[Tensors, int, int]:
+        """run_sync plus the perf_counter_ns at which the run started (gate acquired) and ended."""
+        with self.gate:
+            started = time.perf_counter_ns()
+            outputs = self.execute(inputs)
+            return outputs, started, time.perf_counter_ns()
 
     def timed_run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """run_sync, recording seconds per sample (from a second run when the first, which allocates, was
@@ -161,4 +179,9 @@ class SessionRunner:
     async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         if self.runs_inline(rows_of(inputs)):
             return self.run_inline(inputs)
-        return await anyio.to_thread.run_sync(self.run_sync, inputs)
+        if self.usage is None:
+            return await anyio.to_thread.run_sync(self.run_sync, inputs)
+        queued = time.perf_counter_ns()
+        outputs, started, ended = await anyio.to_thread.run_sync(self._run_gated_timed, inputs)
+        self.usage.record_alone(rows_of(inputs), started - queued, ended - started)
+        return outputs

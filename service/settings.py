@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     )
     log_burst: int = Field(20, ge=1, description="Log lines of one kind allowed per log interval (rest counted).")
     log_interval_s: float = Field(10.0, gt=0, description="The interval of --log-burst.")
+    repository_poll_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        description="Every this many seconds, load new or changed repository entries and unload removed ones "
+        "(0: off; POST /v2/repository/models/{m}/load and …/unload still work).",
+    )
+    load_timeout_seconds: float = Field(
+        120.0, gt=0.0, description="A model whose load takes longer is refused with that reason; others go on."
+    )
 
     @field_validator("repository")
     @classmethod

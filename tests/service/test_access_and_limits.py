@@ -19,7 +19,15 @@ from tests.service.server import RunningServer, running_server
 TOKEN = "s3cret-token"
 UNAUTHORIZED = {"error": "missing or wrong bearer token; send the header 'Authorization: Bearer <BNFOLD_API_KEY>'"}
 PUBLIC = ["/v2/health/live", "/v2/health/ready", "/v2/models/digits/ready", "/v2/models/digits/versions/folded/ready"]
-PROTECTED = ["/v2", "/v2/models", "/v2/models/digits", "/v2/models/digits/config", "/v2/models/digits/stats"]
+PROTECTED = [
+    "/v2",
+    "/v2/models",
+    "/v2/models/digits",
+    "/v2/models/digits/config",
+    "/v2/models/digits/stats",
+    "/v2/models/stats",
+    "/v2/models/digits/versions/unfolded/stats",
+]
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +122,16 @@ def test_server_is_live_before_it_is_ready(repository: Path, monkeypatch: pytest
     """Loading runs in the lifespan without blocking: live at once, ready (and models served) when it ends."""
     import threading
 
-    from bnfold.service import app as service_app
+    from bnfold.service import control
 
     gate = threading.Event()
-    original = service_app.load_all
+    original = control.load_model
 
-    def slow_load_all(*args: object) -> None:
+    def slow_load_model(*args: object) -> object:
         gate.wait(10)
-        original(*args)  # type: ignore[arg-type]
+        return original(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service_app, "load_all", slow_load_all)
+    monkeypatch.setattr(control, "load_model", slow_load_model)
     with running_server(Settings(repository=repository), wait_ready=False) as running:
         assert running.client.get("/v2/health/live").status_code == 200
         not_ready = running.client.get("/v2/health/ready")

@@ -31,7 +31,7 @@ def test_server_metadata_and_health(server: RunningServer) -> None:
     assert server.client.get("/v2").json() == {
         "name": "bnfold",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_repository", "statistics"],
     }
 
 
@@ -144,11 +144,11 @@ def test_predict_variants(
 
 
 def test_stats_count_the_checks(server: RunningServer, rng: np.random.Generator) -> None:
-    before = server.client.get("/v2/models/digits/stats").json()["equivalence"]["checks"]
+    before = server.client.get("/v2/models/digits/stats").json()["bnfold"]["digits"]["equivalence"]["checks"]
     for _ in range(3):
         server.client.post("/v2/models/digits/infer", json=json_request(batch(rng, 1)))
     server.client.post("/v2/models/digits/versions/folded/infer", json=json_request(batch(rng, 1)))
-    stats = server.client.get("/v2/models/digits/stats").json()
+    stats = server.client.get("/v2/models/digits/stats").json()["bnfold"]["digits"]
     assert stats["equivalence"]["checks"] == before + 3  # versioned requests are not checked
     assert stats["equivalence"]["mismatches"] == 0 and stats["equivalence"]["agreement_rate"] == 1.0
     assert 0 < stats["equivalence"]["max_abs_diff_seen"] < 1e-5

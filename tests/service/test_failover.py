@@ -79,7 +79,7 @@ def test_defect_passes_calibration_but_is_caught_while_serving(
     after = client.post("/v2/models/clipped/infer", json=json_request(in_range(rng))).json()
     assert after["model_version"] == "unfolded" and after["parameters"]["bnfold_failed_over"] is True
 
-    stats = client.get("/v2/models/clipped/stats").json()["equivalence"]
+    stats = client.get("/v2/models/clipped/stats").json()["bnfold"]["clipped"]["equivalence"]
     assert (stats["checks"], stats["mismatches"], stats["agreement_rate"]) == (3, 1, pytest.approx(2 / 3))
     assert stats["max_abs_diff_seen"] == pytest.approx(bad["parameters"]["bnfold_max_abs_diff"])
 
@@ -119,7 +119,7 @@ def test_mismatch_without_failover_and_without_checks(
         assert body["model_version"] == "folded" and body["parameters"]["bnfold_failed_over"] is False
         assert body["parameters"]["bnfold_equivalence_checked"] is (policy == "always")
         assert body["parameters"].get("bnfold_agree") is (False if policy == "always" else None)
-        stats = running.client.get("/v2/models/clipped/stats").json()
+        stats = running.client.get("/v2/models/clipped/stats").json()["bnfold"]["clipped"]
         assert stats["folded_degraded"] is None
         assert stats["equivalence"]["mismatches"] == (1 if policy == "always" else 0)
 

@@ -127,7 +127,7 @@ def test_overflowing_reference_is_inconclusive_not_a_mismatch(
         "argmax_agree": None,
     }
 
-    stats = strict_json(server.client.get("/v2/models/overflow/stats"))
+    stats = strict_json(server.client.get("/v2/models/overflow/stats"))["bnfold"]["overflow"]
     assert stats["folded_degraded"] is None and stats["default_version"] == "folded"
     equivalence = stats["equivalence"]
     assert (equivalence["checks"], equivalence["inconclusive"], equivalence["mismatches"]) == (2, 2, 0)
@@ -169,7 +169,7 @@ def test_non_finite_folded_is_still_a_mismatch_and_its_figures_are_null(
     }  # max |Δ| is infinite: left out (a V2 parameter cannot be null)
     np.testing.assert_array_equal(np.asarray(document["outputs"][0]["data"], np.float32).reshape(2, 3), unfolded)
 
-    stats = strict_json(server.client.get("/v2/models/blowup/stats"))
+    stats = strict_json(server.client.get("/v2/models/blowup/stats"))["bnfold"]["blowup"]
     assert stats["equivalence"]["mismatches"] == 1 and stats["equivalence"]["inconclusive"] == 0
     assert stats["equivalence"]["max_abs_diff_seen"] is None and stats["folded_degraded"] is not None
     metadata = strict_json(server.client.get("/v2/models/blowup"))

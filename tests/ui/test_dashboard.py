@@ -114,7 +114,7 @@ def test_a_mismatch_while_serving_shows_the_fail_over(
     beyond_calibration = rng.uniform(5, 10, (2, 1, 8, 8)).astype(np.float32)  # folded clips at ±2: mismatch
     answer = ui_server.client.post(f"/v2/models/{DEFECTIVE}/infer", json=json_request(beyond_calibration)).json()
     assert answer["model_version"] == "unfolded" and answer["parameters"]["bnfold_failed_over"] is True
-    stats = ui_server.client.get(f"/v2/models/{DEFECTIVE}/stats").json()
+    stats = ui_server.client.get(f"/v2/models/{DEFECTIVE}/stats").json()["bnfold"][DEFECTIVE]
     failovers = int(metric(ui_server, "bnfold_failovers_total", model=DEFECTIVE))
     row = rows[DEFECTIVE]
     WebDriverWait(browser, 10).until(lambda _: cell(row, "answers").startswith("unfolded"))
