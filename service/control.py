@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -90,6 +90,15 @@ async def in_own_thread(name: str, function: Callable[[], T]) -> T:
 
     threading.Thread(target=target, name=f"bnfold-load-{name}", daemon=True).start()
     return await future
+
+
+UNSUPPORTED_LOAD = "bnfold loads entries from its repository directory only; drop the 'config' and 'file:' parameters"
+
+
+def check_load_parameters(names: Iterable[str]) -> None:
+    """BadRequestError for Triton's load overrides (`config`, `file:…`): entries come from the repository only."""
+    if any(name == "config" or name.startswith("file:") for name in names):
+        raise BadRequestError(UNSUPPORTED_LOAD)
 
 
 class RepositoryControl:

@@ -18,14 +18,13 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from bnfold.service import metadata
 from bnfold.service.auth import Guard
-from bnfold.service.control import RepositoryControl
+from bnfold.service.control import RepositoryControl, check_load_parameters
 from bnfold.service.edge import read_route_body
 from bnfold.service.errors import BadRequestError
 from bnfold.service.routes import json_response
 
 # Small JSON bodies only; a repository request carries at most a few parameters.
 CONTROL_BODY_LIMIT = 64 * 1024
-UNSUPPORTED_LOAD = "bnfold loads entries from its repository directory only; drop the 'config' and 'file:' parameters"
 
 
 async def _json_object(request: Request, route: str) -> dict[str, Any]:
@@ -65,8 +64,7 @@ def extension_router(control: RepositoryControl, guard: Guard) -> APIRouter:
     async def repository_load(model: str, request: Request) -> Response:
         route = f"POST /v2/repository/models/{model}/load"
         parameters = _parameters(await _json_object(request, route), route)
-        if "config" in parameters or any(key.startswith("file:") for key in parameters):
-            raise BadRequestError(UNSUPPORTED_LOAD)
+        check_load_parameters(parameters)
         await control.load(model)
         return json_response({"name": model, "state": "READY"})
 

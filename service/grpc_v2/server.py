@@ -15,6 +15,7 @@ import grpc
 import uvicorn
 
 from bnfold.service.connection_guard import ConnectionGuard
+from bnfold.service.control import RepositoryControl
 from bnfold.service.dataplane import DataPlane
 from bnfold.service.grpc_v2.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from bnfold.service.grpc_v2.servicer import InferenceServicer
@@ -35,7 +36,7 @@ def grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def create_grpc_server(plane: DataPlane) -> grpc.aio.Server:
+def create_grpc_server(plane: DataPlane, control: RepositoryControl) -> grpc.aio.Server:
     """A grpc.aio server with `inference.GRPCInferenceService` bound to settings.host:settings.grpc_port."""
     settings = plane.settings
     server = grpc.aio.server(
@@ -45,7 +46,7 @@ def create_grpc_server(plane: DataPlane) -> grpc.aio.Server:
             ("grpc.so_reuseport", 0),  # a port in use is an error, never two servers sharing it
         ]
     )
-    add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, control), server)
     address = grpc_address(settings.host, settings.grpc_port)
     try:
         server.add_insecure_port(address)
@@ -62,14 +63,19 @@ class HttpAndGrpcServer(GuardedServer):
     as on uvicorn.Server."""
 
     def __init__(
-        self, config: uvicorn.Config, guard: ConnectionGuard, limiter: RateLimitFilter | None, plane: DataPlane
+        self,
+        config: uvicorn.Config,
+        guard: ConnectionGuard,
+        limiter: RateLimitFilter | None,
+        plane: DataPlane,
+        control: RepositoryControl,
     ) -> None:
         super().__init__(config, guard, limiter)
-        self.plane = plane
+        self.plane, self.control = plane, control
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         settings = self.plane.settings
-        grpc_server = create_grpc_server(self.plane) if settings.grpc_port else None
+        grpc_server = create_grpc_server(self.plane, self.control) if settings.grpc_port else None
         if grpc_server is not None:
             await grpc_server.start()
             log.info("gRPC (inference.GRPCInferenceService) on %s", grpc_address(settings.host, settings.grpc_port))
@@ -87,4 +93,6 @@ def create_server(settings: Settings, *, limit_logs: bool = True, **config: Any)
 
     app = create_app(settings)
     options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, **config}
-    return HttpAndGrpcServer(*server_parts(app, settings, limit_logs=limit_logs, **options), app.state.plane)
+    return HttpAndGrpcServer(
+        *server_parts(app, settings, limit_logs=limit_logs, **options), app.state.plane, app.state.control
+    )

@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from bnfold.service import metadata
 from bnfold.service.auth import expected_token
+from bnfold.service.control import RepositoryControl, check_load_parameters
 from bnfold.service.dataplane import DataPlane
 from bnfold.service.edge import check_bearer
 from bnfold.service.errors import ServiceError
@@ -69,8 +71,8 @@ def _authorizations(context: grpc.aio.ServicerContext) -> list[str]:
 class InferenceServicer(GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService` on a data plane (the one the HTTP app serves)."""
 
-    def __init__(self, plane: DataPlane) -> None:
-        self.plane = plane
+    def __init__(self, plane: DataPlane, control: RepositoryControl) -> None:
+        self.plane, self.control = plane, control
         self.token = expected_token(plane.settings.api_key)
 
     @rpc(public=True)
@@ -130,29 +132,41 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         model.check_version(version or None)
         return model
 
-    # ---- Repository control: declared by the protocol, not served yet ---------------------------------------
-    # RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload answer UNIMPLEMENTED (after the bearer
-    # check) until the service can load and unload models while running.
+    @rpc()
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        """Triton's statistics, as GET /v2/models[/{m}[/versions/{v}]]/stats (bnfold's agreement figures are in
+        that HTTP answer only: the protocol's message has no field for them)."""
+        if request.name:
+            document = metadata.model_statistics([self._model(request.name, request.version)], request.version or None)
+        else:
+            document = metadata.model_statistics(list(self.plane.registry.models.values()))
+        return json_format.ParseDict({"model_stats": document["model_stats"]}, pb.ModelStatisticsResponse())
+
+    # ---- The model repository extension: the same RepositoryControl as POST /v2/repository/… ---------------
 
     @rpc()
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        await _not_served(context, "RepositoryIndex")
-        return pb.RepositoryIndexResponse()
+        rows = self.control.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=row.name, version=row.version or "", state=row.state, reason=row.reason
+                )
+                for row in rows
+            ]
+        )
 
     @rpc()
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
-        await _not_served(context, "RepositoryModelLoad")
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        check_load_parameters(request.parameters.keys())
+        await self.control.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @rpc()
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> pb.RepositoryModelUnloadResponse:
-        await _not_served(context, "RepositoryModelUnload")
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.control.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
-
-
-async def _not_served(context: grpc.aio.ServicerContext, method: str) -> None:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED,
-        f"{method} is not served: bnfold serves the repository it was started with; restart `bnfold serve` to "
-        "change it (GET /v2/models lists the models and their state)",
-    )

@@ -1,5 +1,5 @@
 """gRPC with BNFOLD_API_KEY set and tight limits: public and protected RPCs, the bearer metadata, the batch
-and message-size limits (RESOURCE_EXHAUSTED), and the repository RPCs that are declared but not served."""
+and message-size limits (RESOURCE_EXHAUSTED), and the repository RPCs and statistics against HTTP's."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from bnfold.service.control import UNSUPPORTED_LOAD
 from bnfold.service.settings import Settings
 from tests.service.builders import manifest_for, write_entry
 from tests.service.grpc_server import RunningGrpcServer, running_grpc_server
@@ -101,15 +102,45 @@ def test_the_token_opens_everything(
     )
 
 
-def test_repository_rpcs_are_declared_but_not_served(client: triton.InferenceServerClient) -> None:
-    for call, method in zip(
-        protected_calls(client, GOOD)[4:],
-        ["RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"],
-        strict=True,
-    ):
-        status, message = status_and_message(call)
-        assert status == "StatusCode.UNIMPLEMENTED"
-        assert message.startswith(f"{method} is not served: bnfold serves the repository it was started with")
+def test_repository_rpcs_and_statistics_match_http(
+    client: triton.InferenceServerClient, locked: RunningGrpcServer, repository: Path, rng: np.random.Generator
+) -> None:
+    """A model written into the served repository is loaded, listed, counted and unloaded over gRPC, and every
+    answer equals the HTTP extension's."""
+    write_entry(repository, "spare", rng)
+    client.load_model("spare", headers=GOOD)
+    index = {
+        (row.name, row.version): (row.state, row.reason)
+        for row in client.get_model_repository_index(headers=GOOD).models
+    }
+    http_index = locked.client.post("/v2/repository/index", headers=GOOD).json()
+    assert index == {(row["name"], row.get("version", "")): (row["state"], row["reason"]) for row in http_index}
+    assert index[("spare", "folded")] == index[("spare", "unfolded")] == ("READY", "")
+
+    x = rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32)
+    for version in ("folded", "folded", "unfolded"):
+        result = client.infer("spare", [tensor_of(x)], model_version=version, headers=GOOD)
+        np.testing.assert_allclose(
+            result.as_numpy("logits"), run_directly(repository / "spare", version, x), 1e-5, 1e-6
+        )
+    stats = {row.version: row for row in client.get_inference_statistics("spare", headers=GOOD).model_stats}
+    assert (stats["folded"].inference_stats.success.count, stats["folded"].inference_count) == (2, 6)
+    assert (stats["unfolded"].inference_stats.success.count, stats["unfolded"].inference_count) == (1, 3)
+    http_stats = locked.client.get("/v2/models/spare/stats", headers=GOOD).json()["model_stats"]
+    assert {row["version"]: row["inference_stats"]["success"]["count"] for row in http_stats} == {
+        "folded": 2,
+        "unfolded": 1,
+    }
+    assert {row["version"]: row["execution_count"] for row in http_stats} == {
+        version: row.execution_count for version, row in stats.items()
+    }
+
+    status, message = status_and_message(lambda: client.load_model("spare", config="{}", headers=GOOD))
+    assert (status, message) == ("StatusCode.INVALID_ARGUMENT", UNSUPPORTED_LOAD)
+    client.unload_model("spare", headers=GOOD)
+    status, message = status_and_message(lambda: client.infer("spare", [tensor_of(x)], headers=GOOD))
+    http = locked.client.post("/v2/models/spare/infer", json={"inputs": []}, headers=GOOD)
+    assert status == "StatusCode.NOT_FOUND" and http.status_code == 404 and message == http.json()["error"]
 
 
 def test_batch_over_the_limit(client: triton.InferenceServerClient, locked: RunningGrpcServer) -> None:
