@@ -78,7 +78,7 @@ def load_into(model: ServedModel, directory: Path, configs: dict[str, SessionCon
         entry = read_entry(directory)
         model.manifest = entry.manifest
         runners = _open_runners(entry, configs, factory)
-        model.calibration = _calibrate(entry, runners)
+        model.calibration = _calibrate(entry, runners, factory.settings)
         model.variants = {
             name: Variant(
                 name,
@@ -109,9 +109,9 @@ def _open_runners(entry: Entry, configs: dict[str, SessionConfig], factory: Runn
     return runners
 
 
-def _calibrate(entry: Entry, runners: dict[str, SessionRunner]) -> Equivalence:
+def _calibrate(entry: Entry, runners: dict[str, SessionRunner], settings: Settings) -> Equivalence:
     """Run both variants on the calibration batch; EntryError unless they agree within tolerance."""
-    batch = load_calibration(entry)
+    batch = load_calibration(entry, settings.calibration_limits())
     outputs = {}
     for name, runner in runners.items():
         try:

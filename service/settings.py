@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bnfold.contract.npz_limits import CalibrationLimits
+
 EquivalencePolicy = Literal["off", "sample", "always"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
@@ -49,6 +51,15 @@ class Settings(BaseSettings):
     failover_on_mismatch: bool = Field(
         True, description="After a failed check, mark folded degraded and serve default requests unfolded."
     )
+    max_calibration_samples: int = Field(
+        1024, gt=0, description="Largest calibration batch (axis 0) an entry may declare; larger entries are refused."
+    )
+    max_calibration_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="Largest decoded size of an entry's calibration arrays, read from their headers before "
+        "decompression; larger entries are refused.",
+    )
     allow_non_finite: bool = Field(False, description="Accept NaN/Inf in input tensors (rejected by default).")
     inline_run_budget_ms: float = Field(
         0.5,
@@ -81,6 +92,9 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value().strip():
             return None
         return value
+
+    def calibration_limits(self) -> CalibrationLimits:
+        return CalibrationLimits(self.max_calibration_samples, self.max_calibration_bytes)
 
     def threads_per_session(self, session_count: int) -> int:
         """Intra-op threads per session: the setting, or cores shared out so sessions don't oversubscribe."""
