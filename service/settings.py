@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         description="Largest decoded size of an entry's calibration arrays, read from their headers before "
         "decompression; larger entries are refused.",
     )
+    equivalence_referee: bool = Field(
+        True,
+        description="Refer a failed check to the rounding referee: a disagreement explained by float32 rounding "
+        "is counted but never fails over (false: every failed check counts as a defect).",
+    )
     allow_non_finite: bool = Field(False, description="Accept NaN/Inf in input tensors (rejected by default).")
     inline_run_budget_ms: float = Field(
         0.5,
