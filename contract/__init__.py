@@ -7,6 +7,8 @@ folding engine: torch-free, onnx-free (numpy, pydantic and the standard library 
     bnfold.contract.manifest     the pydantic schema of model.json
     bnfold.contract.hashing      streamed SHA-256 of the entry's files
     bnfold.contract.calibration  reading calibration.npz (no pickles) against the declared inputs
+    bnfold.contract.npz_limits   the size limits of a calibration archive, read from its .npy headers
+    bnfold.contract.entry_files  an entry's files: plain names, regular files only, opened without blocking
     bnfold.contract.op_count     counting BatchNormalization nodes of an ONNX model (duck-typed, no onnx import)
 
 Every refusal is a `ContractError` (a ValueError) whose message names the problem; callers wrap it in their

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import BinaryIO
 
 BLOCK = 1 << 20  # read 1 MiB at a time: a large ONNX file is never held in memory twice
 
@@ -15,8 +16,13 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of the file at `path`, streamed in blocks."""
-    digest = hashlib.sha256()
     with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(BLOCK), b""):
-            digest.update(block)
+        return sha256_stream(stream)
+
+
+def sha256_stream(stream: BinaryIO) -> str:
+    """Hex SHA-256 of what is left to read in `stream`, in blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: stream.read(BLOCK), b""):
+        digest.update(block)
     return digest.hexdigest()

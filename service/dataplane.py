@@ -4,8 +4,10 @@ HTTP routes only translate requests into these calls; every failure is a `Servic
 
 Variant choice: a request that names a version runs exactly that variant. A default (unversioned) request runs
 folded — or unfolded while folded is degraded — and, when the equivalence policy picks it, both variants on
-the same input; a check out of tolerance is logged with the request id and counted, and with
-`failover_on_mismatch` folded is marked degraded and the request is answered by unfolded.
+the same input; a check out of tolerance is logged with the request id, counted, and referred to the rounding
+referee (bnfold.service.referee). Explained by float32 rounding, it changes nothing else; confirmed as a
+defect (or with the referee off), and with `failover_on_mismatch`, folded is marked degraded, the offending
+sample is kept for re-verification, and the request is answered by unfolded.
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from bnfold.contract.agreement import Tolerance
 from bnfold.messages import first_line
 from bnfold.service.equivalence import Equivalence, compare
 from bnfold.service.errors import InferenceError
 from bnfold.service.metrics import ServiceMetrics
 from bnfold.service.model import Registry, ServedModel
+from bnfold.service.referee import referee
 from bnfold.service.runtime import Tensors, rows_of
 from bnfold.service.settings import Settings
 
 log = logging.getLogger("bnfold.service")
 Timed = tuple[Tensors, float]  # outputs and the run's seconds
+MAX_OFFENDING = 16  # offending samples kept per model for re-verification
 
 
 @dataclass
@@ -107,16 +112,22 @@ class DataPlane:
         both = await asyncio.gather(self._run(model, "folded", inputs), self._run(model, "unfolded", inputs))
         return both[0], both[1]
 
+    async def run_both(self, model: ServedModel, inputs: Tensors) -> tuple[Tensors, Tensors]:
+        """Folded and unfolded outputs on the same input (as a checked request runs them)."""
+        (folded, _), (unfolded, _) = await self._run_both(model, inputs)
+        return folded, unfolded
+
     async def _run_checked(self, model: ServedModel, inputs: Tensors, request_id: str) -> Outcome:
-        manifest = model.require_ready()
+        model.require_ready()
         (folded, t_folded), (unfolded, t_unfolded) = await self._run_both(model, inputs)
-        tolerance = manifest.tolerance
-        result = compare(folded, unfolded, tolerance.atol, tolerance.rtol, manifest.task == "classification")
+        result = await self.judge(model, inputs, folded, unfolded)
         model.stats.record(result, request_id)
         self.metrics.observe_check(model.name, result, model.stats.max_abs_diff_seen, model.stats.max_rel_diff_seen)
         seconds = {"folded": t_folded, "unfolded": t_unfolded}
         if result.mismatch:
             self._on_mismatch(model, result, request_id)
+            if result.defect:
+                keep_offending(model, inputs, result)
         elif result.inconclusive:
             log.info("equivalence check on model %r, request %s: %s", model.name, request_id, result.describe())
         both = {"folded": folded, "unfolded": unfolded}
@@ -125,8 +136,31 @@ class DataPlane:
             return Outcome(unfolded, "unfolded", result, True, seconds, both)
         return Outcome(folded, "folded", result, False, seconds, both)
 
+    async def judge(
+        self, model: ServedModel, inputs: Tensors, folded: Tensors, unfolded: Tensors, referee_on: bool | None = None
+    ) -> Equivalence:
+        """The contract's verdict on folded against unfolded; a disagreement is ruled on by the referee (when
+        `referee_on`, by default the setting `equivalence_referee`)."""
+        manifest = model.require_ready()
+        tolerance, classifier = manifest.tolerance, manifest.task == "classification"
+        result = compare(folded, unfolded, tolerance.atol, tolerance.rtol, classifier)
+        if referee_on is None:
+            referee_on = self.settings.equivalence_referee
+        if not result.mismatch or not referee_on:
+            return result
+
+        async def run_unfolded(moved: Tensors) -> Tensors:
+            return (await self._run(model, "unfolded", moved))[0]
+
+        limits = Tolerance(tolerance.atol, tolerance.rtol)
+        return result.ruled(await referee(run_unfolded, inputs, folded, unfolded, limits, classifier))
+
     def _on_mismatch(self, model: ServedModel, result: Equivalence, request_id: str) -> None:
         log.warning("equivalence mismatch on model %r, request %s: %s", model.name, request_id, result.describe())
+        if result.rounding:
+            self.metrics.rounding_explained.labels(model.name).inc()
+            return
+        self.metrics.confirmed_defects.labels(model.name).inc()
         if self.settings.failover_on_mismatch and not model.folded_degraded:
             model.folded_degraded = f"mismatch on request {request_id}: {result.describe()}"
             self.metrics.degraded.labels(model.name).set(1)
@@ -140,6 +174,18 @@ class DataPlane:
     def model_label(self, name: str) -> str:
         """A metrics label that cannot explode: known model names only."""
         return name if name in self.registry.models else "<unknown>"
+
+
+def keep_offending(model: ServedModel, inputs: Tensors, result: Equivalence) -> None:
+    """Keep the sample (axis-0 row) of the worst discrepancy, up to MAX_OFFENDING per model."""
+    if len(model.offending) >= MAX_OFFENDING:
+        return
+    worst = max(result.outputs, key=lambda output: output.discrepancy.max_abs).discrepancy.where
+    row = worst[0] if worst else 0
+    if all(array.ndim >= 1 and array.shape[0] > row for array in inputs.values()):
+        model.offending.append({name: array[row : row + 1].copy() for name, array in inputs.items()})
+    else:
+        model.offending.append({name: array.copy() for name, array in inputs.items()})
 
 
 def _inference_error(model: str, variant: str, error: Exception) -> InferenceError:

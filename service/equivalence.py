@@ -6,7 +6,9 @@ finite inputs near the float range that overflow the unfolded graph's un-folded 
 stays finite). What the service makes of the verdict:
 
     AGREE         counted as a check that agrees;
-    DISAGREE      a mismatch: the only outcome that may fail over to unfolded;
+    DISAGREE      a mismatch, referred to the rounding referee (bnfold.service.referee): explained by
+                  float32 rounding, it is counted and never fails over; confirmed, it is a defect of
+                  folded, the only outcome that may fail over to unfolded;
     INCONCLUSIVE  counted apart as inconclusive, never a mismatch and never a fail-over; its figures are
                   not reported.
 
@@ -16,19 +18,34 @@ In JSON, figures that are not finite (an infinite max |Δ|) are null, since JSON
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
 from bnfold.contract.agreement import OutputJudgement, Tolerance, Verdict, judge, overall
+from bnfold.service.referee import Ruling
 from bnfold.service.runtime import Tensors
 
 
 @dataclass(frozen=True)
 class Equivalence:
-    """Agreement over all outputs of one check."""
+    """Agreement over all outputs of one check, and the referee's ruling when it disagrees."""
 
     outputs: tuple[OutputJudgement, ...]
+    ruling: Ruling | None = None
+
+    def ruled(self, ruling: Ruling) -> Equivalence:
+        return replace(self, ruling=ruling)
+
+    @property
+    def rounding(self) -> bool:
+        """A mismatch the referee explained by float32 rounding (not a defect of folded)."""
+        return self.mismatch and self.ruling is not None and self.ruling.rounding
+
+    @property
+    def defect(self) -> bool:
+        """A mismatch the referee confirmed (or could not rule on): folded is wrong here."""
+        return self.mismatch and not self.rounding
 
     @cached_property
     def verdict(self) -> Verdict:
@@ -76,6 +93,7 @@ class Equivalence:
                 "max_rel_diff": None,
                 "within_tolerance": None,
                 "argmax_agree": None,
+                "rounding_explained": None,
             }
         return {
             "agree": self.agree,
@@ -84,6 +102,7 @@ class Equivalence:
             "max_rel_diff": finite_or_none(self.max_rel),
             "within_tolerance": self.within_tolerance,
             "argmax_agree": self.argmax_agree,
+            "rounding_explained": self.rounding if self.mismatch else None,
         }
 
     def describe(self) -> str:
@@ -93,7 +112,8 @@ class Equivalence:
         worst = max(self.outputs, key=lambda output: output.discrepancy.max_abs)
         argmax = "" if self.argmax_agree is not False else ", arg-max differs"
         found = worst.discrepancy
-        return f"output {worst.name!r}: max |Δ| = {found.max_abs:.3e} (rel {found.max_rel:.3e}){argmax}"
+        ruling = f"; {self.ruling.reason}" if self.ruling is not None else ""
+        return f"output {worst.name!r}: max |Δ| = {found.max_abs:.3e} (rel {found.max_rel:.3e}){argmax}{ruling}"
 
 
 def compare(folded: Tensors, unfolded: Tensors, atol: float, rtol: float, classifier: bool) -> Equivalence:

@@ -7,6 +7,7 @@ Exception hierarchy::
     ├── UnauthorizedError (401)    missing or wrong bearer token
     ├── NotFoundError (404)        unknown model, version or route
     ├── MethodNotAllowedError (405) a V2 infer path asked with another method than POST
+    ├── ConflictError (409)        re-verification found folded still defective (it stays degraded)
     ├── PayloadTooLargeError (413) body over BNFOLD_MAX_BODY_BYTES or batch over BNFOLD_MAX_BATCH_SIZE
     ├── UnrepresentableOutputError (422)  an output asked for as JSON holds NaN/Inf (JSON cannot carry them)
     ├── NotReadyError (503)        model still loading, or refused at load (reason in its metadata)
@@ -56,6 +57,12 @@ class MethodNotAllowedError(ServiceError):
     """The path exists but not with this method."""
 
     status = 405
+
+
+class ConflictError(ServiceError):
+    """Re-verification found the folded variant still defective; it stays degraded."""
+
+    status = 409
 
 
 class PayloadTooLargeError(ServiceError):

@@ -14,7 +14,7 @@ from bnfold.service.equivalence import Equivalence, compare
 from bnfold.service.metrics import ServiceMetrics
 from bnfold.service.model import Registry, ServedModel, Variant
 from bnfold.service.repository import Entry, EntryError, load_calibration, read_entry
-from bnfold.service.runtime import Runner, SessionConfig, SessionRunner, check_signature, open_session
+from bnfold.service.runtime import Runner, SessionConfig, SessionRunner, Tensors, check_signature, open_session
 from bnfold.service.settings import Settings
 from bnfold.service.usage import VersionUsage
 
@@ -104,7 +104,8 @@ def load_into(model: ServedModel, directory: Path, configs: dict[str, SessionCon
         entry = read_entry(directory)
         model.manifest = entry.manifest
         runners = _open_runners(entry, configs, factory)
-        model.calibration = _calibrate(entry, runners)
+        model.calibration_batch = load_calibration(entry, factory.settings.calibration_limits())
+        model.calibration = _calibrate(entry, runners, model.calibration_batch)
         model.variants = {
             name: Variant(
                 name,
@@ -135,9 +136,8 @@ def _open_runners(entry: Entry, configs: dict[str, SessionConfig], factory: Runn
     return runners
 
 
-def _calibrate(entry: Entry, runners: dict[str, SessionRunner]) -> Equivalence:
+def _calibrate(entry: Entry, runners: dict[str, SessionRunner], batch: Tensors) -> Equivalence:
     """Run both variants on the calibration batch; EntryError unless they agree within tolerance."""
-    batch = load_calibration(entry)
     outputs = {}
     for name, runner in runners.items():
         try:

@@ -59,6 +59,21 @@ class ServiceMetrics:
             model,
             registry=registry,
         )
+        self.rounding_explained = Counter(
+            "bnfold_equivalence_rounding_explained",
+            "Mismatches the referee explained by float32 rounding (no fail-over)",
+            model,
+            registry=registry,
+        )
+        self.confirmed_defects = Counter(
+            "bnfold_equivalence_confirmed_defects",
+            "Mismatches the referee confirmed as defects of folded (or could not rule on)",
+            model,
+            registry=registry,
+        )
+        self.reverifications = Counter(
+            "bnfold_reverifications", "Re-verifications of folded by outcome", ("model", "outcome"), registry=registry
+        )
         self.failovers = Counter(
             "bnfold_failovers", "Requests answered by unfolded after a mismatch", model, registry=registry
         )

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from bnfold.service.equivalence import Equivalence, finite_or_none
 from bnfold.service.errors import NotFoundError, NotReadyError
 from bnfold.service.repository import VARIANTS, Manifest
-from bnfold.service.runtime import Runner, SessionConfig
+from bnfold.service.runtime import Runner, SessionConfig, Tensors
 from bnfold.service.usage import VersionUsage
 
 State = Literal["loading", "ready", "unavailable"]
@@ -30,17 +30,21 @@ class AgreementStats:
     """Running figures of the equivalence checks made while serving.
 
     `checks` counts every check; `inconclusive` ones (non-finite unfolded reference) are neither agreements
-    nor mismatches, do not move the max-diff figures, and are left out of `agreement_rate`.
+    nor mismatches, do not move the max-diff figures, and are left out of `agreement_rate`. Every mismatch
+    is either `rounding_explained` (by the referee) or a `confirmed_defect`.
     """
 
     checks: int = 0
     mismatches: int = 0
+    rounding_explained: int = 0
+    confirmed_defects: int = 0
     inconclusive: int = 0
     argmax_disagreements: int = 0
     max_abs_diff_seen: float = 0.0
     max_rel_diff_seen: float = 0.0
     last_mismatch: str | None = None
     last_inconclusive: str | None = None
+    reverifications: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, result: Equivalence, request_id: str) -> None:
@@ -55,6 +59,8 @@ class AgreementStats:
             self.argmax_disagreements += result.argmax_agree is False
             if result.mismatch:
                 self.mismatches += 1
+                self.rounding_explained += result.rounding
+                self.confirmed_defects += result.defect
                 self.last_mismatch = f"request {request_id}: {result.describe()}"
 
     def to_json(self) -> dict[str, Any]:
@@ -62,6 +68,8 @@ class AgreementStats:
         return {
             "checks": self.checks,
             "mismatches": self.mismatches,
+            "rounding_explained": self.rounding_explained,
+            "confirmed_defects": self.confirmed_defects,
             "inconclusive": self.inconclusive,
             "agreement_rate": 1.0 - self.mismatches / conclusive if conclusive else None,
             "argmax_disagreements": self.argmax_disagreements,
@@ -69,6 +77,7 @@ class AgreementStats:
             "max_rel_diff_seen": finite_or_none(self.max_rel_diff_seen),
             "last_mismatch": self.last_mismatch,
             "last_inconclusive": self.last_inconclusive,
+            "reverifications": self.reverifications,
         }
 
 
@@ -85,6 +94,8 @@ class ServedModel:
     folded_degraded: str | None = None
     stats: AgreementStats = field(default_factory=AgreementStats)
     usage: dict[str, VersionUsage] = field(default_factory=lambda: {name: VersionUsage() for name in VARIANTS})
+    calibration_batch: Tensors | None = None  # kept for re-verification
+    offending: list[Tensors] = field(default_factory=list)  # samples of confirmed defects, for re-verification
 
     @property
     def default_version(self) -> str:

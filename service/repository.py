@@ -1,8 +1,9 @@
 """Read a model repository (docs/repository-format.md): entry discovery, model.json, sha256, calibration.
 
 The format itself (names, schema, digests, calibration) is bnfold.contract's; this module applies it to a
-directory. Nothing here runs a model. Every refusal is an `EntryError` whose message is the reason shown in
-the model's metadata and log.
+directory. Nothing here runs a model. An entry only uses regular files inside its own directory, opened
+without following links or blocking (bnfold.contract.entry_files). Every refusal is an `EntryError` whose
+message is the reason shown in the model's metadata and log.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import numpy as np
 
 from bnfold.contract.calibration import read_calibration
 from bnfold.contract.calibration import shape_matches as shape_matches
+from bnfold.contract.entry_files import entry_file, open_regular, read_regular
 from bnfold.contract.errors import ContractError
-from bnfold.contract.hashing import sha256_file
+from bnfold.contract.hashing import sha256_stream
 from bnfold.contract.layout import MANIFEST_FILE, NAME_PATTERN, VARIANTS, is_valid_name
 from bnfold.contract.manifest import Manifest, TensorSpec, parse_manifest
+from bnfold.contract.npz_limits import CalibrationLimits
 
 __all__ = [
     "VARIANTS",
@@ -50,6 +53,9 @@ class Entry:
     def variant_path(self, variant: str) -> Path:
         return self.directory / self.manifest.variants[variant].file
 
+    def calibration_path(self) -> Path:
+        return self.directory / self.manifest.calibration.file
+
 
 def discover(repository: Path) -> list[str]:
     """Names of the entry directories, sorted; hidden ('.'-prefixed) ones and invalid names are skipped."""
@@ -67,18 +73,26 @@ def discover(repository: Path) -> list[str]:
 def read_entry(directory: Path) -> Entry:
     """Validate model.json and the digests of both ONNX files; EntryError names what is wrong."""
     manifest = read_manifest(directory)
+    try:
+        for variant in VARIANTS:
+            entry_file(directory, manifest.variants[variant].file, f"{variant} variant")
+        entry_file(directory, manifest.calibration.file, "calibration")
+    except ContractError as error:
+        raise EntryError(str(error)) from None
     for variant in VARIANTS:
         spec = manifest.variants[variant]
-        verify_sha256(directory / spec.file, spec.sha256)
+        verify_sha256(directory / spec.file, spec.sha256, f"{variant} variant")
     return Entry(directory=directory, manifest=manifest)
 
 
 def read_manifest(directory: Path) -> Manifest:
     path = directory / MANIFEST_FILE
+    if not path.exists() and not path.is_symlink():
+        raise EntryError(f"{path} is missing; rebuild the entry with bnfold fold-and-export")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise EntryError(f"{path} is missing; rebuild the entry with bnfold fold-and-export") from None
+        raw = read_regular(path, "manifest")
+    except ContractError as error:
+        raise EntryError(f"{path}: {error}") from None
     except OSError as error:
         raise EntryError(f"{path} cannot be read ({error.strerror}); rebuild the entry") from None
     try:
@@ -87,11 +101,15 @@ def read_manifest(directory: Path) -> Manifest:
         raise EntryError(f"{path}: {error}") from None
 
 
-def verify_sha256(path: Path, expected: str) -> None:
+def verify_sha256(path: Path, expected: str, role: str = "ONNX") -> None:
     """EntryError when the file is missing or its digest is not the declared one (truncated/replaced)."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise EntryError(f"{path.name} is missing; rebuild the entry with bnfold fold-and-export")
-    actual = sha256_file(path)
+    try:
+        with open_regular(path, role) as stream:
+            actual = sha256_stream(stream)
+    except ContractError as error:
+        raise EntryError(str(error)) from None
     if actual != expected.lower():
         raise EntryError(
             f"sha256 of {path.name} is {actual[:16]}..., model.json says {expected[:16]}...: "
@@ -99,9 +117,10 @@ def verify_sha256(path: Path, expected: str) -> None:
         )
 
 
-def load_calibration(entry: Entry) -> dict[str, np.ndarray]:
-    """The calibration batch, one array per declared input, checked against the declared datatype/shape."""
+def load_calibration(entry: Entry, limits: CalibrationLimits | None = None) -> dict[str, np.ndarray]:
+    """The calibration batch, one array per declared input, checked against the declared datatype/shape and
+    the size limits."""
     try:
-        return read_calibration(entry.directory / entry.manifest.calibration.file, entry.manifest.inputs)
+        return read_calibration(entry.calibration_path(), entry.manifest.inputs, limits)
     except ContractError as error:
         raise EntryError(str(error)) from None

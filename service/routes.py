@@ -22,6 +22,7 @@ from bnfold.service.edge import read_route_body
 from bnfold.service.errors import NotFoundError, NotReadyError, ServiceError
 from bnfold.service.handlers import predict
 from bnfold.service.openapi import PREDICT_BODY, PREDICT_RESPONSES
+from bnfold.service.reverify import reverify
 from bnfold.service.v2_response import encode_json
 
 JSON = "application/json"
@@ -86,6 +87,10 @@ def protected_router(plane: DataPlane, guard: Guard) -> APIRouter:
     async def predict_route(request: Request) -> Response:
         declared = request.headers.get("content-length", "")
         return json_response(await predict(plane, await read_route_body(request.receive, declared, limit)))
+
+    @router.post("/v2/models/{model}/reverify")
+    async def reverify_route(model: str) -> Response:
+        return json_response(await reverify(plane, plane.registry.get(model)))
 
     return router
 

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bnfold.contract.npz_limits import CalibrationLimits
+
 EquivalencePolicy = Literal["off", "sample", "always"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 HttpProtocol = Literal["auto", "h11", "httptools"]
@@ -50,6 +52,20 @@ class Settings(BaseSettings):
     )
     failover_on_mismatch: bool = Field(
         True, description="After a failed check, mark folded degraded and serve default requests unfolded."
+    )
+    max_calibration_samples: int = Field(
+        1024, gt=0, description="Largest calibration batch (axis 0) an entry may declare; larger entries are refused."
+    )
+    max_calibration_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="Largest decoded size of an entry's calibration arrays, read from their headers before "
+        "decompression; larger entries are refused.",
+    )
+    equivalence_referee: bool = Field(
+        True,
+        description="Refer a failed check to the rounding referee: a disagreement explained by float32 rounding "
+        "is counted but never fails over (false: every failed check counts as a defect).",
     )
     allow_non_finite: bool = Field(False, description="Accept NaN/Inf in input tensors (rejected by default).")
     inline_run_budget_ms: float = Field(
@@ -119,6 +135,9 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value().strip():
             return None
         return value
+
+    def calibration_limits(self) -> CalibrationLimits:
+        return CalibrationLimits(self.max_calibration_samples, self.max_calibration_bytes)
 
     def threads_per_session(self, session_count: int) -> int:
         """Intra-op threads per session: the setting, or cores shared out so sessions don't oversubscribe."""

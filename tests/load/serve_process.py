@@ -26,10 +26,17 @@ class ServeProcess:
 
     def rss_bytes(self) -> int:
         """Resident set size of the server process (VmRSS of /proc/<pid>/status)."""
+        return self._status_bytes("VmRSS")
+
+    def peak_rss_bytes(self) -> int:
+        """The largest resident set size the server process has had (VmHWM of /proc/<pid>/status)."""
+        return self._status_bytes("VmHWM")
+
+    def _status_bytes(self, field: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no VmRSS for pid {self.process.pid}")
+        raise RuntimeError(f"no {field} for pid {self.process.pid}")
 
 
 def free_port() -> int:

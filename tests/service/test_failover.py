@@ -81,6 +81,8 @@ def test_defect_passes_calibration_but_is_caught_while_serving(
 
     stats = client.get("/v2/models/clipped/stats").json()["bnfold"]["clipped"]["equivalence"]
     assert (stats["checks"], stats["mismatches"], stats["agreement_rate"]) == (3, 1, pytest.approx(2 / 3))
+    assert (stats["confirmed_defects"], stats["rounding_explained"]) == (1, 0)
+    assert bad["parameters"]["bnfold_rounding_explained"] is False
     assert stats["max_abs_diff_seen"] == pytest.approx(bad["parameters"]["bnfold_max_abs_diff"])
 
 
@@ -99,9 +101,11 @@ def test_metrics_after_a_mismatch(failover_server: RunningServer, rng: np.random
     assert sample(text, "bnfold_request_failures_total", model="<unknown>", variant="default", status="404") == 1
     assert sample(text, "bnfold_request_failures_total", model="clipped", variant="<unknown>", status="404") == 1
     assert sample(text, "bnfold_request_latency_seconds_count", model="clipped", variant="folded") == 2
-    assert sample(text, "bnfold_session_run_seconds_count", model="clipped", variant="unfolded") == 2
+    # two checks, and the referee's two runs (input moved one ulp up and down) on the one mismatch
+    assert sample(text, "bnfold_session_run_seconds_count", model="clipped", variant="unfolded") == 4
     assert sample(text, "bnfold_equivalence_checks_total", model="clipped") == 2
     assert sample(text, "bnfold_equivalence_mismatches_total", model="clipped") == 1
+    assert sample(text, "bnfold_equivalence_confirmed_defects_total", model="clipped") == 1
     assert sample(text, "bnfold_failovers_total", model="clipped") == 1
     assert sample(text, "bnfold_equivalence_max_abs_diff", model="clipped") > 1e-3
     assert sample(text, "bnfold_folded_degraded", model="clipped") == 1

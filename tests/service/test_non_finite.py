@@ -125,6 +125,7 @@ def test_overflowing_reference_is_inconclusive_not_a_mismatch(
         "max_rel_diff": None,
         "within_tolerance": None,
         "argmax_agree": None,
+        "rounding_explained": None,
     }
 
     stats = strict_json(server.client.get("/v2/models/overflow/stats"))["bnfold"]["overflow"]
@@ -166,6 +167,7 @@ def test_non_finite_folded_is_still_a_mismatch_and_its_figures_are_null(
         "bnfold_agree": False,
         "bnfold_inconclusive": False,
         "bnfold_within_tolerance": False,
+        "bnfold_rounding_explained": False,  # an infinite error is no rounding: the referee confirms it
     }  # max |Δ| is infinite: left out (a V2 parameter cannot be null)
     np.testing.assert_array_equal(np.asarray(document["outputs"][0]["data"], np.float32).reshape(2, 3), unfolded)
 
@@ -232,6 +234,7 @@ def test_compare_rule_for_non_finite_values() -> None:
             "max_rel_diff": 0.0,
             "within_tolerance": True,
             "argmax_agree": True,
+            "rounding_explained": None,
         }
     broken = compare(nan_ref, finite, 1e-5, 1e-4, classifier=False)
     assert broken.mismatch and not broken.inconclusive and broken.max_abs == float("inf")
