@@ -10,7 +10,9 @@ the right (numpy broadcasting): (1, C, 1, 1), (C, 1, 1) and (C,) all qualify; th
 channel axis. A scalar, or a constant varying along two axes, is not a per-channel map and is left
 alone without a report entry. A t that is a scalar is allowed after a per-channel s (t_c = t).
 
-An operand that is a graph input with such a shape is a candidate too, refused because it can change at
+Only floating-point operands on an axis other than 0 (the batch axis) of an x of rank ≥ 2 qualify, so
+shape arithmetic on int64 tensors is never mistaken for a map. An operand that is a graph input with such
+a shape is a candidate too, refused because it can change at
 run time. A lone Add reading a MatMul is that MatMul's bias (a Gemm in disguise), not a map, and is left
 alone. The constants are taken as they are after constant folding (folding/onnx_constants.py), so
 Sub/Div/Sqrt chains of constants have already become one tensor.
@@ -90,13 +92,15 @@ def _per_channel_operand(editor: GraphEditor, node: ir.Node) -> _Operand | None:
         assert value is not None and x is not None
         shape = _static_shape(value)
         rank = editor.ranks.get(str(x.name))
-        if shape is None or rank is None or len(shape) > rank:
+        if shape is None or rank is None or rank < 2 or len(shape) > rank or not _is_float(value):
             continue
         longer = [i for i, size in enumerate(shape) if size != 1]
         if len(longer) != 1 or not (value.is_initializer() or value.is_graph_input() or _is_constant_node(value)):
             continue
-        values = constant(value, f"the {node.op_type} operand")
-        return _Operand(slot, values, rank - len(shape) + longer[0], shape[longer[0]])
+        axis = rank - len(shape) + longer[0]
+        if axis == 0:  # the batch axis: not a channel
+            continue
+        return _Operand(slot, constant(value, f"the {node.op_type} operand"), axis, shape[longer[0]])
     return None
 
 
@@ -132,6 +136,15 @@ def _static_shape(value: ir.Value) -> tuple[int, ...] | None:
     if shape is None or not all(isinstance(dim, int) for dim in shape):
         return None
     return tuple(int(dim) for dim in shape)  # type: ignore[arg-type]
+
+
+def _is_float(value: ir.Value) -> bool:
+    tensor = value.const_value
+    dtype = tensor.dtype if tensor is not None else value.dtype
+    if dtype is None and _is_constant_node(value):
+        constant_tensor = ir.convenience.get_const_tensor(value)
+        dtype = None if constant_tensor is None else constant_tensor.dtype
+    return dtype is not None and dtype.is_floating_point()
 
 
 def _is_constant_node(value: ir.Value) -> bool:
