@@ -104,6 +104,12 @@ class FoldReport:
         """How many BatchNorms were merged into a neighbouring layer's weights."""
         return sum(entry.action in (Action.FOLDED_INTO_PREVIOUS, Action.FOLDED_INTO_NEXT) for entry in self.entries)
 
+    @property
+    def batchnorm_ops(self) -> list[FoldEntry]:
+        """The entries that are BatchNormalization ops in an unfolded export (kind "batchnorm"); an
+        "affine" map is a Mul/Add there, and a "frozen_batchnorm" computes x·s + t explicitly too."""
+        return [entry for entry in self.entries if entry.kind == "batchnorm"]
+
     def count(self, action: Action) -> int:
         """How many entries have `action`."""
         return sum(entry.action is action for entry in self.entries)
