@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.folding.arithmetic import ScaleShift
+from bnfold.folding.arithmetic import F64, ScaleShift
 from bnfold.folding.onnx_channel_map import AFFINE, ChannelMap
 from bnfold.folding.onnx_graph import FloatArray, GraphEditor, constant, is_op, sole_consumer
 
@@ -104,7 +104,7 @@ def _per_channel_operand(editor: GraphEditor, node: ir.Node) -> _Operand | None:
     return None
 
 
-def _following_shift(editor: GraphEditor, mul: ir.Node, scale: _Operand) -> tuple[ir.Node, FloatArray] | None:
+def _following_shift(editor: GraphEditor, mul: ir.Node, scale: _Operand) -> tuple[ir.Node, F64] | None:
     """The Add of a constant t right after `mul` on the same channels, with t as (C,), if there is one."""
     found = sole_consumer(mul.outputs[0])
     if isinstance(found, str) or not is_op(found[0], "Add"):
@@ -122,7 +122,7 @@ def _following_shift(editor: GraphEditor, mul: ir.Node, scale: _Operand) -> tupl
     return add, _along(values, scale.channels)
 
 
-def _along(values: FloatArray, channels: int) -> np.ndarray:
+def _along(values: FloatArray, channels: int) -> F64:
     return np.asarray(values, dtype=np.float64).reshape(channels)
 
 

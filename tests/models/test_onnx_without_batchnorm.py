@@ -29,14 +29,21 @@ def _export(model: torch.nn.Module, path: Path, **options: object) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (torch.randn(2, 3, 8, 8),), dynamo=True, input_names=["x"], dynamic_axes={"x": {0: "batch"}}, **options
+            model,
+            (torch.randn(2, 3, 8, 8),),
+            dynamo=True,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+            **options,
         )
     assert program is not None
     onnx.save(program.model_proto, str(path))
     return [node.op_type for node in program.model_proto.graph.node]
 
 
-def test_export_with_fused_batchnorm_gets_the_re_export_note(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_export_with_fused_batchnorm_gets_the_re_export_note(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     source = tmp_path / "fused.onnx"
     assert "BatchNormalization" not in _export(tiny_nets.build(), source)  # the default export fuses it
     ran = bnfold(capsys, "fold-and-export", "--model", source, "--out", tmp_path / "repo")
@@ -47,7 +54,9 @@ def test_export_with_fused_batchnorm_gets_the_re_export_note(capsys: pytest.Capt
     assert manifest["notes"] == [EXPECTED_NOTE.removeprefix("note: ")]
 
 
-def test_re_export_as_advised_keeps_the_batchnorm_for_bnfold(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_re_export_as_advised_keeps_the_batchnorm_for_bnfold(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     source = tmp_path / "kept.onnx"
     assert "BatchNormalization" in _export(tiny_nets.build(), source, optimize=False)
     ran = bnfold(capsys, "fold-and-export", "--model", source, "--out", tmp_path / "repo", "--json")
