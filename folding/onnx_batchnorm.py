@@ -12,36 +12,19 @@ that are not compile-time constants (for example computed by ReduceMean from the
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import numpy as np
 import onnx_ir as ir
 
-from bnfold.folding.arithmetic import ScaleShift, batchnorm_scale_shift
+from bnfold.folding.arithmetic import batchnorm_scale_shift
 from bnfold.folding.errors import FoldingError
-from bnfold.folding.onnx_graph import FloatArray, GraphEditor, constant, float_attr, int_attr
-from bnfold.folding.plan import Rewrite
+from bnfold.folding.onnx_channel_map import BATCHNORM, ChannelMap
+from bnfold.folding.onnx_graph import FloatArray, constant, float_attr, int_attr
 
 DEFAULT_EPSILON = 1e-5
 _ROLES = ("scale (γ)", "B (β)", "input_mean (μ)", "input_var (σ²)")
 
 
-@dataclass(frozen=True)
-class InferenceBatchNorm:
-    """A BatchNormalization proven to be the per-channel map y = s·x + t."""
-
-    affine: ScaleShift
-    dtype: np.dtype[np.generic]  # dtype of its scale input: the dtype a lowered scale/shift is stored in
-
-
-OnnxRule = Callable[[GraphEditor, ir.Node, ir.Node, InferenceBatchNorm], str | Rewrite]
-"""A fold rule of the ONNX engine: (editor, the neighbour node, the BN node, its statistics) → the rewrite
-it made, or the reason it refused."""
-
-
-def read_batchnorm(node: ir.Node, opset: int) -> InferenceBatchNorm | str:
-    """The inference affine map of `node`, or the reason it cannot be treated as one."""
+def read_batchnorm(node: ir.Node, opset: int) -> ChannelMap | str:
+    """The inference affine map of `node` (on channel axis 1), or the reason it cannot be treated as one."""
     refusal = _mode_refusal(node, opset)
     if refusal is not None:
         return refusal
@@ -60,7 +43,7 @@ def read_batchnorm(node: ir.Node, opset: int) -> InferenceBatchNorm | str:
         affine = batchnorm_scale_shift(gamma, beta, mean, var, float_attr(node, "epsilon", DEFAULT_EPSILON))
     except FoldingError as error:
         return str(error)
-    return InferenceBatchNorm(affine=affine, dtype=gamma.dtype)
+    return ChannelMap(bn_name(node), BATCHNORM, (node,), affine, dtype=gamma.dtype)
 
 
 def _mode_refusal(node: ir.Node, opset: int) -> str | None:
@@ -74,13 +57,6 @@ def _mode_refusal(node: ir.Node, opset: int) -> str | None:
     if extra:
         return f"it also outputs running/saved statistics {extra} (training behaviour)"
     return None
-
-
-def bn_input(node: ir.Node) -> ir.Value:
-    value = node.inputs[0]
-    if value is None:
-        raise FoldingError(f"BatchNormalization {node.name!r} has no input X; the model is invalid")
-    return value
 
 
 def bn_name(node: ir.Node) -> str:

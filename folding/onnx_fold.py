@@ -23,7 +23,9 @@ import onnx_ir as ir
 from numpy.typing import NDArray
 
 from bnfold.folding.errors import FoldingError
-from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, bn_name, read_batchnorm
+from bnfold.folding.onnx_affine import find_affine_maps
+from bnfold.folding.onnx_batchnorm import bn_name, read_batchnorm
+from bnfold.folding.onnx_channel_map import AFFINE, BATCHNORM, ChannelMap
 from bnfold.folding.onnx_constants import fold_constant_subexpressions
 from bnfold.folding.onnx_graph import GraphEditor, is_op
 from bnfold.folding.onnx_lower import lower_batchnorm
@@ -31,7 +33,7 @@ from bnfold.folding.onnx_measure import measure_fold
 from bnfold.folding.onnx_next import fold_into_next
 from bnfold.folding.onnx_previous import fold_into_previous
 from bnfold.folding.onnx_shapes import infer_ranks
-from bnfold.folding.plan import LOWERING_DISABLED, Decision, Plan, Rewrite, not_folded, not_lowered
+from bnfold.folding.plan import ALREADY_MUL_ADD, LOWERING_DISABLED, Decision, Plan, Rewrite, not_folded, not_lowered
 from bnfold.folding.report import Action, FoldEntry, FoldReport
 from bnfold.messages import first_line
 
@@ -64,63 +66,99 @@ def fold_onnx(
     editor.restore_names()
     folded = ir.to_proto(ir_model)
     _check_output(folded)
-    entries = [plan.decision.entry(name) for name, plan in plans.items()]
+    entries = [_entry(name, site, plan) for name, (site, plan) in plans.items()]
     entries += _nested_batchnorms(ir_model)
     report = FoldReport(entries=entries)
     if example_inputs is not None:
-        probes = {name: plan.replacement for name, plan in plans.items() if plan.replacement is not None}
+        probes = {name: plan.replacement for name, (_, plan) in plans.items() if plan.replacement is not None}
         report = measure_fold(model, folded, example_inputs, report, probes, editor.superseded)
     return OnnxFoldResult(model=folded, report=report)
 
 
-def _fold_main_graph(editor: GraphEditor, opset: int, lower_unfoldable: bool) -> dict[str, Plan]:
-    """The plan of every BN of the main graph, by report name, in graph order; a plan's reference and
-    replacement are the probe, a value name present in both models."""
-    batchnorms = [node for node in editor.graph if is_op(node, "BatchNormalization")]
-    plans: dict[ir.Node, Plan] = {}
-    readable: list[tuple[ir.Node, InferenceBatchNorm]] = []
-    for bn in batchnorms:
-        read = read_batchnorm(bn, opset)
-        if isinstance(read, str):
-            plans[bn] = Plan(Decision.kept(read))
-        else:
-            readable.append((bn, read))
-    previous: dict[ir.Node, str] = {}
-    for bn, batchnorm in readable:
-        _settle(plans, previous, bn, fold_into_previous(editor, bn, batchnorm), Action.FOLDED_INTO_PREVIOUS)
-    following: dict[ir.Node, str] = {}
-    for bn, batchnorm in reversed([pair for pair in readable if pair[0] not in plans]):
-        _settle(plans, following, bn, fold_into_next(editor, bn, batchnorm), Action.FOLDED_INTO_NEXT)
-    for bn, batchnorm in [pair for pair in readable if pair[0] not in plans]:
-        reason = not_folded(previous[bn], following[bn])
-        lowered = lower_batchnorm(editor, bn, batchnorm) if lower_unfoldable else LOWERING_DISABLED
+Candidate = ChannelMap | tuple[ir.Node, str]  # a map to fold, or a refused one: (its node, why)
+
+
+def _fold_main_graph(editor: GraphEditor, opset: int, lower_unfoldable: bool) -> dict[str, tuple[Candidate, Plan]]:
+    """The plan of every BN and per-channel affine map of the main graph, by report name, in graph order;
+    a plan's reference and replacement are the probe, a value name present in both models."""
+    candidates = _candidates(editor, opset)
+    plans: dict[int, Plan] = {}
+    readable = [(index, site) for index, site in enumerate(candidates) if isinstance(site, ChannelMap)]
+    for index, site in enumerate(candidates):
+        if isinstance(site, tuple):
+            plans[index] = Plan(Decision.kept(site[1]))
+    previous: dict[int, str] = {}
+    for index, site in readable:
+        _settle(plans, previous, index, fold_into_previous(editor, site), Action.FOLDED_INTO_PREVIOUS)
+    following: dict[int, str] = {}
+    for index, site in reversed([pair for pair in readable if pair[0] not in plans]):
+        _settle(plans, following, index, fold_into_next(editor, site), Action.FOLDED_INTO_NEXT)
+    for index, site in [pair for pair in readable if pair[0] not in plans]:
+        reason = not_folded(previous[index], following[index])
+        if site.kind == AFFINE:
+            plans[index] = Plan(Decision.kept(not_lowered(reason, ALREADY_MUL_ADD)))
+            continue
+        lowered = lower_batchnorm(editor, site) if lower_unfoldable else LOWERING_DISABLED
         if isinstance(lowered, Rewrite):
-            plans[bn] = Plan(Decision.lowered(reason), lowered.probe, lowered.probe)
+            plans[index] = Plan(Decision.lowered(reason), lowered.probe, lowered.probe)
         else:
-            plans[bn] = Plan(Decision.kept(not_lowered(reason, lowered)))
-    return {name: plans[bn] for bn, name in zip(batchnorms, _report_names(batchnorms), strict=True)}
+            plans[index] = Plan(Decision.kept(not_lowered(reason, lowered)))
+    names = _report_names([_site_name(site) for site in candidates])
+    return {name: (site, plans[index]) for index, (site, name) in enumerate(zip(candidates, names, strict=True))}
 
 
-def _report_names(nodes: list[ir.Node]) -> list[str]:
-    """Node names (else the output's name), made unique with a '#k' suffix: ONNX does not require it."""
+def _candidates(editor: GraphEditor, opset: int) -> list[Candidate]:
+    """Every BatchNormalization and every per-channel Mul/Add map, in graph order; a refused one as
+    (its node, the reason)."""
+    found: list[Candidate] = []
+    for node in editor.graph:
+        if is_op(node, "BatchNormalization"):
+            read = read_batchnorm(node, opset)
+            found.append((node, read) if isinstance(read, str) else read)
+    found += list(find_affine_maps(editor))
+    position = {node: index for index, node in enumerate(editor.graph)}
+    return sorted(found, key=lambda site: position[_first_node(site)])
+
+
+def _first_node(site: Candidate) -> ir.Node:
+    return site[0] if isinstance(site, tuple) else site.nodes[0]
+
+
+def _site_name(site: Candidate) -> str:
+    if isinstance(site, ChannelMap):
+        return site.name
+    node = site[0]
+    return bn_name(node) if is_op(node, "BatchNormalization") else node.name or f"{node.op_type}→{node.outputs[0].name}"
+
+
+def _entry(name: str, site: Candidate, plan: Plan) -> FoldEntry:
+    if isinstance(site, ChannelMap):
+        return plan.decision.entry(name, kind=site.kind, sources=site.sources)
+    node = site[0]
+    kind = BATCHNORM if is_op(node, "BatchNormalization") else AFFINE
+    return plan.decision.entry(name, kind=kind, sources=(node.name or f"{node.op_type}→{node.outputs[0].name}",))
+
+
+def _report_names(wanted: list[str]) -> list[str]:
+    """The wanted names, made unique with a '#k' suffix: ONNX does not require node names to be unique."""
     names: list[str] = []
-    for node in nodes:
-        name, counter = bn_name(node), 1
+    for base in wanted:
+        name, counter = base, 1
         while name in names:
             counter += 1
-            name = f"{bn_name(node)}#{counter}"
+            name = f"{base}#{counter}"
         names.append(name)
     return names
 
 
 def _settle(
-    plans: dict[ir.Node, Plan], refusals: dict[ir.Node, str], bn: ir.Node, outcome: str | Rewrite, action: Action
+    plans: dict[int, Plan], refusals: dict[int, str], index: int, outcome: str | Rewrite, action: Action
 ) -> None:
     """Record a successful fold, or the refusal of this side."""
     if isinstance(outcome, Rewrite):
-        plans[bn] = Plan(Decision.folded(action, outcome.target), outcome.probe, outcome.probe)
+        plans[index] = Plan(Decision.folded(action, outcome.target), outcome.probe, outcome.probe)
     else:
-        refusals[bn] = outcome
+        refusals[index] = outcome
 
 
 def _nested_batchnorms(ir_model: ir.Model) -> list[FoldEntry]:

@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from bnfold.folding.arithmetic import fold_into_next as fold_arithmetic
 from bnfold.folding.errors import FoldingError
-from bnfold.folding.onnx_batchnorm import InferenceBatchNorm, OnnxRule, bn_input
+from bnfold.folding.onnx_channel_map import ChannelMap, OnnxRule
 from bnfold.folding.onnx_graph import (
     GraphEditor,
     constant,
@@ -31,9 +31,9 @@ from bnfold.folding.onnx_graph import (
 from bnfold.folding.plan import Rewrite, pads_with_zeros
 
 
-def fold_into_next(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
-    """Fold `bn` into the single layer reading its output; returns what it went into, or why not."""
-    found = sole_consumer(bn.outputs[0])
+def fold_into_next(editor: GraphEditor, site: ChannelMap) -> str | Rewrite:
+    """Fold the map `site` into the single layer reading its output; returns what it went into, or why not."""
+    found = sole_consumer(site.y)
     if isinstance(found, str):
         return found
     consumer, slot = found
@@ -42,13 +42,18 @@ def fold_into_next(editor: GraphEditor, bn: ir.Node, batchnorm: InferenceBatchNo
         return f"its consumer is {consumer.op_type}, not one of {', '.join(NEXT_RULES)}"
     if slot != 0:
         return f"it feeds input {slot} of {consumer.op_type} {consumer.name!r}, not its data input"
+    if consumer.op_type != "MatMul" and site.axis != 1:
+        return (
+            f"{site.label()} scales axis {site.axis} of {site.x.name!r}, not the channel axis 1 that "
+            f"{consumer.op_type} {consumer.name!r} reduces over"
+        )
     try:
-        return rule(editor, consumer, bn, batchnorm)
+        return rule(editor, consumer, site)
     except FoldingError as error:
         return str(error)
 
 
-def _conv(editor: GraphEditor, conv: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
+def _conv(editor: GraphEditor, conv: ir.Node, site: ChannelMap) -> str | Rewrite:
     padding = _padding_refusal(conv)
     if padding is not None:
         return padding
@@ -56,14 +61,14 @@ def _conv(editor: GraphEditor, conv: ir.Node, bn: ir.Node, batchnorm: InferenceB
     bias = optional_constant(conv.inputs[2] if len(conv.inputs) > 2 else None, "bias")
     if isinstance(weight, str) or isinstance(bias, str):
         return str(weight if isinstance(weight, str) else bias)
-    new_weight, new_bias = fold_arithmetic(weight, bias, batchnorm.affine, groups=int_attr(conv, "group", 1))
+    new_weight, new_bias = fold_arithmetic(weight, bias, site.affine, groups=int_attr(conv, "group", 1))
     inputs = [
-        bn_input(bn),
+        site.x,
         editor.initializer(f"{input_name(conv, 1)}_bnfold", rounded(new_weight, weight)),
         editor.initializer(f"{input_name(conv, 1)}_bias_bnfold", rounded(new_bias, weight if bias is None else bias)),
     ]
     node = editor.node("Conv", inputs, conv.attributes.values(), conv.name or editor.unique("conv"))
-    return _replace(editor, [bn, conv], [node], conv)
+    return _replace(editor, [*site.nodes, conv], [node], conv)
 
 
 def _padding_refusal(conv: ir.Node) -> str | None:
@@ -76,7 +81,7 @@ def _padding_refusal(conv: ir.Node) -> str | None:
     return None
 
 
-def _gemm(editor: GraphEditor, gemm: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
+def _gemm(editor: GraphEditor, gemm: ir.Node, site: ChannelMap) -> str | Rewrite:
     if int_attr(gemm, "transA", 0) != 0:
         return f"Gemm {gemm.name!r} has transA = 1, so BN's channel axis is not Gemm's reduction axis"
     b = constant(gemm.inputs[1], "Gemm B")
@@ -84,33 +89,36 @@ def _gemm(editor: GraphEditor, gemm: ir.Node, bn: ir.Node, batchnorm: InferenceB
     if isinstance(b, str) or isinstance(c, str):
         return str(b if isinstance(b, str) else c)
     trans_b = int_attr(gemm, "transB", 0) == 1
-    new_out_major, gain = fold_arithmetic(b if trans_b else b.T, None, batchnorm.affine)  # (N, K)
+    new_out_major, gain = fold_arithmetic(b if trans_b else b.T, None, site.affine)  # (N, K)
     beta_c = np.zeros(1) if c is None else float_attr(gemm, "beta", 1.0) * c.astype(np.float64)
     new_c = beta_c + float_attr(gemm, "alpha", 1.0) * gain  # C' = β·C + α·Bᵀt, broadcast like C
     new_b = new_out_major if trans_b else new_out_major.T
     inputs = [
-        bn_input(bn),
+        site.x,
         editor.initializer(f"{input_name(gemm, 1)}_bnfold", rounded(new_b, b)),
         editor.initializer(f"{input_name(gemm, 1)}_bias_bnfold", rounded(new_c, b if c is None else c)),
     ]
     attributes = [attr for attr in gemm.attributes.values() if attr.name != "beta"]  # β' = 1
     node = editor.node("Gemm", inputs, attributes, gemm.name or editor.unique("gemm"))
-    return _replace(editor, [bn, gemm], [node], gemm)
+    return _replace(editor, [*site.nodes, gemm], [node], gemm)
 
 
-def _matmul(editor: GraphEditor, matmul: ir.Node, bn: ir.Node, batchnorm: InferenceBatchNorm) -> str | Rewrite:
+def _matmul(editor: GraphEditor, matmul: ir.Node, site: ChannelMap) -> str | Rewrite:
     weight = constant(matmul.inputs[1], "MatMul weight")
     if isinstance(weight, str):
         return weight
-    rank = editor.ranks.get(str(bn_input(bn).name))
-    if weight.ndim != 2 or rank != 2:
-        return f"MatMul input rank is {rank} and weight rank {weight.ndim}: BN axis 1 is not W's input axis"
-    new_weight_t, gain = fold_arithmetic(weight.T, None, batchnorm.affine)  # W.T is (N, K)
+    rank = editor.ranks.get(str(site.x.name))
+    if weight.ndim != 2 or rank is None or site.axis != rank - 1:
+        return (
+            f"MatMul input rank is {rank} and weight rank {weight.ndim}: {site.label()} axis {site.axis} "
+            "is not W's input axis"
+        )
+    new_weight_t, gain = fold_arithmetic(weight.T, None, site.affine)  # W.T is (N, K)
     new_weight = editor.initializer(f"{input_name(matmul, 1)}_bnfold", rounded(new_weight_t.T, weight))
-    product = editor.node("MatMul", [bn_input(bn), new_weight], (), matmul.name or editor.unique("matmul"))
+    product = editor.node("MatMul", [site.x, new_weight], (), matmul.name or editor.unique("matmul"))
     shift = editor.initializer(f"{input_name(matmul, 1)}_bias_bnfold", rounded(gain, weight))
     plus = editor.node("Add", [product.outputs[0], shift], (), editor.unique(f"{product.name}_bias"))
-    return _replace(editor, [bn, matmul], [product, plus], matmul)
+    return _replace(editor, [*site.nodes, matmul], [product, plus], matmul)
 
 
 def _replace(editor: GraphEditor, old: list[ir.Node], new: list[ir.Node], consumer: ir.Node) -> Rewrite:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from bnfold.folding.report import Action, FoldEntry
 
 LOWERING_DISABLED = "lowering is disabled"
+ALREADY_MUL_ADD = "it already is a per-channel Mul/Add"
 
 
 def output_needed_elsewhere(layer: str, readers: str) -> str:
@@ -67,9 +68,19 @@ class Decision:
     def kept(cls, reason: str) -> Decision:
         return cls(Action.KEPT, reason=reason)
 
-    def entry(self, bn: str, max_error: float | None = None) -> FoldEntry:
-        """The report entry of this decision for the BN named `bn`."""
-        return FoldEntry(bn=bn, action=self.action, target=self.target, reason=self.reason, max_error=max_error)
+    def entry(
+        self, bn: str, max_error: float | None = None, *, kind: str = "batchnorm", sources: tuple[str, ...] = ()
+    ) -> FoldEntry:
+        """The report entry of this decision for the BN (of `kind`, from the nodes `sources`) named `bn`."""
+        return FoldEntry(
+            bn=bn,
+            action=self.action,
+            target=self.target,
+            reason=self.reason,
+            max_error=max_error,
+            kind=kind,
+            sources=sources,
+        )
 
 
 @dataclass

@@ -34,6 +34,9 @@ class FoldEntry:
     target: the layer it went into (None when kept or lowered).
     reason: why it was not folded (None when folded).
     max_error: max |BN output − replacement output| measured on the example inputs (None if not measured).
+    kind: what the BN is: "batchnorm" (a BatchNormalization node or nn.BatchNorm module),
+        "frozen_batchnorm", or "affine" (a per-channel y = s·x + t written as Mul/Add by constants).
+    sources: the names of the nodes or modules it came from.
     """
 
     bn: str
@@ -41,10 +44,13 @@ class FoldEntry:
     target: str | None = None
     reason: str | None = None
     max_error: float | None = None
+    kind: str = "batchnorm"
+    sources: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["action"] = self.action.value
+        data["sources"] = list(self.sources)
         return data
 
     @classmethod
@@ -59,6 +65,8 @@ class FoldEntry:
             target=data.get("target"),
             reason=data.get("reason"),
             max_error=data.get("max_error"),
+            kind=str(data.get("kind", "batchnorm")),
+            sources=tuple(str(source) for source in data.get("sources", ())),
         )
 
 
@@ -96,6 +104,12 @@ class FoldReport:
         """How many BatchNorms were merged into a neighbouring layer's weights."""
         return sum(entry.action in (Action.FOLDED_INTO_PREVIOUS, Action.FOLDED_INTO_NEXT) for entry in self.entries)
 
+    @property
+    def batchnorm_ops(self) -> list[FoldEntry]:
+        """The entries that are BatchNormalization ops in an unfolded export (kind "batchnorm"); an
+        "affine" map is a Mul/Add there, and a "frozen_batchnorm" computes x·s + t explicitly too."""
+        return [entry for entry in self.entries if entry.kind == "batchnorm"]
+
     def count(self, action: Action) -> int:
         """How many entries have `action`."""
         return sum(entry.action is action for entry in self.entries)
@@ -105,12 +119,15 @@ class FoldReport:
         return {action.value: counter.get(action.value, 0) for action in Action}
 
     def summary(self) -> str:
-        """One line, e.g. '12/14 BatchNorm folded, 1 lowered, 1 kept'."""
+        """One line, e.g. '12/14 BatchNorm folded, 1 lowered, 1 kept'; when some entries are per-channel
+        Mul/Add maps rather than BN ops, it ends with how many, e.g. '…, 0 kept (2 of the 14 are affine maps)'."""
         counts = self.counts()
-        return (
+        line = (
             f"{self.folded}/{self.total} BatchNorm folded, {counts[Action.LOWERED.value]} lowered, "
             f"{counts[Action.KEPT.value]} kept"
         )
+        affine = sum(entry.kind == "affine" for entry in self.entries)
+        return f"{line} ({affine} of the {self.total} are affine maps)" if affine else line
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form stored in model.json (docs/repository-format.md); do not change its shape."""

@@ -68,8 +68,9 @@ def check_onnx(model_bytes: bytes, variant: str) -> onnx.ModelProto:
 
 
 def check_batchnorm_counts(unfolded: int, folded: int, total: int, kept: int) -> None:
-    """Rule 2: unfolded has exactly as many BN nodes as the fold report has BNs (`total`: the PyTorch model's
-    BN calls, or the input graph's BN nodes for an .onnx input), and folded only the kept ones."""
+    """Rule 2: unfolded has exactly as many BN nodes as the fold report has BN ops (`total`: the PyTorch
+    model's BN calls, or the input graph's BN nodes for an .onnx input; per-channel Mul/Add maps are not BN
+    ops and not counted), and folded only the kept ones."""
     if unfolded < total:
         raise VerificationError(
             f"unfolded.onnx has {unfolded} BatchNormalization node(s) but the fold report lists {total} BatchNorms: "

@@ -86,7 +86,9 @@ def _check_counts(manifest: dict[str, Any], counts: dict[str, int]) -> None:
         raise VerificationError(f"model.json's fold_report lacks {missing}; rebuild the entry") from None
     except (TypeError, ValueError) as error:
         raise VerificationError(f"model.json's fold_report is malformed: {error}; rebuild the entry") from None
-    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], report.total, report.count(Action.KEPT))
+    ops = report.batchnorm_ops
+    kept = sum(entry.action is Action.KEPT for entry in ops)
+    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], len(ops), kept)
 
 
 def _check_outputs(manifest: dict[str, Any], variant: str, values: list[NDArray[Any]], batch: int) -> None:

@@ -27,6 +27,16 @@ from bnfold.models.export.spec import LoadedModel, parse_shape, random_batch
 from bnfold.models.export.torch_candidate import NO_BATCHNORM_NOTE, quiet_export
 from bnfold.models.progress import Progress
 
+# An ONNX file may have no BatchNorm because its exporter fused it already: torch.onnx.export does with its
+# defaults (dynamo=True, optimize=True) and so does the legacy exporter (dynamo=False) with its default
+# constant folding. Re-exported with these options the BatchNormalization nodes stay (torch 2.13).
+ONNX_NO_BATCHNORM_NOTE = (
+    f"{NO_BATCHNORM_NOTE}. If it was exported from PyTorch, the exporter may have fused the BatchNorm into "
+    "the convolutions already (torch.onnx.export does by default): re-export with "
+    "torch.onnx.export(model, args, dynamo=True, optimize=False), or with dynamo=False and "
+    "do_constant_folding=False, so that bnfold folds it and verifies the fold"
+)
+
 FLOAT_TYPES: dict[int, type[np.floating[Any]]] = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.DOUBLE: np.float64,
@@ -74,7 +84,7 @@ def _fold(
 ) -> Candidate:
     with progress.step("folding (ONNX)"):
         result = fold_onnx(model, inputs)
-    notes = [NO_BATCHNORM_NOTE] if result.report.total == 0 else []
+    notes = [ONNX_NO_BATCHNORM_NOTE] if result.report.total == 0 else []
     folded = data if result.report.total == 0 else result.model.SerializeToString()
     dtype = str(next(iter(inputs.values())).dtype)
     return Candidate(

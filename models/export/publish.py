@@ -34,7 +34,9 @@ def verify_candidate(candidate: Candidate) -> Verified:
     graphs = {"unfolded": candidate.unfolded, "folded": candidate.folded}
     counts = {variant: checks.count_batchnorm(checks.check_onnx(data, variant)) for variant, data in graphs.items()}
     report = FoldReport.from_json(candidate.fold_report)
-    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], report.total, report.count(Action.KEPT))
+    ops = report.batchnorm_ops
+    kept = sum(entry.action is Action.KEPT for entry in ops)
+    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], len(ops), kept)
     outputs = {variant: checks.run_onnx(data, candidate.inputs) for variant, data in graphs.items()}
     reference, against = candidate.reference, "the PyTorch model"
     if reference is None:
