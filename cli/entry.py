@@ -1,7 +1,8 @@
-"""`bnfold verify REPO_DIR/NAME` and `bnfold inspect REPO_DIR/NAME`; they need no torch.
+"""`bnfold verify REPO_DIR[/NAME]` and `bnfold inspect REPO_DIR[/NAME]`; they need no torch.
 
 verify re-runs every check of models/export/entry_check.py and prints one line per passed check (exit 1 and one
-line naming the failed check otherwise); inspect shows the fold report of model.json as a table.
+line naming the failed check otherwise); inspect shows the fold report of model.json as a table. Given a whole
+repository, both print one summary line per entry and exit 1 if any entry fails (cli/each_entry.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
+from bnfold.cli.each_entry import is_repository, run_each
 from bnfold.cli.support import OneLineParser, run, stdout_console
 from bnfold.models.export.entry_check import verify_entry
 from bnfold.models.export.repository import read_manifest
@@ -19,19 +21,27 @@ from bnfold.models.export.repository import read_manifest
 
 def _entry_parser(prog: str, description: str) -> OneLineParser:
     parser = OneLineParser(prog=prog, description=description)
-    parser.add_argument("entry", type=Path, metavar="REPO_DIR/NAME", help="a repository entry")
+    parser.add_argument("entry", type=Path, metavar="REPO_DIR[/NAME]", help="a repository entry, or a repository")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     return parser
 
 
 def verify_main(argv: Sequence[str]) -> int:
     args = _entry_parser("verify", "Re-run the checks of a repository entry.").parse_args(list(argv))
+    if is_repository(args.entry):
+        return run_each("verify", args.entry, _verify_summary, as_json=args.json)
 
     def work() -> dict[str, Any]:
         result = verify_entry(args.entry)
         return {"ok": True, "entry": str(result.entry), "passed": result.passed, "max_abs_error": result.max_abs_error}
 
     return run("verify", work, as_json=args.json, show=_show_verified)
+
+
+def _verify_summary(entry: Path) -> tuple[str, dict[str, Any]]:
+    result = verify_entry(entry)
+    line = f"verified, {len(result.passed)} checks passed, folded vs unfolded max |Δ| = {result.max_abs_error:.3e}"
+    return line, {"passed": result.passed, "max_abs_error": result.max_abs_error}
 
 
 def _show_verified(result: dict[str, Any]) -> None:
@@ -42,7 +52,20 @@ def _show_verified(result: dict[str, Any]) -> None:
 
 def inspect_main(argv: Sequence[str]) -> int:
     args = _entry_parser("inspect", "Show the fold report of a repository entry.").parse_args(list(argv))
+    if is_repository(args.entry):
+        return run_each("inspect", args.entry, _inspect_summary, as_json=args.json)
     return run("inspect", lambda: read_manifest(args.entry), as_json=args.json, show=_show_report)
+
+
+def _inspect_summary(entry: Path) -> tuple[str, dict[str, Any]]:
+    manifest = read_manifest(entry)
+    variants = manifest["variants"]
+    line = (
+        f"{manifest['fold_report']['summary']}; BatchNormalization nodes unfolded "
+        f"{variants['unfolded']['batchnorm_nodes']}, folded {variants['folded']['batchnorm_nodes']}; "
+        f"source {manifest['provenance']['source']}"
+    )
+    return line, {"manifest": manifest}
 
 
 def _show_report(manifest: dict[str, Any]) -> None:

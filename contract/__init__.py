@@ -6,6 +6,7 @@ folding engine: torch-free, onnx-free (numpy, pydantic and the standard library 
     bnfold.contract.datatypes    the Open Inference Protocol (V2) datatype ↔ numpy dtype map
     bnfold.contract.manifest     the pydantic schema of model.json
     bnfold.contract.hashing      streamed SHA-256 of the entry's files
+    bnfold.contract.external_data  the external data files an ONNX file loads, and the rules they obey
     bnfold.contract.calibration  reading calibration.npz (no pickles) against the declared inputs
     bnfold.contract.op_count     counting BatchNormalization nodes of an ONNX model (duck-typed, no onnx import)
 
