@@ -3,8 +3,9 @@
 - `model.onnx`: unfolded.onnx is the input graph as given; its external data (if any) is loaded relative to
   the model file, whatever the working directory, and the entry keeps it in its own files; folded.onnx
   is fold_onnx's result. There is no PyTorch model, so both variants are checked against the unfolded
-  graph run in onnxruntime. Axis 0 of every input must be dynamic (the repository's batch axis); the calibration batch is 16 seeded
-  standard-normal samples per float input, shaped by the graph's static dims (or --input-shape).
+  graph run in onnxruntime. Axis 0 of every input must be dynamic (the repository's batch axis); the
+  calibration batch is 16 seeded standard-normal samples per float input, shaped by the graph's static
+  dims (or --input-shape).
 - `model.pt2` (torch.export archive): the archive's graph is fixed (it cannot be put back into eval mode
   nor re-traced into modules), so it is exported to ONNX as it is and folded with fold_onnx; the reference
   is the archive's own module run by PyTorch.
