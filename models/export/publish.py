@@ -2,9 +2,9 @@
 
 Both variants are written into the entry's hidden staging directory first (with external data when the model
 needs it, models/export/variant_files.py) and verified there, from the very files the entry will hold:
-onnx.checker on both graphs, the BatchNormalization counts,
-both graphs in onnxruntime (ORT_DISABLE_ALL) against the reference (the PyTorch model's outputs, or the
-unfolded graph when there is no PyTorch model), and the arg-max for classifiers. The first failure raises
+onnx.checker on both graphs, the BatchNormalization counts, both graphs in onnxruntime (ORT_DISABLE_ALL)
+against the reference (the PyTorch model's outputs, or the unfolded graph when there is no PyTorch model),
+and the arg-max for classifiers. The first failure raises
 VerificationError, the staging directory is removed and the repository is untouched.
 """
 
