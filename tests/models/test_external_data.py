@@ -292,3 +292,19 @@ def test_a_manifest_without_external_data_fields_still_reads(tmp_path: Path) -> 
     ran = cli(tmp_path, "verify", "repo/external_nets")
     assert ran.returncode == 0, ran.stderr
     assert "✓ SHA-256 of both variants and of their 0 external data file(s) matches model.json" in ran.stdout
+
+
+def test_a_source_whose_external_data_is_missing_is_refused_in_one_line(tmp_path: Path) -> None:
+    source, elsewhere = tmp_path / "source", tmp_path / "elsewhere"
+    source.mkdir()
+    elsewhere.mkdir()
+    export_with_external_data(build(), source / "m.onnx")
+    (source / "m.onnx.data").unlink()
+    ran = cli(elsewhere, "fold-and-export", "--model", "../source/m.onnx", "--out", "repo")
+    assert ran.returncode == 1
+    assert ran.stderr.strip().splitlines()[-1] == (
+        "bnfold fold-and-export: cannot load the external data of ../source/m.onnx (Data of TensorProto ( tensor "
+        "name: conv.weight) should be stored in ../source/m.onnx.data, but it is not regular file.); keep the data "
+        "files where the model names them, relative to the model file"
+    )
+    assert not (elsewhere / "repo").exists()
