@@ -7,7 +7,17 @@ import sys
 from pathlib import Path
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-MODULES = ("agreement", "calibration", "datatypes", "errors", "hashing", "layout", "manifest", "op_count")
+MODULES = (
+    "agreement",
+    "calibration",
+    "datatypes",
+    "errors",
+    "external_data",
+    "hashing",
+    "layout",
+    "manifest",
+    "op_count",
+)
 
 
 def test_a_fresh_interpreter_importing_the_contract_loads_no_torch_and_no_onnx() -> None:
