@@ -33,7 +33,7 @@ SPARSE_VALUES, SPARSE_INDICES = 1, 2
 TENSOR_NAME, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 8, 13, 14
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
-VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
+VARINT, FIXED64, LENGTH_DELIMITED, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,10 @@ class ExternalReference:
 
     tensor: str
     location: str
+
+
+class MalformedOnnx(ContractError):
+    """The bytes are not a protobuf message at all (truncated, or an impossible wire type)."""
 
 
 class DeclaredFile(Protocol):
@@ -67,9 +71,16 @@ def check_external_data(
     directory: Path, onnx_file: str, onnx_bytes: bytes, declared: Sequence[DeclaredFile], where: str
 ) -> None:
     """ContractError unless every file `onnx_file` refers to is declared in model.json (at `where`), every
-    declared file lies inside `directory` as a regular file, and its SHA-256 is the declared one."""
+    declared file lies inside `directory` as a regular file, and its SHA-256 is the declared one.
+
+    Bytes that are no protobuf message at all load nothing: no protobuf parser, onnx's or onnxruntime's,
+    accepts them, so the check of the declared files runs and the loader's own message names the damage."""
     listed = {spec.file: spec for spec in declared}
-    for reference in external_references(onnx_bytes):
+    try:
+        references = external_references(onnx_bytes)
+    except MalformedOnnx:
+        references = []
+    for reference in references:
         if reference.location not in listed:
             raise ContractError(
                 f"{onnx_file} loads tensor {reference.tensor!r} from {reference.location!r}, which model.json does "
@@ -176,20 +187,48 @@ def _fields(data: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
         elif wire == LENGTH_DELIMITED:
             length, position = _varint(data, position)
             if position + length > end:
-                raise ContractError("the ONNX file is truncated (a field runs past its end); rebuild the entry")
+                raise MalformedOnnx("the ONNX file is truncated (a field runs past its end); rebuild the entry")
             yield number, wire, data[position : position + length]
             position += length
         elif wire in (FIXED64, FIXED32):
             position += 8 if wire == FIXED64 else 4
+        elif wire == START_GROUP:  # a deprecated group (not in onnx.proto, but valid protobuf): skipped
+            position = _skip_group(data, position, number)
         else:
-            raise ContractError(f"the ONNX file is not a valid protobuf (wire type {wire}); rebuild the entry")
+            raise MalformedOnnx(f"the ONNX file is not a valid protobuf (wire type {wire}); rebuild the entry")
+    if position > end:
+        raise MalformedOnnx("the ONNX file is truncated (a fixed-width field runs past its end); rebuild the entry")
+
+
+def _skip_group(data: memoryview, position: int, number: int) -> int:
+    """The position after the END_GROUP that closes group `number`, whose fields start at `position`."""
+    while True:
+        key, position = _varint(data, position)
+        field, wire = key >> 3, key & 7
+        if wire == END_GROUP:
+            if field != number:
+                raise MalformedOnnx("the ONNX file is not a valid protobuf (unbalanced group); rebuild the entry")
+            return position
+        if wire == VARINT:
+            _, position = _varint(data, position)
+        elif wire == LENGTH_DELIMITED:
+            length, position = _varint(data, position)
+            position += length
+        elif wire in (FIXED64, FIXED32):
+            position += 8 if wire == FIXED64 else 4
+        elif wire == START_GROUP:
+            position = _skip_group(data, position, field)
+        else:
+            raise MalformedOnnx(f"the ONNX file is not a valid protobuf (wire type {wire}); rebuild the entry")
+        if position > len(data):
+            raise MalformedOnnx("the ONNX file is truncated (a field runs past its end); rebuild the entry")
 
 
 def _varint(data: memoryview, position: int) -> tuple[int, int]:
     result, shift = 0, 0
     while True:
         if position >= len(data) or shift > 63:
-            raise ContractError("the ONNX file is truncated (an unfinished varint); rebuild the entry")
+            raise MalformedOnnx("the ONNX file is truncated (an unfinished varint); rebuild the entry")
         byte = data[position]
         position += 1
         result |= (byte & 0x7F) << shift

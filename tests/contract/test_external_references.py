@@ -68,3 +68,13 @@ def test_a_truncated_file_is_refused() -> None:
     data = _nested_model(np.random.default_rng(9)).SerializeToString()
     with pytest.raises(ContractError, match=r"^the ONNX file is truncated \("):
         external_references(data[: len(data) // 2])
+
+
+def test_a_group_field_is_skipped_and_an_impossible_wire_type_refused() -> None:
+    model = _nested_model(np.random.default_rng(10))
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, size_threshold=0, location="w.data")
+    data = model.SerializeToString()
+    group = bytes([0x9B, 0x06, 0x08, 0x01, 0x9C, 0x06])  # keys 99<<3|3 and 99<<3|4 around field 1 = 1: a group
+    assert external_references(data + group) == external_references(data) != []
+    with pytest.raises(ContractError, match=r"^the ONNX file is not a valid protobuf \(wire type 6\); rebuild"):
+        external_references(data + bytes([8 << 3 | 6]))
