@@ -1,8 +1,10 @@
-"""`bnfold verify REPO_DIR/NAME` and `bnfold inspect REPO_DIR/NAME`; they need no torch.
+"""`bnfold verify REPO_DIR[/NAME]` and `bnfold inspect REPO_DIR[/NAME]`; they need no torch.
 
 verify re-runs every check of models/export/entry_check.py and prints one line per passed check (exit 1 and one
 line naming the failed check otherwise); inspect shows the fold report of model.json as a table, or writes
 it as a page with --html (service/ui/report_page.py, the page the service shows at /ui/models/NAME/report).
+Given a whole repository, both print one summary line per entry and exit 1 if any entry fails
+(cli/each_entry.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
+from bnfold.cli.each_entry import is_repository, run_each
 from bnfold.cli.support import OneLineParser, run, stdout_console
 from bnfold.models.export.entry_check import verify_entry
 from bnfold.models.export.repository import read_manifest
@@ -23,13 +26,15 @@ from bnfold.service.ui.report_file import entry_report_page
 
 def _entry_parser(prog: str, description: str) -> OneLineParser:
     parser = OneLineParser(prog=prog, description=description)
-    parser.add_argument("entry", type=Path, metavar="REPO_DIR/NAME", help="a repository entry")
+    parser.add_argument("entry", type=Path, metavar="REPO_DIR[/NAME]", help="a repository entry, or a repository")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     return parser
 
 
 def verify_main(argv: Sequence[str]) -> int:
     args = _entry_parser("verify", "Re-run the checks of a repository entry.").parse_args(list(argv))
+    if is_repository(args.entry):
+        return run_each("verify", args.entry, _verify_summary, as_json=args.json)
 
     def work() -> dict[str, Any]:
         result = verify_entry(args.entry)
@@ -38,6 +43,12 @@ def verify_main(argv: Sequence[str]) -> int:
                 "stale_temporaries": stale}  # fmt: skip
 
     return run("verify", work, as_json=args.json, show=_show_verified)
+
+
+def _verify_summary(entry: Path) -> tuple[str, dict[str, Any]]:
+    result = verify_entry(entry)
+    line = f"verified, {len(result.passed)} checks passed, folded vs unfolded max |Δ| = {result.max_abs_error:.3e}"
+    return line, {"passed": result.passed, "max_abs_error": result.max_abs_error}
 
 
 def _show_verified(result: dict[str, Any]) -> None:
@@ -55,6 +66,8 @@ def inspect_main(argv: Sequence[str]) -> int:
     if args.html is not None:
         work = partial(write_report_page, args.entry, args.html)
         return run("inspect", work, as_json=args.json, show=lambda done: print(f"wrote {done['html']}"))
+    if is_repository(args.entry):
+        return run_each("inspect", args.entry, _inspect_summary, as_json=args.json)
     return run("inspect", lambda: read_manifest(args.entry), as_json=args.json, show=_show_report)
 
 
@@ -63,6 +76,17 @@ def write_report_page(entry: Path, out: Path) -> dict[str, Any]:
     page, calibration = entry_report_page(entry, read_manifest(entry))
     out.write_text(page, encoding="utf-8")
     return {"ok": True, "entry": str(entry), "html": str(out), "calibration": calibration}
+
+
+def _inspect_summary(entry: Path) -> tuple[str, dict[str, Any]]:
+    manifest = read_manifest(entry)
+    variants = manifest["variants"]
+    line = (
+        f"{manifest['fold_report']['summary']}; BatchNormalization nodes unfolded "
+        f"{variants['unfolded']['batchnorm_nodes']}, folded {variants['folded']['batchnorm_nodes']}; "
+        f"source {manifest['provenance']['source']}"
+    )
+    return line, {"manifest": manifest}
 
 
 def _show_report(manifest: dict[str, Any]) -> None:

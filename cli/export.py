@@ -1,7 +1,8 @@
 """`bnfold fold-and-export` and `bnfold build-default`.
 
     bnfold fold-and-export --model SPEC [--weights FILE] [--input-shape 1,3,32,32] [--name NAME]
-                           [--task classification|regression|reconstruction] --out REPO_DIR [--json]
+                           [--task classification|regression|reconstruction] [--external-data-above BYTES]
+                           --out REPO_DIR [--json]
     bnfold build-default --out REPO_DIR [--json]
 
 Progress goes to stderr; the summary (or with --json a machine-readable one) to stdout.
@@ -20,6 +21,7 @@ from bnfold.cli.support import OneLineParser, run, stdout_console
 from bnfold.contract.errors import ContractError
 from bnfold.contract.layout import check_name
 from bnfold.models.errors import BadInputError
+from bnfold.models.export.variant_files import DEFAULT_EXTERNAL_DATA_ABOVE
 from bnfold.models.progress import Progress
 
 TASKS = ("classification", "regression", "reconstruction")
@@ -41,9 +43,24 @@ def _fold_and_export_parser() -> OneLineParser:
     parser.add_argument("--task", choices=TASKS, help="how the service compares variants (default: regression)")
     parser.add_argument("--atol", type=float, help="equivalence tolerance: absolute part (default 1e-6 for float32)")
     parser.add_argument("--rtol", type=float, help="equivalence tolerance: part relative to max|reference| (1e-5)")
+    parser.add_argument(
+        "--external-data-above",
+        type=_byte_count,
+        default=DEFAULT_EXTERNAL_DATA_ABOVE,
+        metavar="BYTES",
+        help="write the variants' tensors to external data files when they exceed "
+        "BYTES (default 1.5 GB; always when the source ONNX used external data)",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="REPO_DIR", help="the model repository")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     return parser  # fmt: skip
+
+
+def _byte_count(value: str) -> int:
+    """--external-data-above: a whole number of bytes ≥ 0 (a usage error otherwise)."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of bytes ≥ 0")
+    return int(value)
 
 
 def _entry_name(value: str) -> str:
@@ -70,6 +87,7 @@ def fold_and_export_main(argv: Sequence[str]) -> int:
             input_shape=args.input_shape,
             task=args.task,
             tolerance=_tolerance(args.atol, args.rtol),
+            external_data_above=args.external_data_above,
             progress=progress,
         )
 

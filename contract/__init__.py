@@ -6,6 +6,7 @@ folding engine: torch-free, onnx-free (numpy, pydantic and the standard library 
     bnfold.contract.datatypes    the Open Inference Protocol (V2) datatype ↔ numpy dtype map
     bnfold.contract.manifest     the pydantic schema of model.json
     bnfold.contract.hashing      streamed SHA-256 of the entry's files
+    bnfold.contract.external_data  the external data files an ONNX file loads, and the rules they obey
     bnfold.contract.calibration  reading calibration.npz (no pickles) against the declared inputs
     bnfold.contract.npz_limits   the size limits of a calibration archive, read from its .npy headers
     bnfold.contract.entry_files  an entry's files: plain names, regular files only, opened without blocking

@@ -34,12 +34,22 @@ class TensorSpec(BaseModel):
         return value
 
 
+class ExternalDataSpec(BaseModel):
+    """A file an ONNX variant loads tensors from (its `location`, relative to the entry) and its hex SHA-256."""
+
+    file: str
+    sha256: str
+
+
 class VariantSpec(BaseModel):
-    """One ONNX file of the entry: its name, hex SHA-256 and BatchNormalization node count."""
+    """One ONNX file of the entry: its name, hex SHA-256, BatchNormalization node count, and the external data
+    files it loads (none when every tensor is inside the .onnx file; manifests written before the field was
+    added have none, and a reader refuses such an entry if its ONNX does refer to external data)."""
 
     file: str
     sha256: str
     batchnorm_nodes: int
+    external_data: list[ExternalDataSpec] = []
 
 
 class ToleranceSpec(BaseModel):

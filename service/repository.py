@@ -18,9 +18,10 @@ from bnfold.contract.calibration import read_calibration
 from bnfold.contract.calibration import shape_matches as shape_matches
 from bnfold.contract.entry_files import entry_file, open_regular, read_regular
 from bnfold.contract.errors import ContractError
+from bnfold.contract.external_data import check_external_data
 from bnfold.contract.hashing import sha256_stream
 from bnfold.contract.layout import MANIFEST_FILE, NAME_PATTERN, VARIANTS, is_valid_name
-from bnfold.contract.manifest import Manifest, TensorSpec, parse_manifest
+from bnfold.contract.manifest import ExternalDataSpec, Manifest, TensorSpec, parse_manifest
 from bnfold.contract.npz_limits import CalibrationLimits
 
 __all__ = [
@@ -71,7 +72,8 @@ def discover(repository: Path) -> list[str]:
 
 
 def read_entry(directory: Path) -> Entry:
-    """Validate model.json and the digests of both ONNX files; EntryError names what is wrong."""
+    """Validate model.json, the digests of both ONNX files and of every external data file they load (each a
+    regular file inside the entry directory); EntryError names what is wrong."""
     manifest = read_manifest(directory)
     try:
         for variant in VARIANTS:
@@ -82,7 +84,18 @@ def read_entry(directory: Path) -> Entry:
     for variant in VARIANTS:
         spec = manifest.variants[variant]
         verify_sha256(directory / spec.file, spec.sha256, f"{variant} variant")
+        verify_external_data(directory, variant, spec.file, spec.external_data)
     return Entry(directory=directory, manifest=manifest)
+
+
+def verify_external_data(directory: Path, variant: str, file: str, declared: list[ExternalDataSpec]) -> None:
+    """EntryError unless the external data `file` loads is declared, inside the entry and of the declared digest."""
+    try:
+        check_external_data(directory, file, (directory / file).read_bytes(), declared, f"variants.{variant}")
+    except ContractError as error:
+        raise EntryError(str(error)) from None
+    except OSError as error:
+        raise EntryError(f"{file} cannot be read ({error.strerror}); rebuild the entry") from None
 
 
 def read_manifest(directory: Path) -> Manifest:

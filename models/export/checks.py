@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,11 +57,12 @@ def count_batchnorm(model: onnx.ModelProto) -> int:
     return count_op(model, "BatchNormalization")
 
 
-def check_onnx(model_bytes: bytes, variant: str) -> onnx.ModelProto:
-    """Parse and run onnx.checker (full check) on one variant."""
+def check_onnx(path: Path, variant: str) -> onnx.ModelProto:
+    """Run onnx.checker (full check) on one variant's file, its external data included (resolved relative to
+    the file, so any size works); returns the graph without its external tensors loaded."""
     try:
-        model = onnx.load_from_string(model_bytes)
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load_model(str(path), load_external_data=False)
     except Exception as error:  # the checker raises several unrelated types
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise VerificationError(f"onnx.checker rejects {variant}.onnx: {first}") from None
@@ -87,12 +89,13 @@ def check_batchnorm_counts(unfolded: int, folded: int, total: int, kept: int) ->
         )
 
 
-def run_onnx(model_bytes: bytes, feeds: Mapping[str, NDArray[Any]]) -> list[NDArray[Any]]:
-    """Run a graph in onnxruntime on CPU with all graph optimisations disabled."""
+def run_onnx(path: Path, feeds: Mapping[str, NDArray[Any]]) -> list[NDArray[Any]]:
+    """Run a graph file in onnxruntime on CPU with all graph optimisations disabled (external data is
+    resolved relative to the file)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return [np.asarray(output) for output in session.run(None, dict(feeds))]
 
 

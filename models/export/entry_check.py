@@ -1,6 +1,7 @@
 """`bnfold verify REPO_DIR/NAME`: re-run every check on a written entry; needs no torch.
 
-Checks, in order: the manifest (format, name); each variant's SHA-256 against model.json; onnx.checker on
+Checks, in order: the manifest (format, name); each variant's SHA-256 and that of every external data file
+it loads against model.json (each a regular file inside the entry; bnfold.contract.external_data); onnx.checker on
 both; BatchNormalization counts against model.json and the fold report (models/export/checks.py rule 2); both
 variants run in onnxruntime (ORT_DISABLE_ALL) on calibration.npz with the declared output names and shapes;
 folded agrees with unfolded within model.json's tolerance; for classification the arg-max agrees too.
@@ -15,6 +16,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bnfold.contract.errors import ContractError
+from bnfold.contract.external_data import check_external_data
+from bnfold.contract.manifest import VariantSpec
 from bnfold.folding.report import Action, FoldReport
 from bnfold.models.errors import BadInputError, VerificationError
 from bnfold.models.export import checks
@@ -37,14 +41,15 @@ def verify_entry(entry: Path) -> EntryVerification:
     result = EntryVerification(entry)
     manifest = read_manifest(entry)
     result.passed.append(f"manifest {manifest['format']} names {manifest['name']!r}")
-    variants = {variant: _read_variant(entry, manifest, variant) for variant in ("unfolded", "folded")}
-    result.passed.append("SHA-256 of both variants matches model.json")
-    counts = {variant: checks.count_batchnorm(checks.check_onnx(data, variant)) for variant, data in variants.items()}
+    variants = {variant: _checked_variant(entry, manifest, variant) for variant in ("unfolded", "folded")}
+    external = sum(len(manifest["variants"][variant].get("external_data", [])) for variant in variants)
+    result.passed.append(f"SHA-256 of both variants and of their {external} external data file(s) matches model.json")
+    counts = {variant: checks.count_batchnorm(checks.check_onnx(path, variant)) for variant, path in variants.items()}
     result.passed.append("onnx.checker (full check) accepts both variants")
     _check_counts(manifest, counts)
     result.passed.append(f"BatchNormalization nodes: unfolded {counts['unfolded']}, folded {counts['folded']}")
     feeds = read_calibration(entry, manifest)
-    outputs = {variant: checks.run_onnx(data, feeds) for variant, data in variants.items()}
+    outputs = {variant: checks.run_onnx(path, feeds) for variant, path in variants.items()}
     for variant, values in outputs.items():
         _check_outputs(manifest, variant, values, len(next(iter(feeds.values()))))
     tolerance = manifest["tolerance"]
@@ -61,18 +66,24 @@ def verify_entry(entry: Path) -> EntryVerification:
     return result
 
 
-def _read_variant(entry: Path, manifest: dict[str, Any], variant: str) -> bytes:
-    description = manifest["variants"][variant]
-    path = entry / description["file"]
+def _checked_variant(entry: Path, manifest: dict[str, Any], variant: str) -> Path:
+    """The variant's path once its SHA-256 and its external data files (declared, inside the entry, regular,
+    of the declared digests: bnfold.contract.external_data) are checked."""
+    description = VariantSpec.model_validate(manifest["variants"][variant])
+    path = entry / description.file
     if not path.is_file():
         raise VerificationError(f"{path} is missing; rebuild the entry with bnfold fold-and-export")
     data = path.read_bytes()
-    if sha256_bytes(data) != description["sha256"]:
+    if sha256_bytes(data) != description.sha256:
         raise VerificationError(
-            f"{path} has SHA-256 {sha256_bytes(data)[:12]}…, model.json says {description['sha256'][:12]}…: "
+            f"{path} has SHA-256 {sha256_bytes(data)[:12]}…, model.json says {description.sha256[:12]}…: "
             "the file was truncated or replaced; rebuild the entry"
         )
-    return data
+    try:
+        check_external_data(entry, description.file, data, description.external_data, f"variants.{variant}")
+    except ContractError as error:
+        raise VerificationError(f"{entry}: {error}") from None
+    return path
 
 
 def _check_counts(manifest: dict[str, Any], counts: dict[str, int]) -> None:

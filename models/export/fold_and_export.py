@@ -16,6 +16,7 @@ from bnfold.models.export import publish
 from bnfold.models.export.manifest import Candidate
 from bnfold.models.export.repository import check_repository
 from bnfold.models.export.spec_forms import Spec, parse_spec
+from bnfold.models.export.variant_files import DEFAULT_EXTERNAL_DATA_ABOVE
 from bnfold.models.progress import Progress
 
 
@@ -71,6 +72,7 @@ def fold_and_export(
     task: str | None = None,
     tolerance: tuple[float, float] | None = None,
     cache_dir: Path | None = None,
+    external_data_above: int = DEFAULT_EXTERNAL_DATA_ABOVE,
     progress: Progress | None = None,
 ) -> ExportSummary:
     """Build and write one repository entry from a SPEC; see the module docstring."""
@@ -88,8 +90,7 @@ def fold_and_export(
     if tolerance is not None:
         candidate.tolerance = {"atol": tolerance[0], "rtol": tolerance[1]}
     with progress.step("verifying (onnx.checker, onnxruntime, BatchNorm counts)"):
-        verified = publish.verify_candidate(candidate)
-    path = publish.publish(candidate, verified, out, name)
+        verified, path = publish.verify_and_publish(candidate, out, name, external_data_above)
     return ExportSummary(
         name=name,
         path=path,

@@ -4,18 +4,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import numpy as np
+import onnx
 from numpy.typing import NDArray
 
 from bnfold.contract.datatypes import v2_name
 from bnfold.contract.errors import ContractError
-from bnfold.contract.hashing import sha256_bytes
-from bnfold.contract.layout import CALIBRATION_FILE, FOLDED_FILE, FORMAT, UNFOLDED_FILE
+from bnfold.contract.layout import CALIBRATION_FILE, FORMAT
 from bnfold.contract.manifest import Manifest
+from bnfold.models.export.variant_files import WrittenVariant
 
 
 @dataclass
@@ -27,13 +29,14 @@ class Candidate:
     inputs: dict[str, NDArray[Any]]  # name → calibration batch
     output_names: list[str]
     reference: list[NDArray[Any]] | None  # outputs of the PyTorch model on the calibration batch
-    unfolded: bytes
-    folded: bytes
+    unfolded: onnx.ModelProto  # tensors loaded (no external references left)
+    folded: onnx.ModelProto
     fold_report: dict[str, Any]
     tolerance: dict[str, float]
     weights_sha256: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    source_external_data: bool = False  # the source kept tensors in external data: the entry does too
 
 
 def _v2(dtype: np.dtype[Any]) -> str:
@@ -60,9 +63,14 @@ def versions() -> dict[str, str]:
 
 
 def build_manifest(
-    name: str, candidate: Candidate, outputs: list[NDArray[Any]], batchnorm_nodes: dict[str, int]
+    name: str,
+    candidate: Candidate,
+    outputs: list[NDArray[Any]],
+    batchnorm_nodes: dict[str, int],
+    written: Mapping[str, WrittenVariant],
 ) -> dict[str, Any]:
-    """model.json for `candidate`; `outputs` are the unfolded graph's outputs (for output dtypes and shapes).
+    """model.json for `candidate`; `outputs` are the unfolded graph's outputs (for output dtypes and shapes),
+    `written` the variants' files as written (names, SHA-256 of the ONNX file and of its external data).
     Validated by the contract's schema (pydantic ValidationError if a field is of the wrong type)."""
     document = {
         "format": FORMAT,
@@ -71,11 +79,8 @@ def build_manifest(
         "inputs": [tensor_spec(key, value) for key, value in candidate.inputs.items()],
         "outputs": [tensor_spec(key, value) for key, value in zip(candidate.output_names, outputs, strict=True)],
         "variants": {
-            variant: {"file": file_name, "sha256": sha256_bytes(data), "batchnorm_nodes": batchnorm_nodes[variant]}
-            for variant, file_name, data in (
-                ("unfolded", UNFOLDED_FILE, candidate.unfolded),
-                ("folded", FOLDED_FILE, candidate.folded),
-            )
+            variant: {**written[variant].manifest_fields(), "batchnorm_nodes": batchnorm_nodes[variant]}
+            for variant in ("unfolded", "folded")
         },
         "tolerance": candidate.tolerance,
         "calibration": {"file": CALIBRATION_FILE, "batch_size": len(next(iter(candidate.inputs.values())))},

@@ -1,9 +1,11 @@
 """Candidates folded on the ONNX side with `folding.onnx_fold.fold_onnx`: `.onnx` files and `.pt2` archives.
 
-- `model.onnx`: unfolded.onnx is the input file as given; folded.onnx is fold_onnx's result. There is no
-  PyTorch model, so both variants are checked against the unfolded graph run in onnxruntime. Axis 0 of
-  every input must be dynamic (the repository's batch axis); the calibration batch is 16 seeded
-  standard-normal samples per float input, shaped by the graph's static dims (or --input-shape).
+- `model.onnx`: unfolded.onnx is the input graph as given; its external data (if any) is loaded relative to
+  the model file, whatever the working directory, and the entry keeps it in its own files; folded.onnx
+  is fold_onnx's result. There is no PyTorch model, so both variants are checked against the unfolded
+  graph run in onnxruntime. Axis 0 of every input must be dynamic (the repository's batch axis); the
+  calibration batch is 16 seeded standard-normal samples per float input, shaped by the graph's static
+  dims (or --input-shape).
 - `model.pt2` (torch.export archive): the archive's graph is fixed (it cannot be put back into eval mode
   nor re-traced into modules), so it is exported to ONNX as it is and folded with fold_onnx; the reference
   is the archive's own module run by PyTorch.
@@ -18,9 +20,12 @@ import numpy as np
 import onnx
 import torch
 from numpy.typing import NDArray
+from onnx.external_data_helper import load_external_data_for_model
 
 from bnfold.contract.agreement import Tolerance
+from bnfold.contract.external_data import external_references
 from bnfold.folding.onnx_fold import fold_onnx
+from bnfold.messages import first_line
 from bnfold.models.errors import BadInputError
 from bnfold.models.export.manifest import Candidate
 from bnfold.models.export.spec import LoadedModel, parse_shape, random_batch
@@ -49,13 +54,30 @@ def candidate_from_onnx(path: Path, weights: Path | None, input_shape: str | Non
         raise BadInputError("an ONNX file carries its own weights; drop --weights")
     if not path.is_file():
         raise BadInputError(f"ONNX file {path} not found; check the path in --model")
-    data = path.read_bytes()
+    model, external = load_onnx_source(path)
+    inputs = {value.name: _calibration_input(value, input_shape) for value in _real_inputs(model)}
+    candidate = _fold(model, inputs, None, str(path), None, progress)
+    candidate.source_external_data = external
+    return candidate
+
+
+def load_onnx_source(path: Path) -> tuple[onnx.ModelProto, bool]:
+    """The model at `path` with its external data loaded, resolved relative to the model file's directory
+    (never the working directory), and whether it had any external data."""
     try:
-        model = onnx.load_from_string(data)
+        model = onnx.load_model(str(path), load_external_data=False)
     except Exception:
         raise BadInputError(f"{path} is not an ONNX model (cannot parse it); give a .onnx file") from None
-    inputs = {value.name: _calibration_input(value, input_shape) for value in _real_inputs(model)}
-    return _fold(data, model, inputs, None, str(path), None, progress)
+    external = bool(external_references(path.read_bytes()))
+    if external:
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as error:  # onnx raises several types for a missing or refused data file
+            raise BadInputError(
+                f"cannot load the external data of {path} ({first_line(error)}); keep the data files where the "
+                "model names them, relative to the model file"
+            ) from None
+    return model, external
 
 
 def candidate_from_archive(loaded: LoadedModel, progress: Progress) -> Candidate:
@@ -63,18 +85,16 @@ def candidate_from_archive(loaded: LoadedModel, progress: Progress) -> Candidate
     for module in loaded.module.modules():
         module.training = False  # the archive's graph is fixed; the flag only silences export's mode check
     with progress.step("exporting unfolded.onnx"):
-        data = quiet_export(loaded.module, (loaded.calibration,), loaded.output_names, loaded.input_name)
+        model = quiet_export(loaded.module, (loaded.calibration,), loaded.output_names, loaded.input_name)
     with torch.no_grad():
         output = loaded.module(loaded.calibration)
     outputs = list(output) if isinstance(output, tuple | list) else [output]
     reference = [value.detach().numpy() for value in outputs]
     inputs = {loaded.input_name: loaded.calibration.numpy()}
-    model = onnx.load_from_string(data)
-    return _fold(data, model, inputs, reference, loaded.source, loaded.weights_sha256, progress)
+    return _fold(model, inputs, reference, loaded.source, loaded.weights_sha256, progress)
 
 
 def _fold(
-    data: bytes,
     model: onnx.ModelProto,
     inputs: dict[str, NDArray[Any]],
     reference: list[NDArray[Any]] | None,
@@ -85,7 +105,7 @@ def _fold(
     with progress.step("folding (ONNX)"):
         result = fold_onnx(model, inputs)
     notes = [ONNX_NO_BATCHNORM_NOTE] if result.report.total == 0 else []
-    folded = data if result.report.total == 0 else result.model.SerializeToString()
+    folded = model if result.report.total == 0 else result.model
     dtype = str(next(iter(inputs.values())).dtype)
     return Candidate(
         source=source,
@@ -93,7 +113,7 @@ def _fold(
         inputs=inputs,
         output_names=[output.name for output in model.graph.output],
         reference=reference,
-        unfolded=data,
+        unfolded=model,
         folded=folded,
         fold_report=result.report.to_json(),
         tolerance=Tolerance.for_dtype(dtype).to_json(),

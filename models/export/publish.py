@@ -1,23 +1,33 @@
 """Verify a candidate entry (models/export/checks.py) and write it atomically into the repository; no torch.
 
-Verification runs before anything is written: onnx.checker on both graphs, the BatchNormalization counts,
-both graphs in onnxruntime (ORT_DISABLE_ALL) against the reference (the PyTorch model's outputs, or the
-unfolded graph when there is no PyTorch model), and the arg-max for classifiers. The first failure raises
-VerificationError and the repository is untouched.
+Both variants are written into the entry's hidden staging directory first (with external data when the model
+needs it, models/export/variant_files.py) and verified there, from the very files the entry will hold:
+onnx.checker on both graphs, the BatchNormalization counts, both graphs in onnxruntime (ORT_DISABLE_ALL)
+against the reference (the PyTorch model's outputs, or the unfolded graph when there is no PyTorch model),
+and the arg-max for classifiers. The first failure raises
+VerificationError, the staging directory is removed and the repository is untouched.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from numpy.typing import NDArray
 
+from bnfold.contract.layout import VARIANT_FILES
 from bnfold.folding.report import Action, FoldReport
 from bnfold.models.export import checks
 from bnfold.models.export.manifest import Candidate, build_manifest
-from bnfold.models.export.repository import FOLDED_FILE, UNFOLDED_FILE, entry_path, write_entry
+from bnfold.models.export.repository import entry_path, staged_entry
+from bnfold.models.export.variant_files import (
+    DEFAULT_EXTERNAL_DATA_ABOVE,
+    WrittenVariant,
+    needs_external_data,
+    write_variant,
+)
 
 
 @dataclass(frozen=True)
@@ -29,15 +39,34 @@ class Verified:
     unfolded_outputs: list[NDArray[Any]]
 
 
-def verify_candidate(candidate: Candidate) -> Verified:
-    """Run every check on `candidate`; raises VerificationError naming what failed and by how much."""
-    graphs = {"unfolded": candidate.unfolded, "folded": candidate.folded}
-    counts = {variant: checks.count_batchnorm(checks.check_onnx(data, variant)) for variant, data in graphs.items()}
+def write_variants(candidate: Candidate, directory: Path, external_data_above: int) -> dict[str, WrittenVariant]:
+    """Both variants written into `directory`, with external data when the model needs it (variant_files)."""
+    models = {"unfolded": candidate.unfolded, "folded": candidate.folded}
+    external = any(
+        needs_external_data(model, candidate.source_external_data, external_data_above) for model in models.values()
+    )
+    return {
+        variant: write_variant(model, directory, VARIANT_FILES[variant], external) for variant, model in models.items()
+    }
+
+
+def verify_candidate(
+    candidate: Candidate,
+    written: dict[str, WrittenVariant] | None = None,
+    external_data_above: int = DEFAULT_EXTERNAL_DATA_ABOVE,
+) -> Verified:
+    """Run every check on the files of `candidate` as written (into a scratch directory when `written` is None);
+    raises VerificationError naming what failed and by how much."""
+    if written is None:
+        with tempfile.TemporaryDirectory(prefix="bnfold-verify-") as scratch:
+            return verify_candidate(candidate, write_variants(candidate, Path(scratch), external_data_above))
+    paths = {variant: files.path for variant, files in written.items()}
+    counts = {variant: checks.count_batchnorm(checks.check_onnx(path, variant)) for variant, path in paths.items()}
     report = FoldReport.from_json(candidate.fold_report)
     ops = report.batchnorm_ops
     kept = sum(entry.action is Action.KEPT for entry in ops)
     checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], len(ops), kept)
-    outputs = {variant: checks.run_onnx(data, candidate.inputs) for variant, data in graphs.items()}
+    outputs = {variant: checks.run_onnx(path, candidate.inputs) for variant, path in paths.items()}
     reference, against = candidate.reference, "the PyTorch model"
     if reference is None:
         reference, against = outputs["unfolded"], "unfolded.onnx"
@@ -52,11 +81,17 @@ def verify_candidate(candidate: Candidate) -> Verified:
     return Verified(batchnorm_nodes=counts, max_abs_error=errors, unfolded_outputs=outputs["unfolded"])
 
 
-def publish(candidate: Candidate, verified: Verified, repository: Path, name: str) -> Path:
-    """Write REPO_DIR/NAME (temp dir + rename); returns the entry's path."""
-    manifest = build_manifest(name, candidate, verified.unfolded_outputs, verified.batchnorm_nodes)
-    files = {UNFOLDED_FILE: candidate.unfolded, FOLDED_FILE: candidate.folded}
-    return write_entry(repository, name, manifest, files, candidate.inputs)
+def verify_and_publish(
+    candidate: Candidate, repository: Path, name: str, external_data_above: int = DEFAULT_EXTERNAL_DATA_ABOVE
+) -> tuple[Verified, Path]:
+    """Write both variants into the hidden staging directory, verify those very files, then add calibration.npz
+    and model.json and rename REPO_DIR/NAME into place; on any failure nothing is left behind."""
+    with staged_entry(repository, name) as staged:
+        written = write_variants(candidate, staged.path, external_data_above)
+        verified = verify_candidate(candidate, written)
+        manifest = build_manifest(name, candidate, verified.unfolded_outputs, verified.batchnorm_nodes, written)
+        staged.finish(manifest, candidate.inputs)
+    return verified, staged.target
 
 
 def check_target(repository: Path, name: str) -> Path:

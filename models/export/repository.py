@@ -13,7 +13,8 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "read_manifest",
     "sha256_bytes",
     "sha256_file",
+    "staged_entry",
     "write_entry",
 ]
 
@@ -81,14 +83,28 @@ def check_repository(repository: Path) -> None:
         raise BadInputError(f"cannot write into {existing} (permission denied); choose a writable --out")
 
 
-def write_entry(
-    repository: Path,
-    name: str,
-    manifest: Mapping[str, Any],
-    onnx_files: Mapping[str, bytes],
-    calibration: Mapping[str, NDArray[Any]],
-) -> Path:
-    """Write REPO_DIR/NAME atomically: ONNX files, calibration.npz and model.json, then one rename."""
+class StagedEntry:
+    """The hidden temporary directory an entry is built in (`path`), and the entry it becomes (`target`)."""
+
+    def __init__(self, path: Path, target: Path) -> None:
+        self.path, self.target = path, target
+
+    def write(self, file_name: str, data: bytes) -> None:
+        """Write one file of the entry, fsynced."""
+        _write_synced(self.path / file_name, data)
+
+    def finish(self, manifest: Mapping[str, Any], calibration: Mapping[str, NDArray[Any]]) -> None:
+        """Write calibration.npz and model.json, the last files of an entry."""
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **{key: np.asarray(value) for key, value in calibration.items()})
+        self.write(CALIBRATION_FILE, buffer.getvalue())
+        self.write(MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+@contextmanager
+def staged_entry(repository: Path, name: str) -> Iterator[StagedEntry]:
+    """Build REPO_DIR/NAME in `.NAME.tmp-XXXX`: every file written into it is fsynced (files written by other
+    writers too), then it is renamed into place when the block ends; on any failure it is removed."""
     target = entry_path(repository, name)
     created = not repository.exists()
     try:
@@ -98,12 +114,10 @@ def write_entry(
     except OSError as error:
         raise BadInputError(f"cannot write into {repository} ({error.strerror}); choose a writable --out") from None
     try:
-        for file_name, data in onnx_files.items():
-            _write_synced(temporary / file_name, data)
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **{key: np.asarray(value) for key, value in calibration.items()})
-        _write_synced(temporary / CALIBRATION_FILE, buffer.getvalue())
-        _write_synced(temporary / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+        yield StagedEntry(temporary, target)
+        for path in temporary.iterdir():
+            path.chmod(0o644)  # readable by a service running as another user (onnx writes data files 0600)
+            _fsync_file(path)
         temporary.chmod(0o755)
         _fsync_directory(temporary)  # the entries' names are durable before the entry becomes visible
         temporary.rename(target)
@@ -115,7 +129,21 @@ def write_entry(
         shutil.rmtree(temporary, ignore_errors=True)
         release_temporary(temporary)
         raise
-    return target
+
+
+def write_entry(
+    repository: Path,
+    name: str,
+    manifest: Mapping[str, Any],
+    onnx_files: Mapping[str, bytes],
+    calibration: Mapping[str, NDArray[Any]],
+) -> Path:
+    """Write REPO_DIR/NAME atomically: ONNX files, calibration.npz and model.json, then one rename."""
+    with staged_entry(repository, name) as staged:
+        for file_name, data in onnx_files.items():
+            staged.write(file_name, data)
+        staged.finish(manifest, calibration)
+    return staged.target
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -123,6 +151,11 @@ def _write_synced(path: Path, data: bytes) -> None:
     with path.open("wb") as handle:
         handle.write(data)
         handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
         os.fsync(handle.fileno())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+import onnx
 import torch
 from torch import Tensor, nn
 
@@ -24,15 +25,17 @@ from bnfold.models.progress import Progress
 NO_BATCHNORM_NOTE = "the model has no BatchNorm: folded.onnx equals unfolded.onnx"
 
 
-def quiet_export(model: nn.Module, example: tuple[Tensor, ...], output_names: list[str], input_name: str) -> bytes:
-    """export_onnx to bytes, without the exporter's warnings and log lines (they are not about the user's model)."""
+def quiet_export(
+    model: nn.Module, example: tuple[Tensor, ...], output_names: list[str], input_name: str
+) -> onnx.ModelProto:
+    """export_onnx, without the exporter's warnings and log lines (they are not about the user's model)."""
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return export_onnx(model, example, input_names=[input_name], output_names=output_names).SerializeToString()
+            return export_onnx(model, example, input_names=[input_name], output_names=output_names)
     finally:
         exporter_log.setLevel(level)
 

@@ -50,7 +50,7 @@ def test_sha256_is_streamed_and_equals_hashlib(tmp_path: Path) -> None:
 
 
 def manifest_document(name: str = "entry") -> dict[str, Any]:
-    variant = {"sha256": "ab" * 32, "batchnorm_nodes": 2}
+    variant = {"sha256": "ab" * 32, "batchnorm_nodes": 2, "external_data": [{"file": "x.data", "sha256": "cd" * 32}]}
     return {
         "format": FORMAT,
         "name": name,
@@ -74,6 +74,16 @@ def test_manifest_round_trips_in_field_order() -> None:
     assert manifest.to_json() == document
     assert list(manifest.to_json()) == list(document)
     assert Manifest.model_validate(document).inputs[0] == TensorSpec(name="input", datatype="FP32", shape=(-1, 1, 8, 8))
+
+
+def test_a_manifest_written_before_external_data_existed_reads_with_none() -> None:
+    document = manifest_document()
+    for variant in document["variants"].values():
+        del variant["external_data"]
+    manifest = parse_manifest(json.dumps(document), "entry")
+    assert [manifest.variants[variant].external_data for variant in ("unfolded", "folded")] == [[], []]
+    assert manifest.to_json()["variants"]["folded"] == {
+        "file": "folded.onnx", "sha256": "ab" * 32, "batchnorm_nodes": 2, "external_data": []}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ MODULES = (
     "datatypes",
     "entry_files",
     "errors",
+    "external_data",
     "hashing",
     "layout",
     "manifest",
