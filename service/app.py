@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from bnfold.service.api_docs import add_api_docs
 from bnfold.service.auth import bearer_guard
 from bnfold.service.dataplane import DataPlane
 from bnfold.service.errors import ServiceError
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.plane = plane
     app.include_router(public_router(plane))
     app.include_router(protected_router(plane, bearer_guard(settings.api_key)))
+    add_api_docs(app)  # /docs: Swagger UI from local assets (public, like /openapi.json)
     _add_error_handlers(app)
     app.add_middleware(FastInferMiddleware, plane=plane)  # V2 infer requests skip FastAPI's routing
     return app
