@@ -35,7 +35,9 @@ def add_api_docs(app: FastAPI) -> None:
     directory = assets_directory()
     missing = [name for name in ASSET_FILES if not (directory / name).is_file()]
     if missing:
-        raise RuntimeError(f"fastapi-offline at {directory} lacks {missing}; reinstall it (pip install fastapi-offline)")
+        raise RuntimeError(
+            f"fastapi-offline at {directory} lacks {missing}; reinstall it (pip install fastapi-offline)"
+        )
     app.mount(ASSETS_PATH, StaticFiles(directory=directory), name="api-docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
     title = f"{app.title} - API documentation"

@@ -55,5 +55,10 @@ def serve_main(argv: list[str]) -> int:
 
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        from bnfold.service.workers import serve_workers
+
+        serve_workers(settings)
+        return 0
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
