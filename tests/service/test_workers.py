@@ -177,3 +177,19 @@ def test_bad_worker_count_is_a_one_line_error() -> None:
         2,
         "bnfold serve: --workers (or BNFOLD_WORKERS): Input should be greater than or equal to 1",
     )
+
+
+def test_a_starting_worker_forgets_the_live_gauges_of_dead_workers(tmp_path: Path) -> None:
+    from bnfold.service.workers import forget_dead_workers
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = os.getpid()
+    names = [f"gauge_livemin_{dead.pid}.db", f"gauge_livemax_{dead.pid}.db", f"counter_{dead.pid}.db"]
+    names += [f"gauge_livemin_{alive}.db", f"gauge_max_{dead.pid}.db"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert forget_dead_workers(tmp_path) == [dead.pid]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{dead.pid}.db", f"gauge_livemin_{alive}.db", f"gauge_max_{dead.pid}.db"]
+    )
