@@ -89,7 +89,10 @@ def worker_app() -> ASGIApp:
     directory = Path(os.environ[MULTIPROC_DIR])
     forget_dead_workers(directory)
     atexit.register(_mark_dead, os.getpid(), directory)
-    return WorkerHeader(create_app(settings), os.getpid())
+    app = create_app(settings)
+    # gRPC hook: start this worker's grpc.aio server here, tied to the app's lifespan, bound with the option
+    # ("grpc.so_reuseport", 1) so that every worker binds settings.grpc_port (see the module docstring).
+    return WorkerHeader(app, os.getpid())
 
 
 def forget_dead_workers(directory: Path) -> list[int]:
