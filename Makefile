@@ -9,7 +9,7 @@ PORT ?= 8000
 # The CPU build of torch lies on some machines' disk; use it when it is there.
 PIP_LOCAL := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: serve test lint typecheck pytest repository bench clean deploy-tools
+.PHONY: serve test lint typecheck pytest repository bench clean deploy-tools screenshots
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,14 @@ typecheck: $(BIN)/.installed
 pytest: $(BIN)/.installed deploy-tools
 	$(BIN)/python -m pytest -q
 
-## Debian packages the deploy tests run (nginx, shellcheck, a compose client); idempotent.
+## Debian packages the deploy and UI tests run (nginx, shellcheck, chromium + chromedriver, a compose client); idempotent.
 deploy-tools:
 	sh scripts/ensure-deploy-tools.sh
+
+## docs/ui-dashboard.png and docs/ui-fold-report.png: builds the default repository (reused), serves it and
+## photographs the two pages in headless Chromium.
+screenshots: $(BIN)/.installed deploy-tools
+	$(BIN)/python -m bench.ui_screenshots --repository $(REPOSITORY) --out docs
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run_all

@@ -18,6 +18,7 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,9 @@ class _Recorder:
         self.failure: str | None = None
 
 
+Worker = Callable[[Target, "_Recorder"], Awaitable[None]]  # one connection's closed loop
+
+
 async def _worker(target: Target, recorder: _Recorder) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
     try:
@@ -107,9 +111,11 @@ def _stable(windows: list[float], count: int, stability: float) -> bool:
     return mean > 0 and all(abs(value - mean) <= stability * mean for value in last)
 
 
-async def _measure(target: Target, concurrency: int, window_s: float, max_windows: int, warmup_s: float) -> Measurement:
+async def _measure(
+    target: Target, concurrency: int, window_s: float, max_windows: int, warmup_s: float, worker: Worker
+) -> Measurement:
     recorder = _Recorder()
-    workers = [asyncio.create_task(_worker(target, recorder)) for _ in range(concurrency)]
+    workers = [asyncio.create_task(worker(target, recorder)) for _ in range(concurrency)]
     await asyncio.sleep(warmup_s)
     windows: list[float] = []
     window_latencies: list[list[float]] = []
@@ -167,10 +173,16 @@ def _summarise(
 
 
 def measure(
-    target: Target, concurrency: int, window_s: float = 1.0, max_windows: int = 8, warmup_s: float = 0.5
+    target: Target,
+    concurrency: int,
+    window_s: float = 1.0,
+    max_windows: int = 8,
+    warmup_s: float = 0.5,
+    worker: Worker = _worker,
 ) -> Measurement:
-    """Closed loop at `concurrency` until 3 consecutive windows agree within 10% (or `max_windows`)."""
-    return asyncio.run(_measure(target, concurrency, window_s, max_windows, warmup_s))
+    """Closed loop at `concurrency` until 3 consecutive windows agree within 10% (or `max_windows`); `worker`
+    is one connection's loop (HTTP/1.1 here; bench.grpc_load's for gRPC)."""
+    return asyncio.run(_measure(target, concurrency, window_s, max_windows, warmup_s, worker))
 
 
 def send_once(port: int, request: bytes) -> tuple[int, bytes]:

@@ -20,6 +20,7 @@ BIN = Path(sys.executable).parent
 class Server:
     port: int
     pid: int
+    grpc_port: int | None = None  # bnfold serve only
 
     def rss_bytes(self) -> int:
         """Resident set size (VmRSS of /proc/<pid>/status)."""
@@ -63,13 +64,15 @@ def running(command: list[str], port: int, ready_path: str, env: dict[str, str],
 
 @contextmanager
 def bnfold_serve(repository: Path, **settings: str) -> Iterator[Server]:
-    """`bnfold serve` on the repository with BNFOLD_<NAME>=value settings, log level warning."""
+    """`bnfold serve` on the repository with BNFOLD_<NAME>=value settings, log level warning; gRPC on a free
+    port of its own (several servers run at once)."""
     port = free_port()
+    settings = {"grpc_port": str(free_port()), **settings}
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
     env = {**clean, "BNFOLD_REPOSITORY": str(repository), **{f"BNFOLD_{k.upper()}": v for k, v in settings.items()}}
     command = [str(BIN / "bnfold"), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     with running(command, port, "/v2/health/ready", env, timeout=300) as server:
-        yield server
+        yield Server(server.port, server.pid, int(settings["grpc_port"]) or None)
 
 
 @contextmanager

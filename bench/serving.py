@@ -4,7 +4,8 @@
 
 1. Sweep: `bnfold serve` (a real subprocess on loopback; equivalence policy off, dynamic batching on with the
    default 0 ms delay) on the zoo repository; every zoo model, V2 binary and JSON, 1/4/16/32/64 requests in
-   flight, each point measured over stable windows (bench.http_load). Limits in the same run: the bare ASGI
+   flight, each point measured over stable windows (bench.http_load), and V2 gRPC with raw contents on the same
+   server's gRPC port (bench.grpc_load, one channel per request in flight). Limits in the same run: the bare ASGI
    POST handler on the same uvicorn (the HTTP floor, with the largest zoo JSON body) and onnxruntime in
    process on the same model (the compute limit).
 2. Batching: a ResNet-18-sized network at 224×224 (tests.nets.reference_nets.resnet18, folded and exported by
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine_description, markdown_table, save_results
+from bench.grpc_load import measure_grpc
 from bench.http_load import Target, measure
 from bench.processes import BIN, ROOT, bare_server, bnfold_serve
 from bench.serving_inputs import check_answers, folded_session, in_process_limits, model_requests
@@ -65,16 +67,17 @@ def sweep(repository: Path, models: tuple[str, ...], concurrencies: tuple[int, .
     largest = max(requests.values(), key=lambda r: len(r.json))
     with bnfold_serve(repository, equivalence_policy="off") as server, bare_server() as bare:
         for model in models:
-            check_answers(server.port, requests[model])
+            check_answers(server.port, requests[model], server.grpc_port)
         for concurrency in concurrencies:
             for _ in range(TARGET_ROUNDS if concurrency == 32 else 1):
                 result = measure(Target(bare.port, largest.json, bare.pid), concurrency, window)
                 runs.setdefault(("floor", "json", concurrency), []).append(result.to_json())
                 log(f"floor c={concurrency}: {result.throughput_rps:.0f}/s p50 {result.p50_ms:.2f}")
                 for model in models:
-                    for kind in ("binary", "json"):
-                        target = Target(server.port, getattr(requests[model], kind), server.pid)
-                        result = measure(target, concurrency, window)
+                    for kind in ("binary", "json", "grpc"):
+                        port = server.grpc_port if kind == "grpc" else server.port
+                        target = Target(port or 0, getattr(requests[model], kind), server.pid)
+                        result = (measure_grpc if kind == "grpc" else measure)(target, concurrency, window)
                         runs.setdefault((model, kind, concurrency), []).append(result.to_json())
                         log(f"{model} {kind} c={concurrency}: {result.throughput_rps:.0f}/s p50 {result.p50_ms:.2f}")
     rows = [{"model": m, "kind": k, **_median(found)} for (m, k, _), found in runs.items() if m != "floor"]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from bench.grpc_load import infer_once, infer_request
 from bench.http_load import http_request, send_once
 from bnfold.service.runtime import SessionConfig, session_options
 
@@ -29,6 +30,7 @@ class ModelRequests:
     inputs: dict[str, np.ndarray]
     json: bytes
     binary: bytes
+    grpc: bytes  # a serialised ModelInferRequest with raw_input_contents (for the gRPC port)
 
 
 def calibration_inputs(entry: Path, batch: int = 1) -> dict[str, np.ndarray]:
@@ -43,6 +45,7 @@ def model_requests(repository: Path, model: str, batch: int = 1, version: str | 
     manifest = json.loads((entry / "model.json").read_text())
     inputs = calibration_inputs(entry, batch)
     path = f"/v2/models/{model}/infer" if version is None else f"/v2/models/{model}/versions/{version}/infer"
+    datatypes = {s["name"]: s["datatype"] for s in manifest["inputs"]}
     items = [
         {"name": s["name"], "datatype": s["datatype"], "shape": list(inputs[s["name"]].shape)}
         for s in manifest["inputs"]
@@ -63,6 +66,7 @@ def model_requests(repository: Path, model: str, batch: int = 1, version: str | 
         inputs,
         http_request(path, json.dumps(as_json).encode(), {"Content-Type": "application/json"}),
         http_request(path, header + b"".join(tails), binary_headers),
+        infer_request(model, {item["name"]: inputs[item["name"]] for item in items}, datatypes),
     )
 
 
@@ -73,14 +77,19 @@ def folded_session(entry: Path, intra_threads: int, variant: str = "folded") -> 
     return ort.InferenceSession(str(entry / f"{variant}.onnx"), options, providers=["CPUExecutionProvider"])
 
 
-def check_answers(port: int, requests: ModelRequests) -> None:
-    """RuntimeError unless the JSON and binary answers equal onnxruntime in process (within 1e-4 relative)."""
+def check_answers(port: int, requests: ModelRequests, grpc_port: int | None = None) -> None:
+    """AssertionError/RuntimeError unless the JSON and binary (and gRPC, when its port is given) answers equal
+    onnxruntime in process (within 1e-4 relative)."""
     expected = folded_session(requests.entry, 1).run(None, requests.inputs)[0]
     for kind, request in (("json", requests.json), ("binary", requests.binary)):
         status, body = send_once(port, request)
         if status != 200:
             raise RuntimeError(f"{requests.model} {kind}: status {status}: {body[:300]!r}")
         np.testing.assert_allclose(_first_output(body, kind), expected, rtol=1e-4, atol=1e-5)
+    if grpc_port is not None:
+        response = infer_once(grpc_port, requests.grpc)
+        output = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(response.outputs[0].shape)
+        np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
 
 
 def _first_output(body: bytes, kind: str) -> np.ndarray:

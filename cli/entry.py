@@ -1,12 +1,14 @@
 """`bnfold verify REPO_DIR/NAME` and `bnfold inspect REPO_DIR/NAME`; they need no torch.
 
 verify re-runs every check of models/export/entry_check.py and prints one line per passed check (exit 1 and one
-line naming the failed check otherwise); inspect shows the fold report of model.json as a table.
+line naming the failed check otherwise); inspect shows the fold report of model.json as a table, or writes
+it as a page with --html (service/ui/report_page.py, the page the service shows at /ui/models/NAME/report).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from rich.table import Table
 from bnfold.cli.support import OneLineParser, run, stdout_console
 from bnfold.models.export.entry_check import verify_entry
 from bnfold.models.export.repository import read_manifest
+from bnfold.service.ui.report_file import entry_report_page
 
 
 def _entry_parser(prog: str, description: str) -> OneLineParser:
@@ -41,8 +44,20 @@ def _show_verified(result: dict[str, Any]) -> None:
 
 
 def inspect_main(argv: Sequence[str]) -> int:
-    args = _entry_parser("inspect", "Show the fold report of a repository entry.").parse_args(list(argv))
+    parser = _entry_parser("inspect", "Show the fold report of a repository entry.")
+    parser.add_argument("--html", type=Path, metavar="OUT.html", help="write the report as a self-contained page")
+    args = parser.parse_args(list(argv))
+    if args.html is not None:
+        work = partial(write_report_page, args.entry, args.html)
+        return run("inspect", work, as_json=args.json, show=lambda done: print(f"wrote {done['html']}"))
     return run("inspect", lambda: read_manifest(args.entry), as_json=args.json, show=_show_report)
+
+
+def write_report_page(entry: Path, out: Path) -> dict[str, Any]:
+    """The fold report page of `entry` (service/ui/report_page.py) written to `out`."""
+    page, calibration = entry_report_page(entry, read_manifest(entry))
+    out.write_text(page, encoding="utf-8")
+    return {"ok": True, "entry": str(entry), "html": str(out), "calibration": calibration}
 
 
 def _show_report(manifest: dict[str, Any]) -> None:

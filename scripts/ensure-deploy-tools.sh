@@ -1,7 +1,9 @@
 #!/bin/sh
-# Make sure the Debian packages that tests/deploy runs are installed (`make test` calls this first):
+# Make sure the Debian packages that tests/deploy and tests/ui run are installed (`make test` calls this first):
 #   nginx           the load balancer: tests/deploy/test_nginx_lb.py runs it with deploy/nginx's template
 #   ShellCheck      lints scripts/*.sh (tests/deploy/test_scripts_lint.py)
+#   chromium, chromium-driver  the headless browser (and its /usr/bin/chromedriver) the UI tests drive with
+#                   Selenium (tests/ui, bench/browser.py) and `make screenshots` uses
 #   docker-compose  only when no compose client exists (neither `docker compose` nor `docker-compose`):
 #                   tests/deploy/test_compose.py parses docker-compose.yml with it (no Docker engine needed)
 # Idempotent and quiet: does nothing when all are there. Installing needs root or password-less sudo.
@@ -11,6 +13,8 @@ set -eu
 packages=""
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || packages="nginx"
 command -v shellcheck >/dev/null 2>&1 || packages="$packages shellcheck"
+[ -x /usr/bin/chromium ] || packages="$packages chromium"
+[ -x /usr/bin/chromedriver ] || packages="$packages chromium-driver"
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   packages="$packages docker-compose"
 fi

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request, Response
@@ -20,15 +21,18 @@ from starlette.exceptions import HTTPException
 from bnfold.service.api_docs import add_api_docs
 from bnfold.service.auth import bearer_guard
 from bnfold.service.dataplane import DataPlane
-from bnfold.service.errors import ServiceError
+from bnfold.service.edge import error_response
+from bnfold.service.errors import BadRequestError, ServiceError
 from bnfold.service.fast_infer import FastInferMiddleware
 from bnfold.service.loader import load_all
 from bnfold.service.metadata import SERVER_VERSION
 from bnfold.service.metrics import ServiceMetrics
 from bnfold.service.model import Registry
+from bnfold.service.openapi import add_infer_paths
 from bnfold.service.repository import discover
 from bnfold.service.routes import json_response, protected_router, public_router
 from bnfold.service.settings import Settings
+from bnfold.service.ui.routes import ui_router
 
 log = logging.getLogger("bnfold.service")
 
@@ -48,7 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(public_router(plane))
     app.include_router(protected_router(plane, bearer_guard(settings.api_key)))
     add_api_docs(app)  # /docs: Swagger UI from local assets (public, like /openapi.json)
+    app.include_router(ui_router(plane))  # /ui pages: their own key check (cookie or bearer), own counter
     _add_error_handlers(app)
+    _describe_infer_routes(app)
     app.add_middleware(FastInferMiddleware, plane=plane)  # V2 infer requests skip FastAPI's routing
     return app
 
@@ -71,12 +77,7 @@ async def _load(plane: DataPlane) -> None:
 
 def _add_error_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, error: Exception) -> Response:
-        if not isinstance(error, ServiceError):
-            raise error
-        response = json_response({"error": error.message}, error.status)
-        if error.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return _error(error, request)
 
     async def http_error(request: Request, error: Exception) -> Response:
         if not isinstance(error, HTTPException):
@@ -90,13 +91,24 @@ def _add_error_handlers(app: FastAPI) -> None:
         return json_response({"error": message}, error.status_code)
 
     async def validation_error(request: Request, error: Exception) -> Response:
-        return json_response({"error": f"invalid request to {request.url.path}: {error}"}, 400)
-
-    async def unexpected_error(request: Request, error: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
-        return json_response({"error": f"internal error ({type(error).__name__}); see the server log"}, 500)
+        return _error(BadRequestError(f"invalid request to {request.url.path}: {error}"), request)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    app.add_exception_handler(Exception, service_error)
+
+
+def _error(error: Exception, request: Request) -> Response:
+    """The shared error mapping of service.edge, as a FastAPI response."""
+    status, content, headers = error_response(error, f"{request.method} {request.url.path}")
+    return Response(content, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
+
+
+def _describe_infer_routes(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return add_infer_paths(generate())
+
+    app.openapi = openapi  # type: ignore[method-assign]

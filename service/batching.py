@@ -87,10 +87,6 @@ class BatchingRunner:
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
 
-    def run_sync(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
-        """Unbatched run in the calling thread (loading, calibration)."""
-        return self.inner.run_sync(inputs)
-
     def runs_inline(self, rows: int) -> bool:
         return self.inner.runs_inline(rows)
 

@@ -49,9 +49,7 @@ def load_settings(argv: list[str]) -> Settings:
 
 def serve_main(argv: list[str]) -> int:
     """Entry point of `bnfold serve`: returns the process exit code."""
-    import uvicorn
-
-    from bnfold.service.app import create_app
+    from bnfold.service.grpc_v2.server import GrpcPortError, create_server
 
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -60,5 +58,9 @@ def serve_main(argv: list[str]) -> int:
 
         serve_workers(settings)
         return 0
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    try:
+        create_server(settings).run()  # HTTP, and gRPC on --grpc-port unless 0
+    except GrpcPortError as error:
+        print(f"bnfold serve: {error}", file=sys.stderr)
+        return 1
     return 0

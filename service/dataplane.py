@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from bnfold.messages import first_line
 from bnfold.service.equivalence import Equivalence, compare
 from bnfold.service.errors import InferenceError
 from bnfold.service.metrics import ServiceMetrics
@@ -37,6 +38,7 @@ class Outcome:
     equivalence: Equivalence | None = None
     failed_over: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+    by_variant: dict[str, Tensors] = field(default_factory=dict)  # every variant's outputs (both on checks)
 
 
 class DataPlane:
@@ -117,10 +119,11 @@ class DataPlane:
             self._on_mismatch(model, result, request_id)
         elif result.inconclusive:
             log.info("equivalence check on model %r, request %s: %s", model.name, request_id, result.describe())
+        both = {"folded": folded, "unfolded": unfolded}
         if model.folded_degraded:
             self.metrics.failovers.labels(model.name).inc()
-            return Outcome(unfolded, "unfolded", result, True, seconds)
-        return Outcome(folded, "folded", result, False, seconds)
+            return Outcome(unfolded, "unfolded", result, True, seconds, both)
+        return Outcome(folded, "folded", result, False, seconds, both)
 
     def _on_mismatch(self, model: ServedModel, result: Equivalence, request_id: str) -> None:
         log.warning("equivalence mismatch on model %r, request %s: %s", model.name, request_id, result.describe())
@@ -141,8 +144,7 @@ class DataPlane:
 
 def _inference_error(model: str, variant: str, error: Exception) -> InferenceError:
     log.exception("onnxruntime failed on model %r, variant %s", model, variant)
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return InferenceError(f"onnxruntime failed on model {model!r} ({variant}): {first_line}")
+    return InferenceError(f"onnxruntime failed on model {model!r} ({variant}): {first_line(error, limit=None)}")
 
 
 def new_request_id() -> str:

@@ -6,7 +6,8 @@ Bodies arrive as raw bytes (parsed once here); the results go back as bytes or p
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -14,9 +15,10 @@ from bnfold.service.dataplane import DataPlane, Outcome, new_request_id
 from bnfold.service.errors import BadRequestError, ServiceError
 from bnfold.service.repository import VARIANTS, TensorSpec
 from bnfold.service.v2_request import Limits, decode_inputs, parse_json, split_body
-from bnfold.service.v2_response import BINARY_FIX, encode, requested_outputs, require_finite
+from bnfold.service.v2_response import BINARY_FIX, OutputRequest, encode, requested_outputs, require_finite
 
 PREDICT_VARIANTS = ("folded", "unfolded", "both")
+T = TypeVar("T")
 
 
 def _limits(plane: DataPlane) -> Limits:
@@ -27,23 +29,37 @@ async def infer_v2(
     plane: DataPlane, name: str, version: str | None, body: bytes, binary_header: str | None
 ) -> tuple[bytes, int | None]:
     """POST /v2/models/{name}[/versions/{version}]/infer: body and JSON header length (binary responses)."""
+    return await run_v2(
+        plane, name, version, lambda: split_body(body, binary_header), binary_header is not None, encode
+    )
+
+
+Read = Callable[[], tuple[dict[str, Any], memoryview]]
+Respond = Callable[[dict[str, Any], dict[str, np.ndarray], OutputRequest], T]
+
+
+async def run_v2(
+    plane: DataPlane, name: str, version: str | None, read: Read, binary_request: bool, respond: Respond[T]
+) -> T:
+    """One V2 infer request of any transport: `read()` gives its V2 document and binary tail, `respond(header,
+    outputs, wanted)` encodes the answer (header: model_name, model_version, id, parameters); counted once."""
     started, label = time.perf_counter(), plane.model_label(name)
     variant = "default" if version is None else version if version in VARIANTS else "<unknown>"
     try:
         model = plane.registry.get(name)
         model.check_version(version)
         manifest = model.require_ready()
-        document, tail = split_body(body, binary_header)
+        document, tail = read()
         request_id = _request_id(document)
         inputs = decode_inputs(document, tail, manifest.inputs, _limits(plane))
-        wanted = requested_outputs(document, [spec.name for spec in manifest.outputs], binary_header is not None)
+        wanted = requested_outputs(document, [spec.name for spec in manifest.outputs], binary_request)
         outcome = await plane.execute(model, version, inputs, request_id or new_request_id(), plane.wants_check())
         variant = outcome.variant
         header: dict[str, Any] = {"model_name": name, "model_version": outcome.variant}
         if request_id is not None:
             header["id"] = request_id
         header["parameters"] = _v2_parameters(outcome)
-        result = encode(header, outcome.outputs, wanted)
+        result = respond(header, outcome.outputs, wanted)
     except ServiceError as error:
         plane.observe(label, variant, error.status, None)
         raise
@@ -94,7 +110,22 @@ async def predict(plane: DataPlane, body: bytes) -> dict[str, Any]:
         plane.observe(label, variant, error.status, None)
         raise
     plane.observe(label, variant, 200, started)
-    return _predict_response(model.name, request_id, outcome)
+    response = _predict_response(model.name, request_id, outcome)
+    if document.get("variant") == "both":
+        response.update(both_variant_outputs(outcome))
+    return response
+
+
+def both_variant_outputs(outcome: Outcome) -> dict[str, Any]:
+    """`folded_outputs` and `unfolded_outputs` of a checked /predict; an output holding NaN/Inf is null (JSON
+    cannot carry it; the V2 endpoint returns it as binary tensor data)."""
+    return {
+        f"{variant}_outputs": {
+            key: np.asarray(value).tolist() if np.isfinite(np.asarray(value)).all() else None
+            for key, value in tensors.items()
+        }
+        for variant, tensors in outcome.by_variant.items()
+    }
 
 
 def _string_field(document: dict[str, Any], key: str) -> str:

@@ -1,7 +1,7 @@
 """OpenAPI descriptions of the inference routes, whose handlers read raw bodies (no pydantic models).
 
 FastAPI cannot infer a request body from `Request`, so the V2 inference request (and `/predict`) is described
-here, for clients, for `/openapi.json` and for the schemathesis fuzzing of issue 6. The binary tensor data
+here, for clients, for `/openapi.json` and for the schemathesis fuzzing in tests/load. The binary tensor data
 extension (`Inference-Header-Content-Length`) is described in words: its body is JSON followed by raw bytes.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnfold.service.datatypes import V2_TO_NUMPY
+from bnfold.service.v2_request import BINARY_HEADER
 
 ERROR = {
     "type": "object",
@@ -97,7 +98,7 @@ def body(schema: dict[str, Any], description: str) -> dict[str, Any]:
 INFER_BODY = body(
     INFER_REQUEST,
     "V2 inference request. Binary tensor data extension: send the JSON, then each binary input's bytes, with the "
-    "header Inference-Header-Content-Length giving the JSON length and parameters.binary_data_size per input.",
+    f"header {BINARY_HEADER} giving the JSON length and parameters.binary_data_size per input.",
 )
 PREDICT_BODY = body(PREDICT_REQUEST, "Simple prediction request.")
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -105,3 +106,27 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_errors(("400", "401", "404", "413", "422", "500", "503")),
 }
 PREDICT_RESPONSES = _errors(("400", "401", "404", "413", "422", "500", "503"))
+
+# The V2 infer routes are answered before FastAPI's router (service.fast_infer), so no FastAPI route declares
+# them: they are added to the generated document here, in the form FastAPI itself would give them.
+INFER_PATHS = {
+    "/v2/models/{model}/versions/{version}/infer": (
+        "Infer Version",
+        "infer_version_v2_models__model__versions__version__infer_post",
+        ("model", "version"),
+    ),
+    "/v2/models/{model}/infer": ("Infer", "infer_v2_models__model__infer_post", ("model",)),
+}
+
+
+def add_infer_paths(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` (an OpenAPI document of the app) with the V2 infer routes described."""
+    responses = {str(status): response for status, response in INFER_RESPONSES.items()}
+    for path, (summary, operation_id, names) in INFER_PATHS.items():
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "title": name.title()}}
+            for name in names
+        ]
+        operation = {"summary": summary, "operationId": operation_id, "parameters": parameters}
+        document.setdefault("paths", {})[path] = {"post": {**operation, "responses": responses, **INFER_BODY}}
+    return document

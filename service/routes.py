@@ -1,49 +1,35 @@
 """HTTP routes: translate requests into data-plane calls and results into responses. No logic of their own.
 
 Public (no token): /v2/health/live, /v2/health/ready, /v2/models/{m}[/versions/{v}]/ready, /metrics.
-Protected when BNFOLD_API_KEY is set: everything else.
+Protected when BNFOLD_API_KEY is set: everything else. The V2 infer routes are answered by `service.fast_infer`
+before routing, so they are not registered here (`service.openapi` describes them).
+
+A public answer says ready or not and nothing more: without the token, a model's ready route names neither the
+other models nor why a model is not ready (paths, hashes); those go to the log and to authenticated callers.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from bnfold.service import metadata
-from bnfold.service.auth import Guard
+from bnfold.service.auth import Guard, is_authenticated
 from bnfold.service.dataplane import DataPlane
-from bnfold.service.errors import NotReadyError, PayloadTooLargeError
-from bnfold.service.handlers import infer_v2, predict
-from bnfold.service.openapi import INFER_BODY, INFER_RESPONSES, PREDICT_BODY, PREDICT_RESPONSES
+from bnfold.service.edge import read_body
+from bnfold.service.errors import NotFoundError, NotReadyError, ServiceError
+from bnfold.service.handlers import predict
+from bnfold.service.openapi import PREDICT_BODY, PREDICT_RESPONSES
 from bnfold.service.v2_response import encode_json
 
 JSON = "application/json"
+log = logging.getLogger("bnfold.service")
 
 
 def json_response(document: Any, status: int = 200) -> Response:
     return Response(encode_json(document), status_code=status, media_type=JSON)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(size, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def too_large(size: int, limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        f"request body of {size} bytes or more is over the limit of {limit} bytes; send a smaller batch "
-        "or raise BNFOLD_MAX_BODY_BYTES"
-    )
 
 
 def public_router(plane: DataPlane) -> APIRouter:
@@ -61,11 +47,14 @@ def public_router(plane: DataPlane) -> APIRouter:
 
     @router.get("/v2/models/{model}/ready")
     @router.get("/v2/models/{model}/versions/{version}/ready")
-    async def model_ready(model: str, version: str | None = None) -> Response:
-        served = plane.registry.get(model)
-        if not served.version_ready(version):
-            served.require_ready()
-            raise NotReadyError(f"version 'folded' of model {model!r} is degraded: {served.folded_degraded}")
+    async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
+        try:
+            _require_version_ready(plane, model, version)
+        except ServiceError as error:
+            if is_authenticated(request, plane.settings.api_key):
+                raise
+            log.info("public ready check of model %r: %s", model, error.message)
+            raise _public(error, model) from None
         return json_response({"name": model, "ready": True})
 
     @router.get("/metrics")
@@ -75,32 +64,28 @@ def public_router(plane: DataPlane) -> APIRouter:
     return router
 
 
+def _require_version_ready(plane: DataPlane, model: str, version: str | None) -> None:
+    served = plane.registry.get(model)
+    if not served.version_ready(version):
+        served.require_ready()
+        raise NotReadyError(f"version 'folded' of model {model!r} is degraded: {served.folded_degraded}")
+
+
+def _public(error: ServiceError, model: str) -> ServiceError:
+    """The same status with a message that says not ready and nothing more."""
+    kind = NotFoundError if isinstance(error, NotFoundError) else NotReadyError
+    return kind(f"model {model!r} is not ready; the reason is shown with the bearer token and in the server log")
+
+
 def protected_router(plane: DataPlane, guard: Guard) -> APIRouter:
     router = APIRouter(dependencies=[Depends(guard)])
     _add_metadata_routes(router, plane)
     limit = plane.settings.max_body_bytes
 
-    # Normally answered by service.fast_infer before routing; kept for the OpenAPI schema and as a fallback.
-    @router.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
-    async def infer_version(model: str, version: str, request: Request) -> Response:
-        return await _infer(model, version, request)
-
-    @router.post("/v2/models/{model}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
-    async def infer(model: str, request: Request) -> Response:
-        return await _infer(model, None, request)
-
-    async def _infer(model: str, version: str | None, request: Request) -> Response:
-        body = await read_body(request, limit)
-        header = request.headers.get("inference-header-content-length")
-        content, json_length = await infer_v2(plane, model, version, body, header)
-        if json_length is None:
-            return Response(content, media_type=JSON)
-        headers = {"Inference-Header-Content-Length": str(json_length)}
-        return Response(content, media_type="application/octet-stream", headers=headers)
-
     @router.post("/predict", openapi_extra=PREDICT_BODY, responses=PREDICT_RESPONSES)
     async def predict_route(request: Request) -> Response:
-        return json_response(await predict(plane, await read_body(request, limit)))
+        declared = request.headers.get("content-length", "")
+        return json_response(await predict(plane, await read_body(request.receive, declared, limit)))
 
     return router
 

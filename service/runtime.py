@@ -1,6 +1,6 @@
 """onnxruntime sessions with pinned options, behind the `Runner` interface the data plane calls.
 
-`Runner.run` is the one seam between the data plane and a model: a dynamic batcher (issue 6) is another
+`Runner.run` is the one seam between the data plane and a model: the dynamic batcher (service.batching) is another
 `Runner` that wraps a `SessionRunner`, merges concurrent calls along axis 0 and splits the results, without
 the data plane or the HTTP layer changing.
 """

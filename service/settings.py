@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     repository: Path = Field(description="Model repository directory (format bnfold-repository/1) to serve.")
     host: str = Field("127.0.0.1", description="Interface uvicorn listens on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on (0: any free port).")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="TCP port of the V2 gRPC server, beside HTTP (0: no gRPC server)."
+    )
     api_key: SecretStr | None = Field(
         None, description="Bearer token; when set, every endpoint except health and /metrics requires it."
     )

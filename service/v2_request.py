@@ -18,7 +18,7 @@ from bnfold.service.datatypes import numpy_dtype
 from bnfold.service.errors import BadRequestError, PayloadTooLargeError
 from bnfold.service.repository import TensorSpec
 
-BINARY_HEADER = "inference-header-content-length"
+BINARY_HEADER = "Inference-Header-Content-Length"  # HTTP header names are case-insensitive
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         length = int(header_length)
     except ValueError:
         raise BadRequestError(
-            f"Inference-Header-Content-Length {header_length!r} is not an integer; send the JSON length in bytes"
+            f"{BINARY_HEADER} {header_length!r} is not an integer; send the JSON length in bytes"
         ) from None
     if not 0 <= length <= len(body):
         raise BadRequestError(
-            f"Inference-Header-Content-Length {length} is outside the body of {len(body)} bytes; "
-            "send the byte length of the JSON part"
+            f"{BINARY_HEADER} {length} is outside the body of {len(body)} bytes; send the byte length of the JSON part"
         )
     return parse_json(body[:length]), memoryview(body)[length:]
 
@@ -54,7 +53,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError) as error:
         raise BadRequestError(
             f"malformed JSON in request body ({error}); send a JSON object (binary tensors need the "
-            "Inference-Header-Content-Length header)"
+            f"{BINARY_HEADER} header)"
         ) from None
     if not isinstance(document, dict):
         raise BadRequestError(f"request body must be a JSON object, got {type(document).__name__}")

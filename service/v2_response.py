@@ -55,6 +55,8 @@ def requested_outputs(document: dict[str, Any], available: list[str], binary_req
         name = item.get("name")
         if name not in available:
             raise BadRequestError(f"unknown output {name!r}; the model's outputs are {available}")
+        if name in binary:
+            raise BadRequestError(f"output {name!r} is asked for twice; ask for each output once")
         flags = item.get("parameters") or {}
         flag = flags.get("binary_data") if isinstance(flags, dict) else None
         names.append(name)

@@ -21,10 +21,10 @@ State that lives in one process stays per worker: a failed equivalence check deg
 worker that saw it (`bnfold_folded_degraded` is the maximum over live workers), `/v2/models/{m}/stats` are
 that worker's figures, and readiness is that worker's readiness.
 
-gRPC: each worker must serve the gRPC port as well. Bind it in every worker (start the grpc.aio server in
-the app's lifespan, in `worker_app`) with the channel option `("grpc.so_reuseport", 1)` — Linux's
-SO_REUSEPORT lets N processes bind the same port and spreads connections between them; a single-process
-server can keep 0 so that a port already in use is an error.
+gRPC: each worker serves the gRPC port as well (`serve_grpc_too`): its grpc.aio server starts and stops with
+the worker app's lifespan and binds with `("grpc.so_reuseport", 1)` — Linux's SO_REUSEPORT lets the N
+processes bind one port and spreads connections between them. The single-process server keeps 0, so a port
+already in use is an error there.
 """
 
 from __future__ import annotations
@@ -36,8 +36,12 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bnfold.service.settings import Settings
@@ -90,9 +94,29 @@ def worker_app() -> ASGIApp:
     forget_dead_workers(directory)
     atexit.register(_mark_dead, os.getpid(), directory)
     app = create_app(settings)
-    # gRPC hook: start this worker's grpc.aio server here, tied to the app's lifespan, bound with the option
-    # ("grpc.so_reuseport", 1) so that every worker binds settings.grpc_port (see the module docstring).
+    if settings.grpc_port:
+        serve_grpc_too(app)
     return WorkerHeader(app, os.getpid())
+
+
+def serve_grpc_too(app: FastAPI) -> None:
+    """Run this worker's gRPC server (same data plane) with the app's lifespan, on the shared gRPC port."""
+    from bnfold.service.grpc_v2.server import STOP_GRACE_SECONDS, create_grpc_server
+
+    plane = app.state.plane
+    http_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[Any]:
+        server = create_grpc_server(plane, share_port=True)
+        await server.start()
+        try:
+            async with http_lifespan(application) as state:
+                yield state
+        finally:
+            await server.stop(STOP_GRACE_SECONDS)
+
+    app.router.lifespan_context = lifespan
 
 
 def forget_dead_workers(directory: Path) -> list[int]:

@@ -1,5 +1,5 @@
 """docker-compose.yml: valid against the compose-spec schema, parsed by a real compose client, and shaped as
-issue 7 asks (one-shot fold before api, healthcheck, restart, limits, scalable api behind nginx, loud secrets)."""
+the deployment needs (one-shot fold, healthcheck, restart, limits, scalable api behind nginx, loud secrets)."""
 
 from __future__ import annotations
 

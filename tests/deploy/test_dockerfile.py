@@ -1,4 +1,4 @@
-"""The Dockerfile: hadolint finds nothing, and it has the shape issue 7 asks for (stages, layers, user, checks)."""
+"""The Dockerfile: hadolint finds nothing, and it has the shape a deployment needs (stages, layers, user, checks)."""
 
 from __future__ import annotations
 

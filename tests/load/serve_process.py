@@ -41,6 +41,7 @@ def free_port() -> int:
 def serve_process(repository: Path, timeout: float = 60.0, **settings: str) -> Iterator[ServeProcess]:
     """Start `bnfold serve` (settings as BNFOLD_<NAME> variables), wait until ready, terminate at the end."""
     port = free_port()
+    settings = {"grpc_port": "0", **settings}  # HTTP only unless asked: no two processes contend for 8001
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
     env = {**clean, "BNFOLD_REPOSITORY": str(repository), **{f"BNFOLD_{k.upper()}": v for k, v in settings.items()}}
     command = [str(BNFOLD), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]

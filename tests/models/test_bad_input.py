@@ -1,4 +1,4 @@
-"""Each bad input of issue 3: a one-line error naming the problem and the fix, exit ≠ 0, nothing left behind."""
+"""Each bad input of fold-and-export: a one-line error naming the problem and the fix, exit ≠ 0, nothing left behind."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Verification rule 2 (review L1): unfolded.onnx must hold one BatchNormalization node per BN of the fold
+"""Verification rule 2: unfolded.onnx must hold one BatchNormalization node per BN of the fold
 report. An exporter that fused *some* BNs (not all) used to pass, since only "none left" was checked."""
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _name(entries: Entries, suffix: str) -> str:
 
 
 def _pickled_weight(marker: Path) -> Callable[[Entries], None]:
-    """Flag the first weight use_pickle and replace its payload by a malicious pickle (review H1 repro)."""
+    """Flag the first weight use_pickle and replace its payload by a malicious pickle."""
 
     def edit(entries: Entries) -> None:
         config_name = _name(entries, "data/weights/model_weights_config.json")

@@ -41,7 +41,7 @@ def running_server(settings: Settings, wait_ready: bool = True) -> Iterator[Runn
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=url, timeout=30) as client:
         try:
-            _wait(client, "/v2/health/ready" if wait_ready else "/v2/health/live")
+            wait_for(client, "/v2/health/ready" if wait_ready else "/v2/health/live")
             yield RunningServer(url, f"127.0.0.1:{port}", client)
         finally:
             server.should_exit = True
@@ -49,7 +49,8 @@ def running_server(settings: Settings, wait_ready: bool = True) -> Iterator[Runn
             sock.close()
 
 
-def _wait(client: httpx.Client, path: str, timeout: float = 30.0) -> None:
+def wait_for(client: httpx.Client, path: str, timeout: float = 30.0) -> None:
+    """Poll `path` until it answers 200."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

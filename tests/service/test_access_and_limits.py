@@ -101,7 +101,7 @@ def test_open_server_and_non_finite_allowed(repository: Path) -> None:
         body = json.dumps(json_request(x)).encode()  # Python's json writes NaN, as many clients do
         path = "/v2/models/digits/versions/unfolded/infer"
         response = running.client.post(path, content=body)  # NaN spreads through the global pool to every logit
-        assert response.status_code == 422  # the NaN output cannot travel in strict JSON (review L3)
+        assert response.status_code == 422  # strict JSON cannot carry the NaN output, so it is a 422
         assert response.json()["error"].startswith("output 'logits' holds nan (first at flat index 0)")
         binary = json.dumps(json_request(x, parameters={"binary_data_output": True})).encode()
         response = running.client.post(path, content=binary)

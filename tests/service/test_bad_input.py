@@ -1,4 +1,4 @@
-"""Every bad input of issue 5 gets its 4xx and its exact one-line {"error": ...} body; the server stays healthy."""
+"""Every kind of bad input gets its 4xx and its exact one-line {"error": ...} body; the server stays healthy."""
 
 from __future__ import annotations
 

@@ -138,6 +138,9 @@ def test_predict_variants(
         assert (body["equivalence"] is not None) == (variant == "both")
     both = server.client.post("/predict", json={"model": "digits", "inputs": {"input": x.tolist()}, "variant": "both"})
     assert both.json()["equivalence"]["agree"] is True
+    for variant in ("folded", "unfolded"):  # "both" also returns each variant's outputs
+        expected = run_directly(root / "digits", variant, x)
+        np.testing.assert_allclose(both.json()[f"{variant}_outputs"]["logits"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_stats_count_the_checks(server: RunningServer, rng: np.random.Generator) -> None:

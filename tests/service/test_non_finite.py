@@ -1,11 +1,11 @@
-"""Non-finite numbers while serving (review H2 and L3).
+"""Non-finite numbers while serving: inconclusive checks, and no bare NaN/Infinity on the wire.
 
-H2: finite inputs near the float32 range overflow the unfolded graph (its Conv output, before the BN scales it
+Overflow: finite inputs near the float32 range overflow the unfolded graph (its Conv output, before the BN scales it
 down) while the folded one stays finite. Such a check is *inconclusive*: reported, counted on its own, never a
 mismatch and never a fail-over. A folded variant that goes non-finite where unfolded is finite is still a real
 mismatch.
 
-L3: no response body holds bare NaN/Infinity. A non-finite output goes binary when the client speaks the
+Strict JSON: no response body holds bare NaN/Infinity. A non-finite output goes binary when the client speaks the
 binary extension, else 422; non-finite figures (an infinite max |Δ|) are null in JSON and left out of the V2
 parameters.
 """
@@ -99,7 +99,7 @@ def test_overflowing_reference_is_inconclusive_not_a_mismatch(
     x = huge(rng)
     entry = repository / "overflow"
     folded, unfolded = run_directly(entry, "folded", x), run_directly(entry, "unfolded", x)
-    assert np.isfinite(folded).all() and not np.isfinite(unfolded).all()  # the scenario of H2
+    assert np.isfinite(folded).all() and not np.isfinite(unfolded).all()  # overflow in unfolded only
 
     response = post(server, "/v2/models/overflow/infer", json_request(x))
     assert response.status_code == 200, response.text
@@ -115,6 +115,9 @@ def test_overflowing_reference_is_inconclusive_not_a_mismatch(
 
     predicted = strict_json(post(server, "/predict", {"model": "overflow", "variant": "both", "inputs": x.tolist()}))
     assert predicted["variant"] == "folded" and predicted["failed_over"] is False
+    # Both variants' outputs: unfolded's holds Inf, which JSON cannot carry, so it is null.
+    assert list(predicted["unfolded_outputs"].values()) == [None]
+    np.testing.assert_array_equal(np.asarray(next(iter(predicted["folded_outputs"].values())), np.float32), folded)
     assert predicted["equivalence"] == {
         "agree": None,
         "inconclusive": True,

@@ -61,6 +61,7 @@ def serve_process(repository: Path) -> Iterator[str]:
     """`bnfold serve` with the repository from BNFOLD_REPOSITORY and host/port from flags."""
     port = free_port()
     env = {**os.environ, "BNFOLD_REPOSITORY": str(repository), "BNFOLD_EQUIVALENCE_POLICY": "always"}
+    env["BNFOLD_GRPC_PORT"] = "0"  # HTTP only here (tests/service/test_grpc_process.py serves gRPC)
     command = [str(BNFOLD), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

@@ -33,6 +33,7 @@ class Workers:
     url: str
     parent: subprocess.Popen[bytes]
     pids: set[int]
+    grpc_port: int
 
 
 def free_port() -> int:
@@ -81,11 +82,13 @@ def workers(repository: Path) -> Iterator[Workers]:
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env = {**clean, "BNFOLD_REPOSITORY": str(repository), "BNFOLD_EQUIVALENCE_POLICY": "off"}
-    command = [str(BNFOLD), "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"]
+    grpc_port = free_port()
+    command = [str(BNFOLD), "serve", "--port", str(port), "--grpc-port", str(grpc_port), "--workers", "2"]
+    command += ["--log-level", "warning"]
     parent = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        yield Workers(url, parent, wait_for_ready_workers(url, parent, 2))
+        yield Workers(url, parent, wait_for_ready_workers(url, parent, 2), grpc_port)
     finally:
         if parent.poll() is None:
             parent.send_signal(signal.SIGTERM)
@@ -136,6 +139,36 @@ def test_metrics_count_exactly_the_requests_sent_to_all_workers(
         assert metric(text, "bnfold_request_latency_seconds_count", model="digits", variant="folded") == sent
         assert metric(text, "bnfold_model_ready", model="digits") == 1.0
         assert metric(text, "bnfold_folded_degraded", model="digits") == 0.0
+
+
+def test_every_worker_binds_the_grpc_port_too(workers: Workers, repository: Path, rng: np.random.Generator) -> None:
+    """Both workers bound the gRPC port (a worker that could not would have stopped the server) and gRPC
+    answers with the model's output on fresh channels, beside HTTP."""
+    import tritonclient.grpc as triton
+
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    expected = run_directly(repository / "digits", "unfolded", x)
+    for _ in range(6):
+        with triton.InferenceServerClient(f"127.0.0.1:{workers.grpc_port}") as client:
+            tensor = triton.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            logits = client.infer("digits", [tensor]).as_numpy("logits")
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    assert workers.parent.poll() is None
+    listening = [pid for pid in workers.pids if f":{workers.grpc_port:04X} " in _tcp_listeners(pid)]
+    assert sorted(listening) == sorted(workers.pids)
+
+
+def _tcp_listeners(pid: int) -> str:
+    """Local addresses of the listening TCP sockets that process `pid` holds (from /proc/<pid>/net/tcp and tcp6 —
+    grpc listens on IPv4-mapped IPv6 — filtered by the socket inodes among its file descriptors)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    rows = [row for table in ("tcp", "tcp6") for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]]
+    return " ".join(f"{row.split()[1]} " for row in rows if row.split()[3] == "0A" and row.split()[9] in inodes)
 
 
 def test_sigterm_stops_every_worker_and_removes_the_metrics_directory(workers: Workers) -> None:

@@ -1,0 +1,86 @@
+"""The grpc.aio server of a data plane, and `serve`: HTTP (uvicorn) and gRPC in one process and event loop.
+
+The gRPC server shares the app's data plane — registry, batchers, equivalence policy, metrics, limits — so a
+request is batched with HTTP requests for the same model and counted in the same metrics. Messages larger
+than BNFOLD_MAX_BODY_BYTES are refused by grpc itself (RESOURCE_EXHAUSTED) before they are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import grpc
+import uvicorn
+
+from bnfold.service.dataplane import DataPlane
+from bnfold.service.grpc_v2.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
+from bnfold.service.grpc_v2.servicer import InferenceServicer
+from bnfold.service.settings import Settings
+
+log = logging.getLogger("bnfold.service")
+STOP_GRACE_SECONDS = 5.0
+
+
+class GrpcPortError(RuntimeError):
+    """The gRPC port cannot be bound."""
+
+
+def grpc_address(host: str, port: int) -> str:
+    """host:port as grpc writes it (IPv6 literals in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def create_grpc_server(plane: DataPlane, share_port: bool = False) -> grpc.aio.Server:
+    """A grpc.aio server with `inference.GRPCInferenceService` bound to settings.host:settings.grpc_port.
+
+    `share_port` (the workers of `--workers N`): SO_REUSEPORT, so every worker binds the same port and the
+    kernel spreads connections; otherwise a port in use is an error, never two servers sharing it."""
+    settings = plane.settings
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", int(share_port)),
+        ]
+    )
+    add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    address = grpc_address(settings.host, settings.grpc_port)
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError:
+        raise GrpcPortError(
+            f"cannot listen for gRPC on {address} (in use?); choose another --grpc-port, or 0 for no gRPC"
+        ) from None
+    return server
+
+
+class HttpAndGrpcServer(uvicorn.Server):
+    """A uvicorn server that also serves gRPC on the same data plane, started and stopped with it (same event
+    loop): `run()` / `serve()` / `should_exit` work as on uvicorn.Server."""
+
+    def __init__(self, config: uvicorn.Config, plane: DataPlane) -> None:
+        super().__init__(config)
+        self.plane = plane
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        settings = self.plane.settings
+        grpc_server = create_grpc_server(self.plane) if settings.grpc_port else None
+        if grpc_server is not None:
+            await grpc_server.start()
+            log.info("gRPC (inference.GRPCInferenceService) on %s", grpc_address(settings.host, settings.grpc_port))
+        try:
+            await super().serve(sockets)
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(STOP_GRACE_SECONDS)
+
+
+def create_server(settings: Settings, **config: object) -> HttpAndGrpcServer:
+    """The app of `settings` in a uvicorn server (host, port, log level from the settings; `config` adds
+    uvicorn options), with gRPC on settings.grpc_port unless it is 0."""
+    from bnfold.service.app import create_app
+
+    app = create_app(settings)
+    options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, **config}
+    return HttpAndGrpcServer(uvicorn.Config(app, **options), app.state.plane)  # type: ignore[arg-type]

@@ -1,0 +1,158 @@
+"""The RPCs of `inference.GRPCInferenceService`, over the same data plane, handler and errors as HTTP.
+
+Each RPC translates its message into the calls the HTTP routes make (`handlers.run_v2`, `metadata.*`, the
+registry) and the answer back; a `ServiceError` becomes its `grpc_code` with the HTTP message, anything
+unexpected INTERNAL (logged with its traceback). With BNFOLD_API_KEY set every RPC except ServerLive,
+ServerReady and ModelReady needs the metadata `authorization: Bearer <key>` (`edge.check_bearer`, the
+check HTTP uses).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from bnfold.service import metadata
+from bnfold.service.auth import expected_token
+from bnfold.service.dataplane import DataPlane
+from bnfold.service.edge import check_bearer
+from bnfold.service.errors import ServiceError
+from bnfold.service.grpc_v2 import inference_pb2 as pb
+from bnfold.service.grpc_v2.inference_pb2_grpc import GRPCInferenceServiceServicer
+from bnfold.service.grpc_v2.tensors import infer_response, request_document
+from bnfold.service.handlers import run_v2
+from bnfold.service.model import ServedModel
+
+log = logging.getLogger("bnfold.service")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Method = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def rpc(public: bool = False) -> Callable[[Method[Request, Response]], Method[Request, Response]]:
+    """Wrap an RPC: bearer check (unless `public`), then ServiceError -> its gRPC status with the message."""
+
+    def wrap(method: Method[Request, Response]) -> Method[Request, Response]:
+        @functools.wraps(method)
+        async def answer(self: InferenceServicer, request: Request, context: grpc.aio.ServicerContext) -> Response:
+            try:
+                if not public:
+                    check_bearer(_authorizations(context), self.token)
+                return await method(self, request, context)
+            except ServiceError as error:
+                await context.abort(grpc.StatusCode[error.grpc_code], error.message)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                log.exception("unexpected error in gRPC %s", method.__name__)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); see the server log"
+                )
+            raise AssertionError("context.abort returned")  # abort always raises
+
+        return answer
+
+    return wrap
+
+
+def _authorizations(context: grpc.aio.ServicerContext) -> list[str]:
+    """Every `authorization` metadata value (several are refused, as several HTTP headers are)."""
+    return [
+        value for key, value in context.invocation_metadata() or () if key == "authorization" and isinstance(value, str)
+    ]
+
+
+class InferenceServicer(GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService` on a data plane (the one the HTTP app serves)."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.token = expected_token(plane.settings.api_key)
+
+    @rpc(public=True)
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @rpc(public=True)
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.plane.registry.loaded)
+
+    @rpc(public=True)
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        model = self.plane.registry.get(request.name)
+        return pb.ModelReadyResponse(ready=model.version_ready(request.version or None))
+
+    @rpc()
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**metadata.server_metadata())
+
+    @rpc()
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        document = metadata.model_metadata(self._model(request.name, request.version))
+        tensors = {
+            key: [pb.ModelMetadataResponse.TensorMetadata(**t) for t in document[key]] for key in ("inputs", "outputs")
+        }
+        return pb.ModelMetadataResponse(
+            name=document["name"], versions=document["versions"], platform=document["platform"], **tensors
+        )
+
+    @rpc()
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        model = self._model(request.name, request.version)
+        document = metadata.model_config(model, self.plane.settings.max_batch_size)
+        config = pb.ModelConfig(
+            name=document["name"],
+            platform=document["platform"],
+            max_batch_size=document["max_batch_size"],
+            input=[pb.ModelInput(name=t["name"], data_type=t["data_type"], dims=t["dims"]) for t in document["input"]],
+            output=[
+                pb.ModelOutput(name=t["name"], data_type=t["data_type"], dims=t["dims"]) for t in document["output"]
+            ],
+        )
+        return pb.ModelConfigResponse(config=config)
+
+    @rpc()
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        raw = len(request.raw_input_contents) > 0
+
+        def respond(header: dict[str, Any], outputs: Any, wanted: Any) -> pb.ModelInferResponse:
+            return infer_response(header, outputs, wanted, raw)
+
+        version = request.model_version or None
+        return await run_v2(self.plane, request.model_name, version, lambda: request_document(request), raw, respond)
+
+    def _model(self, name: str, version: str) -> ServedModel:
+        model = self.plane.registry.get(name)
+        model.check_version(version or None)
+        return model
+
+    # ---- Repository control: declared by the protocol, not served yet ---------------------------------------
+    # RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload answer UNIMPLEMENTED (after the bearer
+    # check) until the service can load and unload models while running.
+
+    @rpc()
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        await _not_served(context, "RepositoryIndex")
+        return pb.RepositoryIndexResponse()
+
+    @rpc()
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
+        await _not_served(context, "RepositoryModelLoad")
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc()
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> pb.RepositoryModelUnloadResponse:
+        await _not_served(context, "RepositoryModelUnload")
+        return pb.RepositoryModelUnloadResponse()
+
+
+async def _not_served(context: grpc.aio.ServicerContext, method: str) -> None:
+    await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"{method} is not served: bnfold serves the repository it was started with; restart `bnfold serve` to "
+        "change it (GET /v2/models lists the models and their state)",
+    )

@@ -1,0 +1,163 @@
+"""gRPC with BNFOLD_API_KEY set and tight limits: public and protected RPCs, the bearer metadata, the batch
+and message-size limits (RESOURCE_EXHAUSTED), and the repository RPCs that are declared but not served."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import tritonclient.grpc as triton
+from pydantic import SecretStr
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
+
+from bnfold.service.settings import Settings
+from tests.service.builders import manifest_for, write_entry
+from tests.service.grpc_server import RunningGrpcServer, running_grpc_server
+from tests.service.oracle import binary_request, run_directly
+from tests.service.test_runtime_errors import fragile_graph
+
+TOKEN = "s3cret-token"
+GOOD = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory, rng: np.random.Generator) -> Path:
+    root = tmp_path_factory.mktemp("grpc_single")
+    write_entry(root, "digits", rng)
+    return root
+
+
+@pytest.fixture(scope="module")
+def locked(repository: Path) -> Iterator[RunningGrpcServer]:
+    settings = Settings(repository=repository, api_key=SecretStr(TOKEN), max_body_bytes=4096, max_batch_size=4)
+    with running_grpc_server(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def client(locked: RunningGrpcServer) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(locked.grpc_address)
+    yield client
+    client.close()
+
+
+def tensor_of(x: np.ndarray) -> triton.InferInput:
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return tensor
+
+
+def status_and_message(call: Any) -> tuple[str, str]:
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    return str(caught.value.status()), str(caught.value.message())
+
+
+def protected_calls(client: triton.InferenceServerClient, headers: dict[str, str] | None) -> list[Any]:
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    return [
+        lambda: client.get_server_metadata(headers=headers),
+        lambda: client.get_model_metadata("digits", headers=headers),
+        lambda: client.get_model_config("digits", headers=headers),
+        lambda: client.infer("digits", [tensor_of(x)], headers=headers),
+        lambda: client.get_model_repository_index(headers=headers),
+        lambda: client.load_model("digits", headers=headers),
+        lambda: client.unload_model("digits", headers=headers),
+    ]
+
+
+def test_health_rpcs_are_public(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("digits") and client.is_model_ready("digits", "folded")
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {TOKEN}", TOKEN])
+def test_everything_else_needs_the_token(
+    client: triton.InferenceServerClient, locked: RunningGrpcServer, authorization: str | None
+) -> None:
+    headers = None if authorization is None else {"authorization": authorization}
+    http = locked.client.get("/v2", headers={} if headers is None else {"Authorization": authorization or ""})
+    assert http.status_code == 401
+    for call in protected_calls(client, headers):
+        assert status_and_message(call) == ("StatusCode.UNAUTHENTICATED", http.json()["error"])
+
+
+def test_the_token_opens_everything(
+    client: triton.InferenceServerClient, repository: Path, rng: np.random.Generator
+) -> None:
+    assert client.get_server_metadata(headers=GOOD).name == "bnfold"
+    assert client.get_model_metadata("digits", headers=GOOD).name == "digits"
+    assert client.get_model_config("digits", headers=GOOD).config.max_batch_size == 4
+    x = rng.uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    result = client.infer("digits", [tensor_of(x)], model_version="unfolded", headers=GOOD)
+    np.testing.assert_allclose(
+        result.as_numpy("logits"), run_directly(repository / "digits", "unfolded", x), 1e-5, 1e-6
+    )
+
+
+def test_repository_rpcs_are_declared_but_not_served(client: triton.InferenceServerClient) -> None:
+    for call, method in zip(
+        protected_calls(client, GOOD)[4:],
+        ["RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"],
+        strict=True,
+    ):
+        status, message = status_and_message(call)
+        assert status == "StatusCode.UNIMPLEMENTED"
+        assert message.startswith(f"{method} is not served: bnfold serves the repository it was started with")
+
+
+def test_batch_over_the_limit(client: triton.InferenceServerClient, locked: RunningGrpcServer) -> None:
+    x = np.zeros((5, 1, 8, 8), np.float32)
+    body, headers = binary_request(x)
+    http = locked.client.post(
+        "/v2/models/digits/infer", content=body, headers={**headers, "Authorization": GOOD["authorization"]}
+    )
+    assert http.status_code == 413
+    call = lambda: client.infer("digits", [tensor_of(x)], headers=GOOD)  # noqa: E731
+    assert status_and_message(call) == ("StatusCode.RESOURCE_EXHAUSTED", http.json()["error"])
+
+
+def _infer_message(x: np.ndarray) -> bytes:
+    """The ModelInferRequest tritonclient sends for `x` (Triton's compiled protocol), serialised."""
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    return bytes(request.SerializeToString())
+
+
+def test_message_over_the_body_limit(client: triton.InferenceServerClient) -> None:
+    """grpc refuses a message over BNFOLD_MAX_BODY_BYTES (4096 here) before it is read, with its own wording."""
+    x = np.zeros((20, 1, 8, 8), np.float32)  # 5120 bytes of tensor data
+    status, message = status_and_message(lambda: client.infer("digits", [tensor_of(x)], headers=GOOD))
+    assert status == "StatusCode.RESOURCE_EXHAUSTED"
+    assert message == f"SERVER: Received message larger than max ({len(_infer_message(x))} vs. 4096)"
+    assert client.is_server_live()  # the connection survives
+
+
+def test_onnxruntime_failure_is_internal_with_the_http_message(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Input that passes every check but makes onnxruntime fail: INTERNAL, the HTTP 500's message; the server
+    keeps serving."""
+    entry = tmp_path / "fragile"
+    entry.mkdir()
+    model = fragile_graph(rng)
+    onnx.save(model, entry / "unfolded.onnx")
+    onnx.save(model, entry / "folded.onnx")
+    np.savez(entry / "calibration.npz", input=rng.uniform(-1, 1, (8, 1, 8, 8)).astype(np.float32))
+    (entry / "model.json").write_text(json.dumps(manifest_for("fragile", "regression", entry)))
+    with running_grpc_server(Settings(repository=tmp_path, equivalence_policy="off")) as running:
+        client = triton.InferenceServerClient(running.grpc_address)
+        client.infer("fragile", [tensor_of(np.ones((8, 1, 8, 8), np.float32))])
+        x = np.ones((2, 1, 8, 8), np.float32)
+        status, message = status_and_message(lambda: client.infer("fragile", [tensor_of(x)]))
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8], "data": x.ravel().tolist()}]}
+        http = running.client.post("/v2/models/fragile/infer", json=body)
+        assert (status, message) == ("StatusCode.INTERNAL", http.json()["error"])
+        assert message.startswith("onnxruntime failed on model 'fragile' (folded): ")
+        assert client.is_server_ready()
+        client.close()
