@@ -69,8 +69,8 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=64,
-        description="Serving processes sharing the port, each with its own onnxruntime sessions; the CPU cores "
-        "are divided between them, metrics are summed over all of them (service/workers.py).",
+        description="Serving processes sharing the HTTP and gRPC ports, each with its own onnxruntime sessions; "
+        "the CPU cores are divided between them, metrics are summed over all of them (service/workers.py).",
     )
 
     @field_validator("repository")
