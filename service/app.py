@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from bnfold.service.api_docs import add_api_docs
 from bnfold.service.auth import bearer_guard
 from bnfold.service.control import RepositoryControl
 from bnfold.service.dataplane import DataPlane
@@ -56,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(public_router(plane))
     app.include_router(extension_router(control, guard))  # before /v2/models/{model}: /v2/models/stats
     app.include_router(protected_router(plane, guard))
+    add_api_docs(app)  # /docs: Swagger UI from local assets (public, like /openapi.json)
     app.include_router(ui_router(plane))  # /ui pages: their own key check (cookie or bearer), own counter
     _add_error_handlers(app)
     _describe_infer_routes(app)

@@ -59,6 +59,11 @@ def serve_main(argv: list[str]) -> int:
     logging.getLogger("bnfold.service").info(
         "bnfold serve on http://%s:%d (%s)", settings.host, settings.port, stack.describe()
     )
+    if settings.workers > 1:
+        from bnfold.service.workers import serve_workers
+
+        serve_workers(settings)
+        return 0
     try:
         server = create_server(settings, loop=stack.loop)  # the HTTP parser follows settings.http_protocol
         server.run()  # HTTP, and gRPC on --grpc-port unless 0

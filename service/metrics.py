@@ -1,8 +1,15 @@
-"""Prometheus metrics of one app instance (own CollectorRegistry, so several apps can live in one process)."""
+"""Prometheus metrics of one app instance (own CollectorRegistry, so several apps can live in one process).
+
+With `bnfold serve --workers N` (PROMETHEUS_MULTIPROC_DIR set, service/workers.py) every worker writes its values
+to that directory and `render` reports all workers: counters and histograms summed, each gauge as its
+`multiprocess_mode` says (ignored in a single process).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from bnfold.service.equivalence import Equivalence
 
@@ -77,10 +84,24 @@ class ServiceMetrics:
         self.failovers = Counter(
             "bnfold_failovers", "Requests answered by unfolded after a mismatch", model, registry=registry
         )
-        self.max_abs = Gauge("bnfold_equivalence_max_abs_diff", "Largest max |Δ| seen", model, registry=registry)
-        self.max_rel = Gauge("bnfold_equivalence_max_rel_diff", "Largest relative Δ seen", model, registry=registry)
-        self.model_ready = Gauge("bnfold_model_ready", "1 when the model is ready", model, registry=registry)
-        self.degraded = Gauge("bnfold_folded_degraded", "1 when folded is degraded", model, registry=registry)
+        # Across workers: the largest Δ any worker saw; ready only when ready in every live worker; degraded
+        # when degraded in any live worker.
+        self.max_abs = Gauge(
+            "bnfold_equivalence_max_abs_diff", "Largest max |Δ| seen", model, registry=registry, multiprocess_mode="max"
+        )
+        self.max_rel = Gauge(
+            "bnfold_equivalence_max_rel_diff",
+            "Largest relative Δ seen",
+            model,
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.model_ready = Gauge(
+            "bnfold_model_ready", "1 when the model is ready", model, registry=registry, multiprocess_mode="livemin"
+        )
+        self.degraded = Gauge(
+            "bnfold_folded_degraded", "1 when folded is degraded", model, registry=registry, multiprocess_mode="livemax"
+        )
 
     def observe_request(self, model: str, variant: str, status: int, seconds: float | None) -> None:
         self.requests.labels(model, variant, str(status)).inc()
@@ -103,4 +124,8 @@ class ServiceMetrics:
         self.batch_samples.labels(model, variant).observe(samples)
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: read every worker's values
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     load_timeout_seconds: float = Field(
         120.0, gt=0.0, description="A model whose load takes longer is refused with that reason; others go on."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Serving processes sharing the HTTP and gRPC ports, each with its own onnxruntime sessions; "
+        "the CPU cores are divided between them, metrics are summed over all of them (service/workers.py).",
+    )
 
     @field_validator("repository")
     @classmethod
@@ -139,13 +146,18 @@ class Settings(BaseSettings):
     def calibration_limits(self) -> CalibrationLimits:
         return CalibrationLimits(self.max_calibration_samples, self.max_calibration_bytes)
 
+    def cores_per_worker(self) -> int:
+        """This process's share of the CPU cores: max(1, cores // workers)."""
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
     def threads_per_session(self, session_count: int) -> int:
-        """Intra-op threads per session: the setting, or cores shared out so sessions don't oversubscribe."""
+        """Intra-op threads per session: the setting, or the worker's cores shared out so sessions don't
+        oversubscribe: max(1, cores // workers // sessions)."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) // max(1, session_count))
+        return max(1, self.cores_per_worker() // max(1, session_count))
 
     def concurrent_runs(self, session_count: int) -> int:
-        """onnxruntime runs allowed at once in the whole process: cores // intra-op threads (at least 1), so
-        runs of all sessions together never oversubscribe the cores."""
-        return max(1, (os.cpu_count() or 1) // self.threads_per_session(session_count))
+        """onnxruntime runs allowed at once in the whole process: the worker's cores // intra-op threads (at
+        least 1), so runs of all sessions of all workers together never oversubscribe the cores."""
+        return max(1, self.cores_per_worker() // self.threads_per_session(session_count))

@@ -36,14 +36,17 @@ def grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def create_grpc_server(plane: DataPlane, control: RepositoryControl) -> grpc.aio.Server:
-    """A grpc.aio server with `inference.GRPCInferenceService` bound to settings.host:settings.grpc_port."""
+def create_grpc_server(plane: DataPlane, control: RepositoryControl, share_port: bool = False) -> grpc.aio.Server:
+    """A grpc.aio server with `inference.GRPCInferenceService` bound to settings.host:settings.grpc_port.
+
+    `share_port` (the workers of `--workers N`): SO_REUSEPORT, so every worker binds the same port and the
+    kernel spreads connections; otherwise a port in use is an error, never two servers sharing it."""
     settings = plane.settings
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, never two servers sharing it
+            ("grpc.so_reuseport", int(share_port)),
         ]
     )
     add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, control), server)
