@@ -34,6 +34,11 @@ class FoldEntry:
     target: the layer it went into (None when kept or lowered).
     reason: why it was not folded (None when folded).
     max_error: max |BN output − replacement output| measured on the example inputs (None if not measured).
+    kind: what the entry is: "batchnorm" (a BatchNorm op), "frozen_batchnorm" (a fixed per-channel map
+      x·s + t computed by a module holding running_mean/running_var, e.g. FrozenBatchNorm2d), or "affine"
+      (any other fixed per-channel multiply and/or add next to a layer). Only "batchnorm" entries exist as
+      BatchNormalization nodes in an exported unfolded graph.
+    sources: the graph node or module names the entry was built from (empty for a plain BatchNorm).
     """
 
     bn: str
@@ -41,10 +46,13 @@ class FoldEntry:
     target: str | None = None
     reason: str | None = None
     max_error: float | None = None
+    kind: str = "batchnorm"
+    sources: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["action"] = self.action.value
+        data["sources"] = list(self.sources)
         return data
 
     @classmethod
@@ -59,6 +67,8 @@ class FoldEntry:
             target=data.get("target"),
             reason=data.get("reason"),
             max_error=data.get("max_error"),
+            kind=str(data.get("kind", "batchnorm")),
+            sources=tuple(str(source) for source in data.get("sources", ())),
         )
 
 
