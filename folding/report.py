@@ -34,11 +34,9 @@ class FoldEntry:
     target: the layer it went into (None when kept or lowered).
     reason: why it was not folded (None when folded).
     max_error: max |BN output − replacement output| measured on the example inputs (None if not measured).
-    kind: what the entry is: "batchnorm" (a BatchNorm op), "frozen_batchnorm" (a fixed per-channel map
-      x·s + t computed by a module holding running_mean/running_var, e.g. FrozenBatchNorm2d), or "affine"
-      (any other fixed per-channel multiply and/or add next to a layer). Only "batchnorm" entries exist as
-      BatchNormalization nodes in an exported unfolded graph.
-    sources: the graph node or module names the entry was built from (empty for a plain BatchNorm).
+    kind: what the BN is: "batchnorm" (a BatchNormalization node or nn.BatchNorm module),
+        "frozen_batchnorm", or "affine" (a per-channel y = s·x + t written as Mul/Add by constants).
+    sources: the names of the nodes or modules it came from.
     """
 
     bn: str

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bnfold.folding.report import Action, FoldReport
+from bnfold.folding.report import FoldReport
 from bnfold.models.errors import BadInputError, VerificationError
 from bnfold.models.export import checks
 from bnfold.models.export.repository import read_calibration, read_manifest, sha256_bytes
@@ -86,7 +86,7 @@ def _check_counts(manifest: dict[str, Any], counts: dict[str, int]) -> None:
         raise VerificationError(f"model.json's fold_report lacks {missing}; rebuild the entry") from None
     except (TypeError, ValueError) as error:
         raise VerificationError(f"model.json's fold_report is malformed: {error}; rebuild the entry") from None
-    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], report.total, report.count(Action.KEPT))
+    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], *checks.batchnorm_totals(report))
 
 
 def _check_outputs(manifest: dict[str, Any], variant: str, values: list[NDArray[Any]], batch: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from bnfold.folding.report import Action, FoldReport
+from bnfold.folding.report import FoldReport
 from bnfold.models.export import checks
 from bnfold.models.export.manifest import Candidate, build_manifest
 from bnfold.models.export.repository import FOLDED_FILE, UNFOLDED_FILE, entry_path, write_entry
@@ -34,7 +34,7 @@ def verify_candidate(candidate: Candidate) -> Verified:
     graphs = {"unfolded": candidate.unfolded, "folded": candidate.folded}
     counts = {variant: checks.count_batchnorm(checks.check_onnx(data, variant)) for variant, data in graphs.items()}
     report = FoldReport.from_json(candidate.fold_report)
-    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], report.total, report.count(Action.KEPT))
+    checks.check_batchnorm_counts(counts["unfolded"], counts["folded"], *checks.batchnorm_totals(report))
     outputs = {variant: checks.run_onnx(data, candidate.inputs) for variant, data in graphs.items()}
     reference, against = candidate.reference, "the PyTorch model"
     if reference is None:

@@ -78,7 +78,9 @@ class FrozenBackbone(nn.Module):
         self.conv1, self.bn1 = nn.Conv2d(3, width, 7, 2, 3, bias=False), norm(width)
         self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
         self.layer1 = nn.Sequential(Bottleneck(width, width, 1, norm), Bottleneck(width * 4, width, 1, norm))
-        self.layer2 = nn.Sequential(Bottleneck(width * 4, width * 2, 2, norm), Bottleneck(width * 8, width * 2, 1, norm))
+        self.layer2 = nn.Sequential(
+            Bottleneck(width * 4, width * 2, 2, norm), Bottleneck(width * 8, width * 2, 1, norm)
+        )
         self.fc = nn.Linear(width * 8, classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -113,7 +115,14 @@ def randomise_frozen(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def build() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    """The factory `bnfold fold-and-export --model tests/nets/frozen_batchnorm.py:build` loads."""
-    model = randomise_frozen(FrozenBackbone(), seed=3).eval()
-    return model, (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)),)
+def build() -> nn.Module:
+    """The factory `bnfold fold-and-export --model tests/nets/frozen_batchnorm.py:build` loads: the
+    FrozenBatchNorm2d backbone with random statistics, in eval mode."""
+    torch.manual_seed(0)
+    return randomise_frozen(FrozenBackbone(), seed=3).eval()
+
+
+def build_scale_shift() -> nn.Module:
+    """The same backbone with the precomputed scale/shift spelling."""
+    torch.manual_seed(0)
+    return randomise_frozen(FrozenBackbone(ScaleShiftBatchNorm2d), seed=3).eval()
