@@ -126,3 +126,21 @@ def build_scale_shift() -> nn.Module:
     """The same backbone with the precomputed scale/shift spelling."""
     torch.manual_seed(0)
     return randomise_frozen(FrozenBackbone(ScaleShiftBatchNorm2d), seed=3).eval()
+
+
+def build_mixed() -> nn.Module:
+    """The FrozenBatchNorm2d backbone whose stem norm is a real nn.BatchNorm2d (random statistics)."""
+    model = build()
+    model.bn1 = nn.BatchNorm2d(model.conv1.out_channels)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for key, (low, high) in {
+            "weight": (0.5, 1.5),
+            "bias": (-1, 1),
+            "running_mean": (-1, 1),
+            "running_var": (0.3, 2),
+        }.items():
+            getattr(model.bn1, key).copy_(
+                low + (high - low) * torch.rand(model.conv1.out_channels, generator=generator)
+            )
+    return model.eval()
