@@ -20,6 +20,7 @@ and running_var buffers, else "affine". Folding a site is folding a BatchNorm (f
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -58,7 +59,7 @@ def arithmetic_op(node: fx.Node) -> str | None:
     if node.kwargs or len(node.args) != 2:
         return None
     if node.op == "call_function":
-        return _OPS.get(node.target)  # type: ignore[call-overload]
+        return _OPS.get(node.target)  # type: ignore[arg-type]
     if node.op == "call_method" and node.target in ("mul", "add"):
         return str(node.target)
     return None
@@ -219,6 +220,19 @@ def _per_channel_refusal(label: str, shape: tuple[int, ...] | None, value: fx.No
     return None
 
 
+def _run_node(graph_module: fx.GraphModule, node: fx.Node, run: Callable[[fx.Node], Any]) -> Any:
+    """One node of a constant computation; its inputs come from `run`."""
+    if node.op == "get_attr":
+        attribute: Any = reduce(getattr, str(node.target).split("."), graph_module)
+        widened = isinstance(attribute, Tensor) and attribute.is_floating_point()
+        return attribute.detach().double() if widened else attribute
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), run)
+    if node.op == "call_function":
+        function: Any = node.target
+        return function(*args, **kwargs)
+    return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+
+
 def evaluate(graph_module: fx.GraphModule, node: fx.Node) -> Tensor | str:
     """The value of a constant node, computed once from the graph module's attributes in float64 (floating
     attributes are widened first); a failure becomes a refusal reason."""
@@ -226,14 +240,7 @@ def evaluate(graph_module: fx.GraphModule, node: fx.Node) -> Tensor | str:
 
     def run(current: fx.Node) -> Any:
         if current not in values:
-            if current.op == "get_attr":
-                attribute = reduce(getattr, str(current.target).split("."), graph_module)
-                widened = isinstance(attribute, Tensor) and attribute.is_floating_point()
-                values[current] = attribute.detach().double() if widened else attribute
-            else:
-                args, kwargs = fx.node.map_arg((current.args, current.kwargs), run)
-                function = current.target if current.op == "call_function" else getattr(args[0], str(current.target))
-                values[current] = function(*(args if current.op == "call_function" else args[1:]), **kwargs)
+            values[current] = _run_node(graph_module, current, run)
         return values[current]
 
     try:

@@ -101,7 +101,7 @@ def randomise_frozen(model: nn.Module, seed: int = 0) -> nn.Module:
     for _, module in frozen_norms(model):
         n = module.weight.numel() if isinstance(module, FrozenBatchNorm2d) else module.scale.numel()
 
-        def uniform(low: float, high: float) -> Tensor:
+        def uniform(low: float, high: float, n: int = n) -> Tensor:
             return low + (high - low) * torch.rand(n, generator=generator)
 
         gamma = torch.where(torch.rand(n, generator=generator) < 0.3, -1.0, 1.0) * uniform(0.5, 1.5)
