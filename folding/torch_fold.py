@@ -5,20 +5,25 @@ each BN's output (the reference) → for each BN in graph order fold it into the
 the next, else lower it to a per-channel scale/shift (or keep it) → a ConvTranspose that received a BN
 becomes its SeparateBias subclass (same function, faster in eager mode: folding/torch_conv_transpose.py) →
 run the folded graph → measure each BN's output against its replacement's, and the model output end to end.
+After the BatchNorms, the fixed per-channel multiply/add chains next to a layer (FrozenBatchNorm2d traced
+through, layer scales: folding/torch_affine.py) fold the same way; the report gives each its kind.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import fx, nn
 
 from bnfold.folding.plan import Plan
-from bnfold.folding.report import FoldReport
+from bnfold.folding.report import FoldEntry, FoldReport
+from bnfold.folding.torch_affine import AffineSite, find_sites
+from bnfold.folding.torch_affine import measured_nodes as affine_measured_nodes
+from bnfold.folding.torch_affine_plan import decide_affine
 from bnfold.folding.torch_batchnorm import describe_batchnorm, is_batchnorm_node
 from bnfold.folding.torch_capture import capture, normalise_inputs, private_copy
 from bnfold.folding.torch_conv_transpose import separate_bias
-from bnfold.folding.torch_measure import output_error, record
+from bnfold.folding.torch_measure import Recording, output_error, record
 from bnfold.folding.torch_plan import decide
 from bnfold.folding.torch_rules import INTO_NEXT
 
@@ -41,10 +46,15 @@ def fold(model: nn.Module, example_inputs: object, *, lower_unfoldable: bool = T
     The caller's model is never modified. Raises FoldingError when the model cannot be captured or run.
     """
     inputs = normalise_inputs(example_inputs)
-    graph_module = capture(private_copy(model))
+    source = private_copy(model)
+    graph_module = capture(source)
     batchnorms = [node for node in graph_module.graph.nodes if is_batchnorm_node(graph_module, node)]
-    reference = record(graph_module, inputs, _measured_nodes(graph_module, batchnorms))
-    plans = _fold_all(graph_module, batchnorms, reference.ndims, lower_unfoldable)
+    measured = _measured_nodes(graph_module, batchnorms) | affine_measured_nodes(graph_module.graph)
+    reference = record(graph_module, inputs, measured)
+    names: set[str] = set()
+    plans = _fold_all(graph_module, batchnorms, reference.ndims, lower_unfoldable, names)
+    sites = {site.site.name: site for site in find_sites(graph_module, source, reference, names)}
+    _fold_affine(graph_module, sites, reference, plans)
     for target in {p.decision.target for p in plans.values() if p.decision.target is not None}:
         separate_bias(graph_module.get_submodule(target))  # a fused ConvTranspose: eager fast path
     graph_module.graph.lint()
@@ -55,7 +65,9 @@ def fold(model: nn.Module, example_inputs: object, *, lower_unfoldable: bool = T
         str(p.replacement): reference.values[p.reference] for p in plans.values() if p.reference in reference.values
     }
     folded = record(graph_module, inputs, set(), compare)
-    return FoldResult(graph_module, _report(plans, folded.errors, output_error(folded.output, reference.output)))
+    report = _report(plans, folded.errors, output_error(folded.output, reference.output))
+    report.entries = [_with_kind(entry, sites.get(entry.bn)) for entry in report.entries]
+    return FoldResult(graph_module, report)
 
 
 def _measured_nodes(graph_module: fx.GraphModule, batchnorms: list[fx.Node]) -> set[str]:
@@ -70,20 +82,40 @@ def _measured_nodes(graph_module: fx.GraphModule, batchnorms: list[fx.Node]) -> 
 
 
 def _fold_all(
-    graph_module: fx.GraphModule, batchnorms: list[fx.Node], ndims: dict[str, int], lower_unfoldable: bool
+    graph_module: fx.GraphModule,
+    batchnorms: list[fx.Node],
+    ndims: dict[str, int],
+    lower_unfoldable: bool,
+    names: set[str],
 ) -> dict[str, Plan]:
-    """Decide every BN in graph order, by report name; a later fold into a node re-points earlier plans'
-    references."""
-    names: set[str] = set()
+    """Decide every BN in graph order, by report name (collected in `names`)."""
     plans: dict[str, Plan] = {}
     for node in batchnorms:
         site = describe_batchnorm(graph_module, node, names)
-        plan = decide(graph_module, site, ndims, lower_unfoldable)
-        for earlier in plans.values():  # e.g. conv → bn1 → bn2: bn1's output now exists only as bn2's output
-            if earlier.replacement == plan.replacement and earlier.decision.action.removes_batchnorm:
-                earlier.reference = plan.reference
-        plans[site.name] = plan
+        _add_plan(plans, site.name, decide(graph_module, site, ndims, lower_unfoldable))
     return plans
+
+
+def _fold_affine(
+    graph_module: fx.GraphModule, sites: dict[str, AffineSite], reference: Recording, plans: dict[str, Plan]
+) -> None:
+    """Decide every per-channel affine site after the BatchNorms, adding its plan to `plans`."""
+    for name, site in sites.items():
+        _add_plan(plans, name, decide_affine(graph_module, site, reference.ndims))
+
+
+def _add_plan(plans: dict[str, Plan], name: str, plan: Plan) -> None:
+    """Add `plan`; a later fold into the same node re-points earlier plans' references (conv → bn1 → bn2:
+    bn1's output now exists only as bn2's output)."""
+    for earlier in plans.values():
+        if earlier.replacement == plan.replacement and earlier.decision.action.removes_batchnorm:
+            earlier.reference = plan.reference
+    plans[name] = plan
+
+
+def _with_kind(entry: FoldEntry, site: AffineSite | None) -> FoldEntry:
+    """A per-channel affine site's entry carries its kind and source ops; a BatchNorm's stays as it is."""
+    return entry if site is None else replace(entry, kind=site.kind, sources=site.sources)
 
 
 def _align_containers(graph_module: fx.GraphModule) -> None:

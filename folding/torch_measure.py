@@ -23,12 +23,14 @@ from bnfold.folding.errors import FoldingError
 @dataclass
 class Recording:
     """The graph's output, the kept nodes' values and the compared nodes' errors (by node name), and every
-    tensor node's ndim."""
+    tensor node's ndim, shape and dtype."""
 
     output: Any
     values: dict[str, Tensor] = field(default_factory=dict)
     errors: dict[str, float | None] = field(default_factory=dict)
     ndims: dict[str, int] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: dict[str, torch.dtype] = field(default_factory=dict)
 
 
 class _Recorder(fx.Interpreter):
@@ -42,6 +44,8 @@ class _Recorder(fx.Interpreter):
         result = super().run_node(n)
         if isinstance(result, Tensor):
             self.recording.ndims[n.name] = result.dim()
+            self.recording.shapes[n.name] = tuple(result.shape)
+            self.recording.dtypes[n.name] = result.dtype
             if n.name in self.keep:  # cloned: a later in-place op (ReLU(inplace=True)) would overwrite it
                 self.recording.values[n.name] = result.detach().clone()
             if n.name in self.compare:  # compared now, before any in-place op: no copy needed

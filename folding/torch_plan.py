@@ -37,18 +37,25 @@ def decide(graph_module: fx.GraphModule, site: BatchNormSite, ndims: dict[str, i
     name = site.node.name
     if site.affine is None:
         return Plan(Decision.kept(str(site.refusal)), name, name)
-    ndim = ndims.get(site.input.name)
+    folded = fold_into_neighbour(graph_module, site, ndims.get(site.input.name))
+    if isinstance(folded, Plan):
+        return folded
+    reason = folded
+    if not lower_unfoldable:
+        return Plan(Decision.kept(not_lowered(reason, LOWERING_DISABLED)), name, name)
+    lowered = lower(graph_module, site)
+    return Plan(Decision.lowered(reason), name, lowered.name)
+
+
+def fold_into_neighbour(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int | None) -> Plan | str:
+    """Fold the site's affine map into the previous layer, else into the next; the plan, or why neither."""
     previous = _try_previous(graph_module, site, ndim)
     if not isinstance(previous, str):
         return previous
     following = _try_next(graph_module, site, ndim)
     if not isinstance(following, str):
         return following
-    reason = not_folded(previous, following)
-    if not lower_unfoldable:
-        return Plan(Decision.kept(not_lowered(reason, LOWERING_DISABLED)), name, name)
-    lowered = lower(graph_module, site)
-    return Plan(Decision.lowered(reason), name, lowered.name)
+    return not_folded(previous, following)
 
 
 def _try_previous(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int | None) -> Plan | str:
@@ -56,7 +63,8 @@ def _try_previous(graph_module: fx.GraphModule, site: BatchNormSite, ndim: int |
     if producer.op != "call_module":
         return f"{describe_node(producer)} is not a layer module"
     if len(producer.users) > 1:
-        others = ", ".join(describe_node(user) for user in producer.users if user is not site.node)
+        own = {site.node, *site.node.all_input_nodes}  # a traced affine map's own mul feeds its add
+        others = ", ".join(describe_node(user) for user in producer.users if user not in own)
         return output_needed_elsewhere(f"layer {producer.target}", f"it also feeds {others}")
     assert site.affine is not None
     new = apply_rule(INTO_PREVIOUS, graph_module.get_submodule(str(producer.target)), site.affine, ndim)

@@ -1,8 +1,9 @@
 """The checks that prove a folded/unfolded pair deployable; needs only onnx, onnxruntime and numpy.
 
 1. `onnx.checker.check_model(full_check=True)` passes on both graphs.
-2. The unfolded graph has exactly one BatchNormalization node per BN of the fold report (the exporter folded
-   none of them, not even some), and the folded one only as many as the fold report says were kept.
+2. The unfolded graph has exactly one BatchNormalization node per BN of the fold report (entries of kind
+   "batchnorm"; a frozen BN is a Mul/Add pair there) (the exporter folded none of them, not even some), and
+   the folded one only as many as the fold report says were kept.
 3. Both graphs run in onnxruntime with every graph optimisation disabled (ORT_DISABLE_ALL, so ORT cannot
    fuse Conv+BN itself) and match the reference on the calibration batch within the tolerance:
 
@@ -29,6 +30,7 @@ from numpy.typing import NDArray
 
 from bnfold.contract.agreement import OutputJudgement, Tolerance, Verdict, argmax_mismatches, judge
 from bnfold.contract.op_count import count_op
+from bnfold.folding.report import Action, FoldReport
 from bnfold.models.errors import VerificationError
 
 
@@ -67,6 +69,14 @@ def check_onnx(path: Path, variant: str) -> onnx.ModelProto:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise VerificationError(f"onnx.checker rejects {variant}.onnx: {first}") from None
     return model
+
+
+def batchnorm_totals(report: FoldReport) -> tuple[int, int]:
+    """(total, kept) over the report's entries of kind "batchnorm": the only ones that exist as
+    BatchNormalization nodes in an exported graph. A frozen BatchNorm or another per-channel affine map is
+    a Mul/Add pair in unfolded.onnx, so it is not counted here."""
+    batchnorms = [entry for entry in report.entries if entry.kind == "batchnorm"]
+    return len(batchnorms), sum(entry.action is Action.KEPT for entry in batchnorms)
 
 
 def check_batchnorm_counts(unfolded: int, folded: int, total: int, kept: int) -> None:
