@@ -14,6 +14,7 @@ import torch
 from bnfold.folding.compare import Tolerance, discrepancy
 from bnfold.folding.onnx_fold import fold_onnx
 from bnfold.folding.report import Action
+from tests.nets import frozen_batchnorm
 from tests.onnx.ort_helpers import run_ort
 from tests.onnx.scale_shift_nets import ScaleShiftNet
 
@@ -44,3 +45,28 @@ def test_explicit_scale_shift_export_folds_to_no_mul(seed: int) -> None:
     (got,) = run_ort(result.model, {"x": x.numpy()})
     gap = discrepancy(np.asarray(got), expected)
     assert gap.within(Tolerance(atol=1e-6, rtol=1e-5)), gap.describe()
+
+
+@pytest.mark.parametrize(
+    "factory", [frozen_batchnorm.build, frozen_batchnorm.build_scale_shift], ids=["frozen", "scale_shift"]
+)
+def test_frozen_batchnorm_backbone_export_folds_to_no_per_channel_mul(factory: object) -> None:
+    """The detection-style backbone (stem, bottlenecks with a projection shortcut, every norm a FrozenBatchNorm2d)
+    exported as it is: the ONNX engine folds every norm's Mul/Add, as the PyTorch engine does."""
+    model = factory()  # type: ignore[operator]
+    norms = len(frozen_batchnorm.frozen_norms(model))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    exported = export(model, x)
+    assert [node.op_type for node in exported.graph.node].count("BatchNormalization") == 0
+    result = fold_onnx(exported, {"x": x.numpy()})
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [node.op_type for node in result.model.graph.node].count("Mul") == 0
+    assert (result.report.folded, result.report.total) == (norms, norms)
+    assert {entry.kind for entry in result.report} == {"affine"}
+    other = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))  # not the calibration batch
+    for batch in (x, other):
+        (got,) = run_ort(result.model, {"x": batch.numpy()})
+        with torch.no_grad():
+            expected = model(batch).numpy()
+        gap = discrepancy(np.asarray(got), expected)
+        assert gap.within(Tolerance(atol=1e-6, rtol=1e-5)), gap.describe()
