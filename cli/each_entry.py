@@ -15,9 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bnfold.cli.support import EXIT_FAILED, expected_errors
+from bnfold.cli.support import EXIT_FAILED, failure_message
 from bnfold.contract.layout import MANIFEST_FILE, is_valid_name
-from bnfold.messages import one_line
 
 
 def is_repository(path: Path) -> bool:
@@ -69,8 +68,5 @@ def _one(entry: Path, check: Check) -> dict[str, Any]:
     except Exception as error:
         if os.environ.get("BNFOLD_DEBUG"):
             raise
-        message = one_line(error)
-        if not isinstance(error, (*expected_errors(), OSError)):
-            message = f"unexpected {type(error).__name__}: {message} (rerun with BNFOLD_DEBUG=1 and report it)"
-        return {"name": entry.name, "ok": False, "error": message}
+        return {"name": entry.name, "ok": False, "error": failure_message(error)}
     return {"name": entry.name, "ok": True, "summary": summary, **detail}

@@ -37,6 +37,14 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     return (ModelsError, folding_errors.BnfoldError)
 
 
+def failure_message(error: Exception) -> str:
+    """The one line a command prints for `error`; an error bnfold did not expect says so and how to report it."""
+    message = one_line(error)
+    if not isinstance(error, (*expected_errors(), OSError)):
+        message = f"unexpected {type(error).__name__}: {message} (rerun with BNFOLD_DEBUG=1 and report it)"
+    return message
+
+
 def run(command: str, work: Callable[[], Any], *, as_json: bool, show: Callable[[Any], None]) -> int:
     """Run `work`; print its result with `show` (or as JSON); turn every failure into one line and exit 1."""
     try:
@@ -46,9 +54,7 @@ def run(command: str, work: Callable[[], Any], *, as_json: bool, show: Callable[
     except Exception as error:
         if os.environ.get("BNFOLD_DEBUG"):
             raise
-        message = one_line(error)
-        if not isinstance(error, (*expected_errors(), OSError)):
-            message = f"unexpected {type(error).__name__}: {message} (rerun with BNFOLD_DEBUG=1 and report it)"
+        message = failure_message(error)
         print(f"bnfold {command}: {message}", file=sys.stderr)
         if as_json:
             print(json.dumps({"ok": False, "error": message}))
