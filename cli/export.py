@@ -23,6 +23,13 @@ from bnfold.models.errors import BadInputError
 from bnfold.models.progress import Progress
 
 TASKS = ("classification", "regression", "reconstruction")
+TASK_CHECKS = {
+    "classification": "the service checks that both variants agree on the arg-max class and within tolerance",
+    "regression": "the service checks agreement within tolerance only; arg-max agreement is not checked "
+    "(for a classifier, pass --task classification)",
+    "reconstruction": "the service checks agreement within tolerance only; arg-max agreement is not checked "
+    "(for a classifier, pass --task classification)",
+}
 
 
 def _fold_and_export_parser() -> OneLineParser:
@@ -91,6 +98,7 @@ def _show_export(summary: Any) -> None:
     print(f"wrote {summary.path}: {summary.fold_summary}; BatchNormalization nodes unfolded "
           f"{summary.batchnorm_nodes['unfolded']}, folded {summary.batchnorm_nodes['folded']}; "
           f"max |Δ| vs {summary.reference}: {errors}")  # fmt: skip
+    print(f"task: {summary.task}; " + TASK_CHECKS[summary.task])
     for note in summary.notes:
         print(f"note: {note}")
 

@@ -7,6 +7,7 @@ renamed into place, so nothing is left behind.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,11 @@ from bnfold.models.export.manifest import Candidate
 from bnfold.models.export.repository import check_repository
 from bnfold.models.export.spec_forms import Spec, parse_spec
 from bnfold.models.progress import Progress
+
+UNTRAINED_WARNING = (
+    "warning: no --weights given: folding the freshly initialised weights of {spec}'s factory; "
+    "pass --weights FILE (its trained state_dict) unless the factory loads them itself"
+)
 
 
 @dataclass
@@ -33,6 +39,7 @@ class ExportSummary:
     metrics: dict[str, float]
     notes: list[str]
     seconds: float
+    task: str = "regression"
     step_seconds: dict[str, float] = field(default_factory=dict)
     train_seconds: float | None = None
     load_seconds: float = 0.0
@@ -54,6 +61,7 @@ class ExportSummary:
             "reference": self.reference,
             "metrics": self.metrics,
             "notes": self.notes,
+            "task": self.task,
             "seconds": round(self.seconds, 3),
             "step_seconds": {step: round(value, 3) for step, value in self.step_seconds.items()},
             "train_seconds": self.train_seconds,
@@ -100,6 +108,7 @@ def fold_and_export(
         reference="PyTorch" if candidate.reference is not None else "unfolded.onnx",
         metrics=candidate.metrics,
         notes=candidate.notes,
+        task=candidate.task,
         seconds=time.perf_counter() - start,
         step_seconds=dict(progress.seconds),
         train_seconds=train_seconds,
@@ -123,6 +132,8 @@ def _candidate(
     with progress.step(f"loading {spec.text}" + (" (training when not cached)" if spec.kind == "zoo" else "")):
         loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir)
     load_seconds = time.perf_counter() - start
+    if spec.kind in ("file", "module") and weights is None:
+        print(UNTRAINED_WARNING.format(spec=spec.text), file=sys.stderr)
     if spec.kind == "zoo":
         how = "weights from the cache" if loaded.train_seconds is None else f"trained in {loaded.train_seconds:.1f} s"
         progress.say(f"  {how}; held-out {loaded.metrics}")

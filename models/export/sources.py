@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from bnfold.models.errors import BadInputError
+from bnfold.contract.hashing import sha256_file
+from bnfold.models.errors import BadInputError, UsageError
 from bnfold.models.export import spec as specs
 from bnfold.models.export.spec import LoadedModel
 from bnfold.models.export.spec_forms import Spec, parse_spec
+from bnfold.models.export.weights import load_weights
 from bnfold.models.pt2.allowlist import checked_archive_bytes
 from bnfold.models.zoo.catalog import ZOO, trained
 
@@ -27,7 +29,7 @@ def load_spec(
     if parsed.kind == "pt2":
         return _from_archive(parsed, weights, input_shape)
     if parsed.kind == "onnx":
-        raise BadInputError(f"--model {parsed.text} is an ONNX graph, not a PyTorch model; give a PyTorch SPEC")
+        raise UsageError(f"--model {parsed.text} is an ONNX graph, not a PyTorch model; give a PyTorch SPEC")
     return _from_factory(parsed, weights, input_shape)
 
 
@@ -36,7 +38,7 @@ def _from_zoo(spec: Spec, weights: Path | None, input_shape: str | None, cache_d
     if name not in ZOO:
         raise BadInputError(f"no zoo model {name!r}; choose one of: {', '.join(ZOO)}")
     if input_shape is not None:
-        raise BadInputError(f"zoo:{name} has a fixed input shape; drop --input-shape")
+        raise UsageError(f"zoo:{name} has a fixed input shape; drop --input-shape")
     model = trained(name, cache_dir=cache_dir)
     loaded = LoadedModel(
         module=model.model,
@@ -46,21 +48,21 @@ def _from_zoo(spec: Spec, weights: Path | None, input_shape: str | None, cache_d
         task=model.spec.task,
         input_name=model.spec.input_name,
         output_names=[model.spec.output_name],
-        weights_sha256=specs.sha256_file(model.weights_path),
+        weights_sha256=sha256_file(model.weights_path),
         metrics=dict(model.metrics),
         train_seconds=None if model.from_cache else model.train_seconds,
     )
     if weights is not None:
-        loaded.weights_sha256 = specs.load_weights(loaded.module, weights)
+        loaded.weights_sha256 = load_weights(loaded.module, weights)
         loaded.metrics = {}  # measured for the zoo's own weights, not these
     return loaded
 
 
 def _from_factory(spec: Spec, weights: Path | None, input_shape: str | None) -> LoadedModel:
     module = specs.build_from_factory(spec)
-    weights_sha = specs.load_weights(module, weights) if weights is not None else None
+    weights_sha = load_weights(module, weights) if weights is not None else None
     if input_shape is None:
-        raise BadInputError(f"{spec.text} needs --input-shape, e.g. --input-shape 1,3,32,32")
+        raise UsageError(f"{spec.text} needs --input-shape, e.g. --input-shape 1,3,32,32")
     batch = specs.random_batch(specs.parse_shape(input_shape))
     return _finish(module.eval(), batch, spec, weights_sha, input_shape)
 
@@ -77,7 +79,7 @@ def _from_archive(spec: Spec, weights: Path | None, input_shape: str | None) -> 
             f"{path} is not a readable torch.export archive ({type(error).__name__}); re-save it with torch.export.save"
         ) from None
     module = program.module()
-    weights_sha = specs.load_weights(module, weights) if weights is not None else hashlib.sha256(data).hexdigest()
+    weights_sha = load_weights(module, weights) if weights is not None else hashlib.sha256(data).hexdigest()
     batch = _archive_batch(program, path, input_shape)
     return _finish(module, batch, spec, weights_sha, input_shape or "of the archive's example inputs")
 

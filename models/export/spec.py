@@ -5,8 +5,8 @@ shape. A factory file or module is imported with its own directory (the file's, 
 for package.module) first on sys.path while it is imported and its factory runs, as `python path/to/net.py`
 would: its own packages (even one named like a bnfold folder, say `models`) win.
 
-`--weights FILE` is read with `torch.load(weights_only=True)` only (tensors, never arbitrary objects) and
-loaded strictly. For factories and archives without example inputs, `--input-shape` gives the shape; its
+`--weights FILE` is read by models/export/weights.py (torch.load(weights_only=True), strict).
+For factories and archives without example inputs, `--input-shape` gives the shape; its
 leading (batch) size is replaced by a calibration batch of 16 seeded standard-normal samples.
 """
 
@@ -24,9 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnfold.contract.hashing import sha256_file
 from bnfold.messages import shorten
-from bnfold.models.errors import BadInputError
+from bnfold.models.errors import BadInputError, UsageError
 from bnfold.models.export.spec_forms import Spec
 
 CALIBRATION_BATCH = 16
@@ -56,7 +55,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or any(size <= 0 for size in shape):
-        raise BadInputError(f"--input-shape {text!r} is not a list of positive integers; write e.g. 1,3,32,32")
+        raise UsageError(f"--input-shape {text!r} is not a list of positive integers; write e.g. 1,3,32,32")
     return shape
 
 
@@ -131,30 +130,6 @@ def build_from_factory(spec: Spec) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise BadInputError(f"factory {spec} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def load_weights(model: nn.Module, path: Path) -> str:
-    """Load a state_dict strictly with torch.load(weights_only=True); returns the file's SHA-256."""
-    if not path.is_file():
-        raise BadInputError(f"weights file {path} not found; check --weights")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as error:
-        raise BadInputError(
-            f"cannot read weights {path} safely ({_describe(error)}); save them with torch.save(model.state_dict(), …)"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise BadInputError(f"weights {path} hold a {type(state).__name__}, not a state_dict; save model.state_dict()")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())[:240]
-        raise BadInputError(
-            f"weights {path.name} do not match the architecture ({detail}); pass weights saved from this model"
-        ) from None
-    return sha256_file(path)
 
 
 def check_forward(model: nn.Module, batch: Tensor, shape_text: str) -> list[Tensor]:
