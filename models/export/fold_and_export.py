@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnfold.models.errors import UsageError
 from bnfold.models.export import publish
+from bnfold.models.export.choices import UserChoices
 from bnfold.models.export.manifest import Candidate
 from bnfold.models.export.repository import check_repository
 from bnfold.models.export.spec_forms import Spec, parse_spec
@@ -80,6 +82,7 @@ def fold_and_export(
     tolerance: tuple[float, float] | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    choices: UserChoices | None = None,
 ) -> ExportSummary:
     """Build and write one repository entry from a SPEC; see the module docstring."""
     progress = progress or Progress(quiet=True)
@@ -88,7 +91,10 @@ def fold_and_export(
     if name is not None:
         publish.check_target(out, name)
     parsed = parse_spec(spec)
-    candidate, default_name, train_seconds, load_seconds = _candidate(parsed, weights, input_shape, cache_dir, progress)
+    chosen = choices or UserChoices()
+    candidate, default_name, train_seconds, load_seconds = _candidate(
+        parsed, weights, input_shape, cache_dir, progress, chosen
+    )
     name = name or default_name
     publish.check_target(out, name)
     if task is not None:
@@ -117,20 +123,31 @@ def fold_and_export(
 
 
 def _candidate(
-    spec: Spec, weights: Path | None, input_shape: str | None, cache_dir: Path | None, progress: Progress
+    spec: Spec,
+    weights: Path | None,
+    input_shape: str | None,
+    cache_dir: Path | None,
+    progress: Progress,
+    choices: UserChoices,
 ) -> tuple[Candidate, str, float | None, float]:
     """(candidate, entry name, seconds spent training or None, seconds spent loading) for any SPEC form."""
     if spec.kind == "onnx":
+        if choices.given():
+            raise UsageError("--calibration, --input-names and --output-names apply to PyTorch SPECs; an ONNX "
+                             "graph keeps its own names and is calibrated on seeded samples")  # fmt: skip
         from bnfold.models.export.onnx_candidate import candidate_from_onnx
 
         candidate = candidate_from_onnx(Path(spec.target), weights, input_shape, progress)
         return candidate, spec.default_name, None, 0.0
     from bnfold.models.export.sources import load_spec
     from bnfold.models.export.torch_candidate import candidate_from_model
+    from bnfold.models.export.user_inputs import apply_names, user_batch
 
     start = time.perf_counter()
     with progress.step(f"loading {spec.text}" + (" (training when not cached)" if spec.kind == "zoo" else "")):
-        loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir)
+        batch = user_batch(choices, input_shape)
+        loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir, batch=batch)
+        apply_names(loaded, choices.input_names, choices.output_names)
     load_seconds = time.perf_counter() - start
     if spec.kind in ("file", "module") and weights is None:
         print(UNTRAINED_WARNING.format(spec=spec.text), file=sys.stderr)

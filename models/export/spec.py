@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from bnfold.messages import shorten
 from bnfold.models.errors import BadInputError, UsageError
+from bnfold.models.export.choices import TENSOR_NAME
 from bnfold.models.export.spec_forms import Spec
 
 CALIBRATION_BATCH = 16
@@ -132,8 +133,10 @@ def build_from_factory(spec: Spec) -> nn.Module:
     return model
 
 
-def check_forward(model: nn.Module, batch: Tensor, shape_text: str) -> list[Tensor]:
-    """Run the model once on the calibration batch; a model that rejects the shape is a BadInputError."""
+def check_forward(model: nn.Module, batch: Tensor, shape_text: str) -> tuple[list[Tensor], list[str] | None]:
+    """Run the model once on the calibration batch: (its outputs, their names when forward returns a dict of
+    tensors, one output per key in the dict's order, else None); a model that rejects the shape is a
+    BadInputError."""
     try:
         with torch.no_grad():
             output = model(batch)
@@ -141,10 +144,21 @@ def check_forward(model: nn.Module, batch: Tensor, shape_text: str) -> list[Tens
         raise BadInputError(
             f"the model rejects input shape {shape_text} ({_describe(error)}); pass the --input-shape it expects"
         ) from None
-    outputs = list(output) if isinstance(output, tuple | list) else [output]
+    names = [str(key) for key in output] if isinstance(output, dict) else None
+    outputs = output_list(output)
     if not outputs or not all(isinstance(o, Tensor) and o.dim() >= 1 for o in outputs):
-        raise BadInputError("forward must return a tensor or a tuple of tensors with a batch axis")
-    return outputs
+        raise BadInputError("forward must return a tensor, a tuple or a dict of tensors with a batch axis")
+    if names is not None and not all(TENSOR_NAME.fullmatch(name) for name in names):
+        raise BadInputError(f"forward returns a dict with keys {names}, not all valid tensor names; "
+                            "pass --output-names")  # fmt: skip
+    return outputs, names
+
+
+def output_list(output: Any) -> list[Any]:
+    """The outputs of forward as a list: a tuple/list as is, a dict's values in its order, else one output."""
+    if isinstance(output, dict):
+        return list(output.values())
+    return list(output) if isinstance(output, tuple | list) else [output]
 
 
 def output_names_for(count: int) -> list[str]:
