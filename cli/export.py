@@ -46,13 +46,25 @@ def _fold_and_export_parser() -> OneLineParser:
     )
     parser.add_argument("--weights", type=Path, help="a state_dict file, read with torch.load(weights_only=True)")
     parser.add_argument("--input-shape", metavar="1,3,32,32", help="input shape (leading batch size is ignored)")
-    parser.add_argument("--calibration", type=Path, metavar="FILE.npy|FILE.npz",
-                        help=f"real input samples (first {CALIBRATION_CAP}) as the calibration batch (default: "
-                        "16 seeded standard-normal samples)")
-    parser.add_argument("--input-names", type=_names("--input-names"), metavar="NAME",
-                        help="the input's name in the graphs and the served metadata (default: input)")
-    parser.add_argument("--output-names", type=_names("--output-names"), metavar="NAME[,NAME…]",
-                        help="the outputs' names, one per output (default: output, or output_0, output_1, …)")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE.npy|FILE.npz",
+        help=f"real input samples (first {CALIBRATION_CAP}) as the calibration batch (default: "
+        "16 seeded standard-normal samples)",
+    )
+    parser.add_argument(
+        "--input-names",
+        type=_names("--input-names"),
+        metavar="NAME",
+        help="the input's name in the graphs and the served metadata (default: input)",
+    )
+    parser.add_argument(
+        "--output-names",
+        type=_names("--output-names"),
+        metavar="NAME[,NAME…]",
+        help="the outputs' names, one per output (default: output, or output_0, output_1, …)",
+    )
     parser.add_argument("--name", type=_entry_name, help="entry name (default: from the SPEC)")
     parser.add_argument("--task", choices=TASKS, help="how the service compares variants (default: regression)")
     parser.add_argument("--atol", type=float, help="equivalence tolerance: absolute part (default 1e-6 for float32)")

@@ -188,7 +188,9 @@ def test_dict_outputs_get_one_named_output_per_key(capsys: pytest.CaptureFixture
       "its own name (see bnfold fold-and-export --help)")],
     ids=["output_count", "input_count", "invalid_name", "repeated_name"],
 )  # fmt: skip
-def test_names_that_do_not_fit(capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], message: str) -> None:
+def test_names_that_do_not_fit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], message: str
+) -> None:
     ran = bnfold(capsys, "fold-and-export", "--model", f"{__name__}:build_dict_head", "--weights",
                  _weights(tmp_path, build_dict_head()), "--input-shape", "1,3,8,8", *argv,
                  "--out", tmp_path / "repo")  # fmt: skip
