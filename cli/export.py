@@ -1,6 +1,7 @@
 """`bnfold fold-and-export` and `bnfold build-default`.
 
-    bnfold fold-and-export --model SPEC [--weights FILE] [--input-shape 1,3,32,32] [--name NAME]
+    bnfold fold-and-export --model SPEC [--weights FILE] [--input-shape 1,3,32,32] [--calibration FILE.npy|.npz]
+                           [--input-names NAME] [--output-names NAME,…] [--name NAME]
                            [--task classification|regression|reconstruction] [--external-data-above BYTES]
                            --out REPO_DIR [--json]
     bnfold build-default --out REPO_DIR [--json]
@@ -20,11 +21,19 @@ from rich.table import Table
 from bnfold.cli.support import OneLineParser, run, stdout_console
 from bnfold.contract.errors import ContractError
 from bnfold.contract.layout import check_name
-from bnfold.models.errors import BadInputError
+from bnfold.models.errors import BadInputError, UsageError
+from bnfold.models.export.choices import CALIBRATION_CAP, UserChoices, parse_names
 from bnfold.models.export.variant_files import DEFAULT_EXTERNAL_DATA_ABOVE
 from bnfold.models.progress import Progress
 
 TASKS = ("classification", "regression", "reconstruction")
+TASK_CHECKS = {
+    "classification": "the service checks that both variants agree on the arg-max class and within tolerance",
+    "regression": "the service checks agreement within tolerance only; arg-max agreement is not checked "
+    "(for a classifier, pass --task classification)",
+    "reconstruction": "the service checks agreement within tolerance only; arg-max agreement is not checked "
+    "(for a classifier, pass --task classification)",
+}
 
 
 def _fold_and_export_parser() -> OneLineParser:
@@ -39,6 +48,25 @@ def _fold_and_export_parser() -> OneLineParser:
     )
     parser.add_argument("--weights", type=Path, help="a state_dict file, read with torch.load(weights_only=True)")
     parser.add_argument("--input-shape", metavar="1,3,32,32", help="input shape (leading batch size is ignored)")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE.npy|FILE.npz",
+        help=f"real input samples (first {CALIBRATION_CAP}) as the calibration batch (default: "
+        "16 seeded standard-normal samples)",
+    )
+    parser.add_argument(
+        "--input-names",
+        type=_names("--input-names"),
+        metavar="NAME",
+        help="the input's name in the graphs and the served metadata (default: input)",
+    )
+    parser.add_argument(
+        "--output-names",
+        type=_names("--output-names"),
+        metavar="NAME[,NAME…]",
+        help="the outputs' names, one per output (default: output, or output_0, output_1, …)",
+    )
     parser.add_argument("--name", type=_entry_name, help="entry name (default: from the SPEC)")
     parser.add_argument("--task", choices=TASKS, help="how the service compares variants (default: regression)")
     parser.add_argument("--atol", type=float, help="equivalence tolerance: absolute part (default 1e-6 for float32)")
@@ -72,6 +100,18 @@ def _entry_name(value: str) -> str:
     return value
 
 
+def _names(flag: str) -> Any:
+    """An argparse type for a comma-separated list of tensor names (a usage error otherwise)."""
+
+    def parse(value: str) -> list[str] | None:
+        try:
+            return parse_names(value, flag)
+        except UsageError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
 def fold_and_export_main(argv: Sequence[str]) -> int:
     args = _fold_and_export_parser().parse_args(list(argv))
     progress = Progress(quiet=args.json)
@@ -89,8 +129,10 @@ def fold_and_export_main(argv: Sequence[str]) -> int:
             tolerance=_tolerance(args.atol, args.rtol),
             external_data_above=args.external_data_above,
             progress=progress,
+            choices=choices,
         )
 
+    choices = UserChoices(args.calibration, args.input_names, args.output_names)
     return run("fold-and-export", work, as_json=args.json, show=_show_export)
 
 
@@ -109,6 +151,7 @@ def _show_export(summary: Any) -> None:
     print(f"wrote {summary.path}: {summary.fold_summary}; BatchNormalization nodes unfolded "
           f"{summary.batchnorm_nodes['unfolded']}, folded {summary.batchnorm_nodes['folded']}; "
           f"max |Δ| vs {summary.reference}: {errors}")  # fmt: skip
+    print(f"task: {summary.task}; " + TASK_CHECKS[summary.task])
     for note in summary.notes:
         print(f"note: {note}")
 

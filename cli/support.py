@@ -1,7 +1,8 @@
 """Shared behaviour of the `bnfold` subcommands: one-line errors, exit codes, `--json` output.
 
 Exit codes: 0 success, 1 the work failed (bad input, a failed check, a model that cannot be folded),
-2 wrong command-line usage (argparse). A failure prints `bnfold COMMAND: MESSAGE` on stderr, one line, never
+2 wrong command-line usage (argparse, or a UsageError: a malformed SPEC or --input-shape, a flag the SPEC
+forbids). A failure prints `bnfold COMMAND: MESSAGE` on stderr, one line, never
 a traceback (set BNFOLD_DEBUG=1 to see one); with --json it also prints {"ok": false, "error": MESSAGE}.
 """
 
@@ -17,9 +18,10 @@ from typing import Any
 from rich.console import Console
 
 from bnfold.messages import one_line
-from bnfold.models.errors import ModelsError
+from bnfold.models.errors import ModelsError, UsageError
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,7 +60,7 @@ def run(command: str, work: Callable[[], Any], *, as_json: bool, show: Callable[
         print(f"bnfold {command}: {message}", file=sys.stderr)
         if as_json:
             print(json.dumps({"ok": False, "error": message}))
-        return EXIT_FAILED
+        return EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILED
     if as_json:
         payload = result.to_json() if hasattr(result, "to_json") else result
         print(json.dumps(payload, indent=2))

@@ -2,6 +2,7 @@
 
     ModelsError           base; the message is one line naming the problem and the fix
     ├── BadInputError     the user's SPEC, weights, shape, name or output directory cannot be used
+    │   └── UsageError    the command line itself is wrong (a malformed SPEC or --input-shape): exit code 2
     └── VerificationError a check failed (checker, onnxruntime vs reference, BN counts, digests)
 
 The command-line entry points print `bnfold <command>: <message>` and exit with a non-zero code; they
@@ -17,6 +18,10 @@ class ModelsError(Exception):
 
 class BadInputError(ModelsError):
     """The input cannot be used; the message says what to change."""
+
+
+class UsageError(BadInputError):
+    """The command line is malformed (the CLI exits with code 2, as argparse does)."""
 
 
 class VerificationError(ModelsError):

@@ -7,17 +7,25 @@ renamed into place, so nothing is left behind.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnfold.models.errors import UsageError
 from bnfold.models.export import publish
+from bnfold.models.export.choices import UserChoices
 from bnfold.models.export.manifest import Candidate
 from bnfold.models.export.repository import check_repository
 from bnfold.models.export.spec_forms import Spec, parse_spec
 from bnfold.models.export.variant_files import DEFAULT_EXTERNAL_DATA_ABOVE
 from bnfold.models.progress import Progress
+
+UNTRAINED_WARNING = (
+    "warning: no --weights given: folding the freshly initialised weights of {spec}'s factory; "
+    "pass --weights FILE (its trained state_dict) unless the factory loads them itself"
+)
 
 
 @dataclass
@@ -34,6 +42,7 @@ class ExportSummary:
     metrics: dict[str, float]
     notes: list[str]
     seconds: float
+    task: str = "regression"
     step_seconds: dict[str, float] = field(default_factory=dict)
     train_seconds: float | None = None
     load_seconds: float = 0.0
@@ -55,6 +64,7 @@ class ExportSummary:
             "reference": self.reference,
             "metrics": self.metrics,
             "notes": self.notes,
+            "task": self.task,
             "seconds": round(self.seconds, 3),
             "step_seconds": {step: round(value, 3) for step, value in self.step_seconds.items()},
             "train_seconds": self.train_seconds,
@@ -74,6 +84,7 @@ def fold_and_export(
     cache_dir: Path | None = None,
     external_data_above: int = DEFAULT_EXTERNAL_DATA_ABOVE,
     progress: Progress | None = None,
+    choices: UserChoices | None = None,
 ) -> ExportSummary:
     """Build and write one repository entry from a SPEC; see the module docstring."""
     progress = progress or Progress(quiet=True)
@@ -82,7 +93,10 @@ def fold_and_export(
     if name is not None:
         publish.check_target(out, name)
     parsed = parse_spec(spec)
-    candidate, default_name, train_seconds, load_seconds = _candidate(parsed, weights, input_shape, cache_dir, progress)
+    chosen = choices or UserChoices()
+    candidate, default_name, train_seconds, load_seconds = _candidate(
+        parsed, weights, input_shape, cache_dir, progress, chosen
+    )
     name = name or default_name
     publish.check_target(out, name)
     if task is not None:
@@ -101,6 +115,7 @@ def fold_and_export(
         reference="PyTorch" if candidate.reference is not None else "unfolded.onnx",
         metrics=candidate.metrics,
         notes=candidate.notes,
+        task=candidate.task,
         seconds=time.perf_counter() - start,
         step_seconds=dict(progress.seconds),
         train_seconds=train_seconds,
@@ -109,21 +124,34 @@ def fold_and_export(
 
 
 def _candidate(
-    spec: Spec, weights: Path | None, input_shape: str | None, cache_dir: Path | None, progress: Progress
+    spec: Spec,
+    weights: Path | None,
+    input_shape: str | None,
+    cache_dir: Path | None,
+    progress: Progress,
+    choices: UserChoices,
 ) -> tuple[Candidate, str, float | None, float]:
     """(candidate, entry name, seconds spent training or None, seconds spent loading) for any SPEC form."""
     if spec.kind == "onnx":
+        if choices.given():
+            raise UsageError("--calibration, --input-names and --output-names apply to PyTorch SPECs; an ONNX "
+                             "graph keeps its own names and is calibrated on seeded samples")  # fmt: skip
         from bnfold.models.export.onnx_candidate import candidate_from_onnx
 
         candidate = candidate_from_onnx(Path(spec.target), weights, input_shape, progress)
         return candidate, spec.default_name, None, 0.0
     from bnfold.models.export.sources import load_spec
     from bnfold.models.export.torch_candidate import candidate_from_model
+    from bnfold.models.export.user_inputs import apply_names, user_batch
 
     start = time.perf_counter()
     with progress.step(f"loading {spec.text}" + (" (training when not cached)" if spec.kind == "zoo" else "")):
-        loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir)
+        batch = user_batch(choices, input_shape)
+        loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir, batch=batch)
+        apply_names(loaded, choices.input_names, choices.output_names)
     load_seconds = time.perf_counter() - start
+    if spec.kind in ("file", "module") and weights is None:
+        print(UNTRAINED_WARNING.format(spec=spec.text), file=sys.stderr)
     if spec.kind == "zoo":
         how = "weights from the cache" if loaded.train_seconds is None else f"trained in {loaded.train_seconds:.1f} s"
         progress.say(f"  {how}; held-out {loaded.metrics}")

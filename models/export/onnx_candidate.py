@@ -26,7 +26,7 @@ from bnfold.contract.agreement import Tolerance
 from bnfold.contract.external_data import external_references
 from bnfold.folding.onnx_fold import fold_onnx
 from bnfold.messages import first_line
-from bnfold.models.errors import BadInputError
+from bnfold.models.errors import BadInputError, UsageError
 from bnfold.models.export.manifest import Candidate
 from bnfold.models.export.spec import LoadedModel, parse_shape, random_batch
 from bnfold.models.export.torch_candidate import NO_BATCHNORM_NOTE, quiet_export
@@ -51,7 +51,7 @@ FLOAT_TYPES: dict[int, type[np.floating[Any]]] = {
 def candidate_from_onnx(path: Path, weights: Path | None, input_shape: str | None, progress: Progress) -> Candidate:
     """Fold an ONNX file; both variants are compared with the file itself in onnxruntime."""
     if weights is not None:
-        raise BadInputError("an ONNX file carries its own weights; drop --weights")
+        raise UsageError("an ONNX file carries its own weights; drop --weights")
     if not path.is_file():
         raise BadInputError(f"ONNX file {path} not found; check the path in --model")
     model, external = load_onnx_source(path)

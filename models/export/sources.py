@@ -9,26 +9,36 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from bnfold.models.errors import BadInputError
+from bnfold.contract.hashing import sha256_file
+from bnfold.models.errors import BadInputError, UsageError
 from bnfold.models.export import spec as specs
 from bnfold.models.export.spec import LoadedModel
 from bnfold.models.export.spec_forms import Spec, parse_spec
+from bnfold.models.export.weights import load_weights
 from bnfold.models.pt2.allowlist import checked_archive_bytes
 from bnfold.models.zoo.catalog import ZOO, trained
 
 
 def load_spec(
-    spec: Spec | str, *, weights: Path | None = None, input_shape: str | None = None, cache_dir: Path | None = None
+    spec: Spec | str,
+    *,
+    weights: Path | None = None,
+    input_shape: str | None = None,
+    cache_dir: Path | None = None,
+    batch: Tensor | None = None,
 ) -> LoadedModel:
-    """The model a SPEC names, in eval mode, with its calibration batch; every bad input is a BadInputError."""
+    """The model a SPEC names, in eval mode, with its calibration batch (`batch` when given: the user's own
+    samples); every bad input is a BadInputError."""
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     if parsed.kind == "zoo":
+        if batch is not None:
+            raise UsageError(f"zoo:{parsed.target} calibrates on its own held-out samples; drop --calibration")
         return _from_zoo(parsed, weights, input_shape, cache_dir)
     if parsed.kind == "pt2":
-        return _from_archive(parsed, weights, input_shape)
+        return _from_archive(parsed, weights, input_shape, batch)
     if parsed.kind == "onnx":
-        raise BadInputError(f"--model {parsed.text} is an ONNX graph, not a PyTorch model; give a PyTorch SPEC")
-    return _from_factory(parsed, weights, input_shape)
+        raise UsageError(f"--model {parsed.text} is an ONNX graph, not a PyTorch model; give a PyTorch SPEC")
+    return _from_factory(parsed, weights, input_shape, batch)
 
 
 def _from_zoo(spec: Spec, weights: Path | None, input_shape: str | None, cache_dir: Path | None) -> LoadedModel:
@@ -36,7 +46,7 @@ def _from_zoo(spec: Spec, weights: Path | None, input_shape: str | None, cache_d
     if name not in ZOO:
         raise BadInputError(f"no zoo model {name!r}; choose one of: {', '.join(ZOO)}")
     if input_shape is not None:
-        raise BadInputError(f"zoo:{name} has a fixed input shape; drop --input-shape")
+        raise UsageError(f"zoo:{name} has a fixed input shape; drop --input-shape")
     model = trained(name, cache_dir=cache_dir)
     loaded = LoadedModel(
         module=model.model,
@@ -46,26 +56,27 @@ def _from_zoo(spec: Spec, weights: Path | None, input_shape: str | None, cache_d
         task=model.spec.task,
         input_name=model.spec.input_name,
         output_names=[model.spec.output_name],
-        weights_sha256=specs.sha256_file(model.weights_path),
+        weights_sha256=sha256_file(model.weights_path),
         metrics=dict(model.metrics),
         train_seconds=None if model.from_cache else model.train_seconds,
     )
     if weights is not None:
-        loaded.weights_sha256 = specs.load_weights(loaded.module, weights)
+        loaded.weights_sha256 = load_weights(loaded.module, weights)
         loaded.metrics = {}  # measured for the zoo's own weights, not these
     return loaded
 
 
-def _from_factory(spec: Spec, weights: Path | None, input_shape: str | None) -> LoadedModel:
+def _from_factory(spec: Spec, weights: Path | None, input_shape: str | None, batch: Tensor | None) -> LoadedModel:
     module = specs.build_from_factory(spec)
-    weights_sha = specs.load_weights(module, weights) if weights is not None else None
+    weights_sha = load_weights(module, weights) if weights is not None else None
+    if batch is not None:
+        return _finish(module.eval(), batch, spec, weights_sha, f"{tuple(batch.shape)} (--calibration)")
     if input_shape is None:
-        raise BadInputError(f"{spec.text} needs --input-shape, e.g. --input-shape 1,3,32,32")
-    batch = specs.random_batch(specs.parse_shape(input_shape))
-    return _finish(module.eval(), batch, spec, weights_sha, input_shape)
+        raise UsageError(f"{spec.text} needs --input-shape (or --calibration FILE), e.g. --input-shape 1,3,32,32")
+    return _finish(module.eval(), specs.random_batch(specs.parse_shape(input_shape)), spec, weights_sha, input_shape)
 
 
-def _from_archive(spec: Spec, weights: Path | None, input_shape: str | None) -> LoadedModel:
+def _from_archive(spec: Spec, weights: Path | None, input_shape: str | None, batch: Tensor | None) -> LoadedModel:
     path = Path(spec.target)
     if not path.is_file():
         raise BadInputError(f"torch.export archive {path} not found; check the path in --model")
@@ -77,9 +88,11 @@ def _from_archive(spec: Spec, weights: Path | None, input_shape: str | None) -> 
             f"{path} is not a readable torch.export archive ({type(error).__name__}); re-save it with torch.export.save"
         ) from None
     module = program.module()
-    weights_sha = specs.load_weights(module, weights) if weights is not None else hashlib.sha256(data).hexdigest()
-    batch = _archive_batch(program, path, input_shape)
-    return _finish(module, batch, spec, weights_sha, input_shape or "of the archive's example inputs")
+    weights_sha = load_weights(module, weights) if weights is not None else hashlib.sha256(data).hexdigest()
+    archive_batch = _archive_batch(program, path, input_shape)
+    if batch is not None:
+        return _finish(module, batch, spec, weights_sha, f"{tuple(batch.shape)} (--calibration)")
+    return _finish(module, archive_batch, spec, weights_sha, input_shape or "of the archive's example inputs")
 
 
 def _archive_batch(program: torch.export.ExportedProgram, path: Path, input_shape: str | None) -> Tensor:
@@ -103,12 +116,12 @@ def _archive_batch(program: torch.export.ExportedProgram, path: Path, input_shap
 
 
 def _finish(module: nn.Module, batch: Tensor, spec: Spec, weights_sha: str | None, shape_text: str) -> LoadedModel:
-    outputs = specs.check_forward(module, batch, shape_text)
+    outputs, names = specs.check_forward(module, batch, shape_text)
     return LoadedModel(
         module=module,
         calibration=batch,
         source=spec.text,
         default_name=spec.default_name,
-        output_names=specs.output_names_for(len(outputs)),
+        output_names=names or specs.output_names_for(len(outputs)),
         weights_sha256=weights_sha,
     )

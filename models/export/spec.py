@@ -5,8 +5,8 @@ shape. A factory file or module is imported with its own directory (the file's, 
 for package.module) first on sys.path while it is imported and its factory runs, as `python path/to/net.py`
 would: its own packages (even one named like a bnfold folder, say `models`) win.
 
-`--weights FILE` is read with `torch.load(weights_only=True)` only (tensors, never arbitrary objects) and
-loaded strictly. For factories and archives without example inputs, `--input-shape` gives the shape; its
+`--weights FILE` is read by models/export/weights.py (torch.load(weights_only=True), strict).
+For factories and archives without example inputs, `--input-shape` gives the shape; its
 leading (batch) size is replaced by a calibration batch of 16 seeded standard-normal samples.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnfold.contract.hashing import sha256_file
 from bnfold.messages import shorten
-from bnfold.models.errors import BadInputError
+from bnfold.models.errors import BadInputError, UsageError
+from bnfold.models.export.choices import TENSOR_NAME
 from bnfold.models.export.spec_forms import Spec
 
 CALIBRATION_BATCH = 16
@@ -56,7 +56,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or any(size <= 0 for size in shape):
-        raise BadInputError(f"--input-shape {text!r} is not a list of positive integers; write e.g. 1,3,32,32")
+        raise UsageError(f"--input-shape {text!r} is not a list of positive integers; write e.g. 1,3,32,32")
     return shape
 
 
@@ -133,32 +133,10 @@ def build_from_factory(spec: Spec) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, path: Path) -> str:
-    """Load a state_dict strictly with torch.load(weights_only=True); returns the file's SHA-256."""
-    if not path.is_file():
-        raise BadInputError(f"weights file {path} not found; check --weights")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as error:
-        raise BadInputError(
-            f"cannot read weights {path} safely ({_describe(error)}); save them with torch.save(model.state_dict(), …)"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise BadInputError(f"weights {path} hold a {type(state).__name__}, not a state_dict; save model.state_dict()")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())[:240]
-        raise BadInputError(
-            f"weights {path.name} do not match the architecture ({detail}); pass weights saved from this model"
-        ) from None
-    return sha256_file(path)
-
-
-def check_forward(model: nn.Module, batch: Tensor, shape_text: str) -> list[Tensor]:
-    """Run the model once on the calibration batch; a model that rejects the shape is a BadInputError."""
+def check_forward(model: nn.Module, batch: Tensor, shape_text: str) -> tuple[list[Tensor], list[str] | None]:
+    """Run the model once on the calibration batch: (its outputs, their names when forward returns a dict of
+    tensors, one output per key in the dict's order, else None); a model that rejects the shape is a
+    BadInputError."""
     try:
         with torch.no_grad():
             output = model(batch)
@@ -166,10 +144,21 @@ def check_forward(model: nn.Module, batch: Tensor, shape_text: str) -> list[Tens
         raise BadInputError(
             f"the model rejects input shape {shape_text} ({_describe(error)}); pass the --input-shape it expects"
         ) from None
-    outputs = list(output) if isinstance(output, tuple | list) else [output]
+    names = [str(key) for key in output] if isinstance(output, dict) else None
+    outputs = output_list(output)
     if not outputs or not all(isinstance(o, Tensor) and o.dim() >= 1 for o in outputs):
-        raise BadInputError("forward must return a tensor or a tuple of tensors with a batch axis")
-    return outputs
+        raise BadInputError("forward must return a tensor, a tuple or a dict of tensors with a batch axis")
+    if names is not None and not all(TENSOR_NAME.fullmatch(name) for name in names):
+        raise BadInputError(f"forward returns a dict with keys {names}, not all valid tensor names; "
+                            "pass --output-names")  # fmt: skip
+    return outputs, names
+
+
+def output_list(output: Any) -> list[Any]:
+    """The outputs of forward as a list: a tuple/list as is, a dict's values in its order, else one output."""
+    if isinstance(output, dict):
+        return list(output.values())
+    return list(output) if isinstance(output, tuple | list) else [output]
 
 
 def output_names_for(count: int) -> list[str]:

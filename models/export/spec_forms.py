@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bnfold.models.errors import BadInputError
+from bnfold.models.errors import UsageError
 
 SpecKind = Literal["onnx", "zoo", "pt2", "file", "module"]
 
@@ -53,7 +53,7 @@ class Spec:
 
 
 def parse_spec(text: str) -> Spec:
-    """The Spec that `text` names; a BadInputError naming the accepted forms when it names none."""
+    """The Spec that `text` names; a UsageError naming the accepted forms when it names none."""
     if text.endswith(".onnx"):
         return Spec(text, "onnx", text)
     if text.startswith("zoo:"):
@@ -61,12 +61,12 @@ def parse_spec(text: str) -> Spec:
     if text.endswith(".pt2"):
         return Spec(text, "pt2", text)
     if ":" not in text:
-        raise BadInputError(
+        raise UsageError(
             f"--model {text!r} is not a SPEC; use zoo:NAME, path/to/net.py:build, package.module:build, a .pt2 "
             "or a .onnx file"
         )
     target, _, function = text.rpartition(":")
     if not target or not function:
-        raise BadInputError(f"--model {text!r} names no factory; write path/to/net.py:build or package.module:build")
+        raise UsageError(f"--model {text!r} names no factory; write path/to/net.py:build or package.module:build")
     is_file = target.endswith(".py") or "/" in target
     return Spec(text, "file" if is_file else "module", target, function)

@@ -19,7 +19,7 @@ from bnfold.contract.agreement import Tolerance
 from bnfold.folding import fold
 from bnfold.folding.export import export_onnx
 from bnfold.models.export.manifest import Candidate
-from bnfold.models.export.spec import LoadedModel
+from bnfold.models.export.spec import LoadedModel, output_list
 from bnfold.models.progress import Progress
 
 NO_BATCHNORM_NOTE = "the model has no BatchNorm: folded.onnx equals unfolded.onnx"
@@ -55,7 +55,7 @@ def candidate_from_model(loaded: LoadedModel, progress: Progress) -> Candidate:
             folded = quiet_export(result.model, example, loaded.output_names, loaded.input_name)
     with torch.no_grad():
         output = loaded.module(loaded.calibration)
-    outputs = list(output) if isinstance(output, tuple | list) else [output]
+    outputs = output_list(output)
     return Candidate(
         source=loaded.source,
         task=loaded.task,

@@ -17,8 +17,9 @@ TINY = "tests/models/tiny_nets.py"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _fails_cleanly(ran_code: int, err: str, repository: Path, *fragments: str) -> None:
-    assert ran_code == 1
+def _fails_cleanly(ran_code: int, err: str, repository: Path, *fragments: str, code: int = 1) -> None:
+    """One line, no traceback, nothing written; exit 1 (the input cannot be used) or 2 (a usage error)."""
+    assert ran_code == code
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("bnfold fold-and-export: ")
@@ -47,7 +48,7 @@ def _fails_cleanly(ran_code: int, err: str, repository: Path, *fragments: str) -
 def test_unusable_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path, spec: str, fragments: tuple[str]) -> None:
     repository = tmp_path / "repo"
     ran = bnfold(capsys, "fold-and-export", "--model", spec, "--input-shape", "1,3,8,8", "--out", repository)
-    _fails_cleanly(ran.code, ran.err, repository, *fragments)
+    _fails_cleanly(ran.code, ran.err, repository, *fragments, code=2 if spec == "justaname" else 1)
 
 
 def test_weights_that_do_not_match_the_architecture(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -89,13 +90,13 @@ def test_weights_are_never_unpickled(capsys: pytest.CaptureFixture[str], tmp_pat
 def test_bad_input_shape(capsys: pytest.CaptureFixture[str], tmp_path: Path, shape: str, fragments: tuple[str]) -> None:
     repository = tmp_path / "repo"
     ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--input-shape", shape, "--out", repository)
-    _fails_cleanly(ran.code, ran.err, repository, *fragments)
+    _fails_cleanly(ran.code, ran.err, repository, *fragments, code=1 if shape == "1,5,8,8" else 2)
 
 
 def test_missing_input_shape(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     repository = tmp_path / "repo"
     ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--out", repository)
-    _fails_cleanly(ran.code, ran.err, repository, "needs --input-shape")
+    _fails_cleanly(ran.code, ran.err, repository, "needs --input-shape", code=2)
 
 
 def test_output_directory_that_exists(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -142,9 +143,10 @@ def test_failed_verification_names_the_excess_and_leaves_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """A zero tolerance cannot be met by a folded float32 model: the check fails, by a stated amount."""
-    repository = tmp_path / "repo"
-    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--input-shape", "1,3,8,8",
-                 "--atol", "0", "--rtol", "0", "--out", repository, "--json")  # fmt: skip
+    repository, weights = tmp_path / "repo", tmp_path / "tiny.pt"
+    torch.save(tiny_nets.build().state_dict(), weights)  # with --weights: no warning about initial weights
+    ran = bnfold(capsys, "fold-and-export", "--model", f"{TINY}:build", "--input-shape", "1,3,8,8", "--weights",
+                 weights, "--atol", "0", "--rtol", "0", "--out", repository, "--json")  # fmt: skip
     _fails_cleanly(ran.code, ran.err, repository, "differs from the PyTorch model by max |Δ| = ", "over the tolerance")
     assert ran.json()["ok"] is False
 
