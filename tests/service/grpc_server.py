@@ -13,6 +13,7 @@ import httpx
 
 from bnfold.service.grpc_v2.server import create_server
 from bnfold.service.settings import Settings
+from tests.load.serve_process import free_port
 from tests.service.server import wait_for
 
 
@@ -23,12 +24,6 @@ class RunningGrpcServer:
     url: str
     grpc_address: str
     client: httpx.Client
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

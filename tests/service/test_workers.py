@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from bnfold.service.settings import Settings
+from tests.load.serve_process import free_port
 from tests.service.builders import write_entry
 from tests.service.oracle import json_request, run_directly
 
@@ -34,14 +35,6 @@ class Workers:
     parent: subprocess.Popen[bytes]
     pids: set[int]
     grpc_port: int
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def answering_pid(url: str, path: str = "/v2/health/ready") -> tuple[int, int]:
