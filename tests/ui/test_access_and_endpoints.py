@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -44,10 +45,15 @@ def test_the_browser_logs_in_with_the_key_and_keeps_it_in_an_http_only_cookie(
     browser.get(keyed_server.url + "/ui")
     assert browser.find_elements(By.ID, "models") == []  # the login form, not the dashboard
     log_in(browser, "wrong-key")
-    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "login-error").text)
+    # The form posts and the browser loads the answer: an element of the old page may go stale while it does.
+    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: d.find_element(By.ID, "login-error").text
+    )
     assert browser.find_element(By.ID, "login-error").text == "That is not the service's API key."
     log_in(browser, KEY)
-    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models tbody tr")) == 4)
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models tbody tr")) == 4
+    )
     assert browser.current_url == keyed_server.url + "/ui"
     (cookie,) = browser.get_cookies()
     assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (
