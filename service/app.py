@@ -9,6 +9,7 @@ set, the repository is polled for new, changed and removed entries. Every error 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,9 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bnfold.service.access_log import AccessLog, AccessLogMiddleware
 from bnfold.service.api_docs import add_api_docs
 from bnfold.service.auth import bearer_guard
 from bnfold.service.control import RepositoryControl
@@ -39,15 +42,34 @@ from bnfold.service.ui.routes import ui_router
 log = logging.getLogger("bnfold.service")
 
 
+class ServiceApp(FastAPI):
+    """FastAPI behind the V2 infer fast path (service.fast_infer), which answers infer requests before FastAPI's
+    own `__call__` (its telemetry checks read the environment on every request) and middleware stack; the
+    access log (service.access_log) covers every request."""
+
+    def __init__(self, plane: DataPlane, access: AccessLog | None, **options: Any) -> None:
+        super().__init__(**options)
+        routed: ASGIApp = super().__call__
+        if access is not None:
+            routed = AccessLogMiddleware(routed, access)
+        self._edge = FastInferMiddleware(routed, plane, access)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._edge(scope, receive, send)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """A FastAPI app serving the repository of `settings`; nothing is loaded until its lifespan starts."""
     metrics = ServiceMetrics()
     plane = DataPlane(Registry(discover(settings.repository)), settings, metrics)
     control = RepositoryControl(plane)
-    app = FastAPI(
+    access = AccessLog() if settings.access_log and settings.log_level in ("debug", "info") else None
+    app = ServiceApp(
+        plane,
+        access,
         title="bnfold inference service",
         version=SERVER_VERSION,
-        lifespan=partial(_lifespan, control=control),
+        lifespan=partial(_lifespan, control=control, access=access),
         docs_url=None,
         redoc_url=None,
     )
@@ -61,20 +83,24 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ui_router(plane))  # /ui pages: their own key check (cookie or bearer), own counter
     _add_error_handlers(app)
     _describe_infer_routes(app)
-    app.add_middleware(FastInferMiddleware, plane=plane)  # V2 infer requests skip FastAPI's routing
     return app
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI, control: RepositoryControl) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI, control: RepositoryControl, access: AccessLog | None) -> AsyncIterator[None]:
     task = asyncio.create_task(_serve_repository(control))
     yield
     task.cancel()
+    if access is not None:
+        access.flush()
 
 
 async def _serve_repository(control: RepositoryControl) -> None:
-    """Load what the repository holds, then (if enabled) keep polling it."""
+    """Load what the repository holds, then (if enabled) keep polling it. What loading allocated (sessions'
+    Python objects, manifests, arrays) is moved out of the garbage collector's generations (gc.freeze): it
+    lives as long as the server, and full collections no longer walk it between requests."""
     await control.startup()
+    gc.freeze()
     seconds = control.plane.settings.repository_poll_seconds
     if seconds > 0:
         await control.poll_forever(seconds)

@@ -32,7 +32,7 @@ from bnfold.service.runtime import SessionRunner, Tensors, rows_of
 from bnfold.service.usage import VersionUsage
 
 # (input name, dtype, shape without axis 0) per input, in name order; None when the call cannot be merged.
-Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
+Signature = tuple[tuple[str, np.dtype, tuple[int, ...]], ...]
 BatchObserver = Callable[[int, int], None]  # (requests merged, samples) of one run
 
 
@@ -56,13 +56,13 @@ class _RunReport:
 
 def signature_of(inputs: Mapping[str, np.ndarray]) -> tuple[Signature | None, int]:
     """The merge key of a call and its number of samples (axis 0); key None if the inputs disagree on n."""
-    arrays = [np.asarray(value) for value in inputs.values()]
-    if not arrays or any(array.ndim == 0 for array in arrays):
+    arrays = {name: np.asarray(value) for name, value in inputs.items()}
+    if not arrays or any(array.ndim == 0 for array in arrays.values()):
         return None, 1
-    rows = {array.shape[0] for array in arrays}
+    rows = {array.shape[0] for array in arrays.values()}
     if len(rows) != 1:
         return None, max(rows)
-    key = tuple(sorted((name, str(np.asarray(v).dtype), np.asarray(v).shape[1:]) for name, v in inputs.items()))
+    key = tuple(sorted((name, array.dtype, array.shape[1:]) for name, array in arrays.items()))
     return key, rows.pop()
 
 
@@ -147,6 +147,9 @@ class BatchingRunner:
                 self._arrived.clear()
                 await self._arrived.wait()
             batch = await self._gather()
+            if self.inner.runs_inline(sum(call.rows for call in batch)):
+                await self._run_batch(batch)  # runs on the loop's thread without suspending: no task needed
+                continue
             task = asyncio.get_running_loop().create_task(self._run_batch(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)

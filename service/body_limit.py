@@ -26,6 +26,28 @@ JSON_NUMBER_TEXT = 32
 HEADER_ALLOWANCE = 64 * 1024
 
 
+class BodyLimits:
+    """`infer_body_limit` remembered per model, variant of encoding and manifest (a reload computes it anew)."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self._known: dict[tuple[str, bool], tuple[object, tuple[int, str]]] = {}
+
+    def limit(self, name: str, binary: bool) -> tuple[int, str]:
+        model = self.plane.registry.models.get(name)
+        manifest = model.manifest if model is not None and model.state == "ready" else None
+        known = self._known.get((name, binary))
+        if known is not None and manifest is not None and known[0] is manifest:
+            return known[1]
+        result = infer_body_limit(self.plane, name, binary)
+        if manifest is not None and len(self._known) < MAX_REMEMBERED:
+            self._known[name, binary] = (manifest, result)
+        return result
+
+
+MAX_REMEMBERED = 4096  # (model, encoding) pairs; names come from the repository, so this is never reached
+
+
 def infer_body_limit(plane: DataPlane, name: str, binary: bool) -> tuple[int, str]:
     """The byte limit for an infer body to model `name` and the fix a 413 names."""
     outer = plane.settings.max_body_bytes

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from bnfold.contract.agreement import Tolerance
@@ -63,11 +63,12 @@ class DataPlane:
         return policy == "sample" and self._random.random() < self.settings.equivalence_sample_rate
 
     async def execute(
-        self, model: ServedModel, version: str | None, inputs: Tensors, request_id: str, check: bool
+        self, model: ServedModel, version: str | None, inputs: Tensors, request_id: str | None, check: bool
     ) -> Outcome:
-        """Run the addressed variant, or the default one (with a check against unfolded when `check`)."""
+        """Run the addressed variant, or the default one (with a check against unfolded when `check`; a check
+        logs the request id, a new one when the request has none)."""
         if version is None and check:
-            return await self._run_checked(model, inputs, request_id)
+            return await self._run_checked(model, inputs, request_id or new_request_id())
         variant = model.variant(version)
         outputs, seconds = await self._run(model, variant.name, inputs)
         failed_over = version is None and variant.name == "unfolded"
@@ -94,7 +95,7 @@ class DataPlane:
 
     def _observe_run(self, model: str, variant: str, start: float) -> float:
         seconds = time.perf_counter() - start
-        self.metrics.run_latency.labels(model, variant).observe(seconds)
+        self.metrics.observe_run(model, variant, seconds)
         return seconds
 
     async def _run_both(self, model: ServedModel, inputs: Tensors) -> tuple[Timed, Timed]:
@@ -194,4 +195,5 @@ def _inference_error(model: str, variant: str, error: Exception) -> InferenceErr
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex[:16]
+    """16 random hex digits."""
+    return os.urandom(8).hex()

@@ -58,7 +58,7 @@ async def run_v2(
         inputs = decode_inputs(document, tail, manifest.inputs, _limits(plane))
         wanted = requested_outputs(document, [spec.name for spec in manifest.outputs], binary_request)
         decoded = time.perf_counter_ns()
-        outcome = await plane.execute(model, version, inputs, request_id or new_request_id(), plane.wants_check())
+        outcome = await plane.execute(model, version, inputs, request_id, plane.wants_check())
         ran, variant = time.perf_counter_ns(), outcome.variant
         header: dict[str, Any] = {"model_name": name, "model_version": outcome.variant}
         if request_id is not None:

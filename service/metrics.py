@@ -1,5 +1,9 @@
 """Prometheus metrics of one app instance (own CollectorRegistry, so several apps can live in one process).
 
+The per-request metrics keep their labelled children in a dict: `Counter.labels(...)` validates and looks
+the labels up under a lock on every call, which cost more than the increment itself. Label values are
+bounded (known model names or "<unknown>", the variants, the statuses the service answers), so the dicts are.
+
 With `bnfold serve --workers N` (PROMETHEUS_MULTIPROC_DIR set, service/workers.py) every worker writes its values
 to that directory and `render` reports all workers: counters and histograms summed, each gauge as its
 `multiprocess_mode` says (ignored in a single process).
@@ -8,6 +12,7 @@ to that directory and `render` reports all workers: counters and histograms summ
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -54,6 +59,9 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._equivalence_metrics()
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._run_children: dict[tuple[str, str], Any] = {}
+        self._batch_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def _equivalence_metrics(self) -> None:
         model = ("model",)
@@ -104,11 +112,25 @@ class ServiceMetrics:
         )
 
     def observe_request(self, model: str, variant: str, status: int, seconds: float | None) -> None:
-        self.requests.labels(model, variant, str(status)).inc()
-        if status >= 400:
-            self.failures.labels(model, variant, str(status)).inc()
+        children = self._request_children.get((model, variant, status))
+        if children is None:
+            failures = self.failures.labels(model, variant, str(status)) if status >= 400 else None
+            requests = self.requests.labels(model, variant, str(status))
+            children = (requests, failures, self.latency.labels(model, variant))
+            self._request_children[model, variant, status] = children
+        requests, failures, latency = children
+        requests.inc()
+        if failures is not None:
+            failures.inc()
         if seconds is not None:
-            self.latency.labels(model, variant).observe(seconds)
+            latency.observe(seconds)
+
+    def observe_run(self, model: str, variant: str, seconds: float) -> None:
+        """One onnxruntime run of a variant."""
+        child = self._run_children.get((model, variant))
+        if child is None:
+            child = self._run_children[model, variant] = self.run_latency.labels(model, variant)
+        child.observe(seconds)
 
     def observe_check(self, model: str, result: Equivalence, max_abs_seen: float, max_rel_seen: float) -> None:
         self.checks.labels(model).inc()
@@ -120,8 +142,12 @@ class ServiceMetrics:
         self.max_rel.labels(model).set(max_rel_seen)
 
     def observe_batch(self, model: str, variant: str, requests: int, samples: int) -> None:
-        self.batch_requests.labels(model, variant).observe(requests)
-        self.batch_samples.labels(model, variant).observe(samples)
+        children = self._batch_children.get((model, variant))
+        if children is None:
+            children = (self.batch_requests.labels(model, variant), self.batch_samples.labels(model, variant))
+            self._batch_children[model, variant] = children
+        children[0].observe(requests)
+        children[1].observe(samples)
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: read every worker's values

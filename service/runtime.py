@@ -117,7 +117,12 @@ def _check_node(kind: str, spec: TensorSpec, node: Any) -> None:
 
 def rows_of(inputs: Mapping[str, np.ndarray]) -> int:
     """Samples of a call: the largest axis-0 size among its inputs (1 for scalars)."""
-    return max((np.shape(value)[0] for value in inputs.values() if np.ndim(value)), default=1)
+    rows: int | None = None
+    for value in inputs.values():
+        shape = value.shape if isinstance(value, np.ndarray) else np.shape(value)
+        if shape and (rows is None or shape[0] > rows):
+            rows = shape[0]
+    return 1 if rows is None else rows
 
 
 class SessionRunner:

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         "all", description="onnxruntime graph optimisation of the folded variant (unfolded always 'disable')."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    access_log: bool = Field(
+        True, description="One line per HTTP request on standard output, as uvicorn writes it, written in batches "
+        "(at most 0.1 s late); only at log level info or debug."
+    )  # fmt: skip
     http_protocol: HttpProtocol = Field(
         "auto", description="uvicorn's HTTP/1.1 implementation (auto: httptools when installed, else h11)."
     )

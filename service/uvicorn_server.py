@@ -63,6 +63,7 @@ def server_parts(
         http=guarded_protocol(base, guard),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        access_log=False,  # the app writes its own, cheaper (service.access_log)
         **config,
     )
     limiter = None

@@ -68,6 +68,7 @@ def serve_workers(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            access_log=False,  # each worker's app writes its own (service.access_log)
             loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
             timeout_keep_alive=settings.keep_alive_timeout_s,
             timeout_graceful_shutdown=settings.graceful_shutdown_s,

@@ -51,20 +51,25 @@ def serve_process(
     timeout: float = 60.0,
     log_file: Path | None = None,
     open_files: int | None = None,
+    log_level: str = "warning",
+    stdout_file: Path | None = None,
     **settings: str,
 ) -> Iterator[ServeProcess]:
     """Start `bnfold serve` (settings as BNFOLD_<NAME> variables), wait until ready, terminate at the end.
-    `log_file`: its stderr goes there (else to a pipe); `open_files`: its file-descriptor limit (RLIMIT_NOFILE)."""
+    `log_file`: its stderr goes there (else to a pipe); `stdout_file`: its standard output (else discarded);
+    `open_files`: its file-descriptor limit (RLIMIT_NOFILE)."""
     port = free_port()
     settings = {"grpc_port": "0", **settings}  # HTTP only unless asked: no two processes contend for 8001
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
     env = {**clean, "BNFOLD_REPOSITORY": str(repository), **{f"BNFOLD_{k.upper()}": v for k, v in settings.items()}}
-    command = [str(BNFOLD), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command = [str(BNFOLD), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
     limit = None if open_files is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2))
     stderr = subprocess.PIPE if log_file is None else log_file.open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit)
-    if log_file is not None:
-        stderr.close()  # type: ignore[union-attr]  # the child holds its own descriptor
+    stdout = subprocess.DEVNULL if stdout_file is None else stdout_file.open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, preexec_fn=limit)
+    for handle in (stderr, stdout):
+        if handle not in (subprocess.PIPE, subprocess.DEVNULL):
+            handle.close()  # type: ignore[union-attr]  # the child holds its own descriptor
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, timeout)
