@@ -49,6 +49,7 @@ class ServiceApp(FastAPI):
 
     def __init__(self, plane: DataPlane, access: AccessLog | None, **options: Any) -> None:
         super().__init__(**options)
+        self.plane = plane
         routed: ASGIApp = super().__call__
         if access is not None:
             routed = AccessLogMiddleware(routed, access)

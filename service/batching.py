@@ -10,7 +10,10 @@ bnfold repository: inference-time BatchNorm uses fixed statistics). A merged bat
 `max_batch_size` samples. A dispatcher starts a run whenever one of the runner's run slots is free: it takes
 the oldest waiting call, adds every compatible waiting call that fits, and — when `max_batch_delay_ms` > 0 —
 waits up to that long for more. With delay 0 nothing waits: merging happens only while all slots are busy,
-so an idle server answers with the latency of an unbatched run.
+so an idle server answers with the latency of an unbatched run. With delay 0, a call made `alone` (the server
+has no other request in progress, so nothing could join its batch) while nothing is queued or running, and
+whose run is within the inline budget, runs at once in the caller's task: no queue, future or dispatcher
+wake-up. (With a delay, every call waits for company, as configured.)
 
 One bad request never fails its neighbours: if the merged run fails (or an output lacks the batch axis), each
 call is run alone and gets its own result or its own error.
@@ -41,7 +44,7 @@ class _Call:
     inputs: Mapping[str, np.ndarray]
     rows: int
     signature: Signature | None
-    future: asyncio.Future[Tensors] = field(repr=False)
+    future: asyncio.Future[Tensors] | None = field(repr=False)  # None for a call run at once (`alone`)
     queued_ns: int = 0
 
 
@@ -119,15 +122,16 @@ class BatchingRunner:
         if self._arrived is not None:
             self._arrived.set()
 
-    async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+    async def run(self, inputs: Mapping[str, np.ndarray], alone: bool = False) -> Tensors:
         signature, rows = signature_of(inputs)
-        loop = asyncio.get_running_loop()
-        call = _Call(inputs, rows, signature, loop.create_future(), time.perf_counter_ns())
+        if alone and not self.max_delay and not self._queue and not self._running and self.inner.runs_inline(rows):
+            return self._run_at_once(_Call(inputs, rows, signature, None, time.perf_counter_ns()))
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         self._start()
-        self._queue.append(call)
+        self._queue.append(_Call(inputs, rows, signature, future, time.perf_counter_ns()))
         assert self._arrived is not None
         self._arrived.set()
-        return await call.future
+        return await future
 
     def _start(self) -> None:
         if self._dispatcher is None or self._dispatcher.done():
@@ -205,6 +209,15 @@ class BatchingRunner:
             self._record(batch, report, self.usage)
         self._deliver(batch, results)
 
+    def _run_at_once(self, call: _Call) -> Tensors:
+        """A batch of one, run now on the loop's thread; its usage is recorded as a dispatched batch's."""
+        results, report = self._run_merged([call], False)
+        if self.usage is not None:
+            self._record([call], report, self.usage)
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        return results[0]
+
     @staticmethod
     def _record(batch: list[_Call], report: _RunReport, usage: VersionUsage) -> None:
         for rows, merge_ns, run_ns, split_ns in report.executions:
@@ -215,6 +228,7 @@ class BatchingRunner:
     @staticmethod
     def _deliver(batch: list[_Call], results: list[Tensors | BaseException]) -> None:
         for call, result in zip(batch, results, strict=True):
+            assert call.future is not None  # calls run at once are never queued
             if call.future.done():
                 continue
             if isinstance(result, BaseException):

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Sized
 from dataclasses import dataclass, field
 
 from bnfold.contract.agreement import Tolerance
@@ -54,6 +55,12 @@ class DataPlane:
         self.settings = settings
         self.metrics = metrics
         self._random = random.Random()
+        # What tells a request it is the only one in progress (then the batcher need not queue it): uvicorn's
+        # set of HTTP request tasks — created as each request head is parsed, before any of them runs — set by
+        # the server that serves this plane, and the gRPC inference calls in progress. Without the set (an
+        # app not run by bnfold's server), no request counts as alone.
+        self.http_requests: Sized | None = None
+        self.grpc_calls = 0
 
     def wants_check(self) -> bool:
         """Whether a default request is checked against unfolded under the policy."""
@@ -76,10 +83,14 @@ class DataPlane:
             self.metrics.failovers.labels(model.name).inc()
         return Outcome(outputs, variant.name, None, failed_over, {variant.name: seconds})
 
+    def alone(self) -> bool:
+        """Whether the request being run is the only one the server has in progress (HTTP, one at most)."""
+        return self.http_requests is not None and len(self.http_requests) <= 1 and self.grpc_calls == 0
+
     async def _run(self, model: ServedModel, variant: str, inputs: Tensors) -> Timed:
         start = time.perf_counter()
         try:
-            outputs = await model.variants[variant].runner.run(inputs)
+            outputs = await model.variants[variant].runner.run(inputs, self.alone())
         except Exception as error:  # onnxruntime raises private exception types
             raise _inference_error(model.name, variant, error) from None
         return outputs, self._observe_run(model.name, variant, start)

@@ -38,7 +38,9 @@ PROVIDER = "CPUExecutionProvider"
 class Runner(Protocol):
     """Runs one model variant: inputs by name -> every output by name."""
 
-    async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors: ...
+    async def run(self, inputs: Mapping[str, np.ndarray], alone: bool = False) -> Tensors:
+        """Every output of the model on `inputs`; `alone`: the server has no other request in progress."""
+        ...
 
     def runs_inline(self, rows: int) -> bool:
         """Whether a run of `rows` samples is within the inline budget (executes on the loop's thread)."""
@@ -181,7 +183,7 @@ class SessionRunner:
         per_sample = self.seconds_per_sample
         return per_sample is not None and self.inline_budget_s > 0 and rows * per_sample <= self.inline_budget_s
 
-    async def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+    async def run(self, inputs: Mapping[str, np.ndarray], alone: bool = False) -> Tensors:
         if self.runs_inline(rows_of(inputs)):
             return self.run_inline(inputs)
         if self.usage is None:

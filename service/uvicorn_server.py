@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from bnfold.service.app import ServiceApp
 from bnfold.service.connection_guard import Bounds, ConnectionGuard, guarded_protocol
 from bnfold.service.rate_limited_log import RateLimitFilter, install
 from bnfold.service.settings import Settings
@@ -36,6 +37,8 @@ class GuardedServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, guard: ConnectionGuard, limiter: RateLimitFilter | None) -> None:
         super().__init__(config)
         self.guard, self.limiter = guard, limiter
+        if isinstance(config.app, ServiceApp):  # a request alone in this set of request tasks skips the batch queue
+            config.app.plane.http_requests = self.server_state.tasks
 
     async def on_tick(self, counter: int) -> bool:
         if counter % SWEEP_EVERY_TICKS == 0:

@@ -125,7 +125,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             return infer_response(header, outputs, wanted, raw)
 
         version = request.model_version or None
-        return await run_v2(self.plane, request.model_name, version, lambda: request_document(request), raw, respond)
+        self.plane.grpc_calls += 1
+        try:
+            return await run_v2(
+                self.plane, request.model_name, version, lambda: request_document(request), raw, respond
+            )
+        finally:
+            self.plane.grpc_calls -= 1
 
     def _model(self, name: str, version: str) -> ServedModel:
         model = self.plane.registry.get(name)

@@ -1,0 +1,94 @@
+"""A request the server has alone skips the batcher's queue; one with company is queued and merged as before.
+
+The server tells the data plane how many HTTP request tasks it has (uvicorn's set, filled as each request
+head is parsed, before any of their tasks runs) and the plane counts its gRPC calls; a call made alone, with
+nothing queued or running in its batcher and a run within the inline budget, runs at once in its own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from bnfold.service.app import create_app
+from bnfold.service.batching import BatchingRunner
+from bnfold.service.runtime import SessionConfig, SessionRunner, open_session
+from bnfold.service.settings import Settings
+from bnfold.service.uvicorn_server import build_server
+from tests.service.builders import write_entry
+
+
+@pytest.fixture(scope="module")
+def entry(tmp_path_factory: pytest.TempPathFactory, rng: np.random.Generator) -> Path:
+    root = tmp_path_factory.mktemp("alone")
+    write_entry(root, "digits", rng)
+    return root / "digits"
+
+
+def _runner(
+    entry: Path, inline_budget_s: float, delay_ms: float = 0.0
+) -> tuple[BatchingRunner, list[tuple[int, int]], ort.InferenceSession]:
+    session = open_session(entry / "folded.onnx", SessionConfig(1, 1, "all"))
+    inner = SessionRunner(session, inline_budget_s=inline_budget_s)
+    inner.timed_run({"input": np.zeros((1, 1, 8, 8), np.float32)})  # measures seconds per sample
+    runs: list[tuple[int, int]] = []
+    runner = BatchingRunner(inner, 64, delay_ms, 1, lambda requests, rows: runs.append((requests, rows)))
+    return runner, runs, session
+
+
+def test_a_call_alone_runs_at_once(entry: Path, rng: np.random.Generator) -> None:
+    runner, runs, session = _runner(entry, inline_budget_s=1.0)
+    x = rng.normal(size=(3, 1, 8, 8)).astype(np.float32)
+    outputs = asyncio.run(runner.run({"input": x}, alone=True))
+    np.testing.assert_array_equal(outputs["logits"], session.run(None, {"input": x})[0])
+    assert runs == [(1, 3)] and runner._dispatcher is None  # no queue, no dispatcher task
+
+
+def test_a_call_alone_behind_a_queued_call_is_merged_with_it(entry: Path, rng: np.random.Generator) -> None:
+    runner, runs, session = _runner(entry, inline_budget_s=1.0)
+    first, second = (rng.normal(size=(2, 1, 8, 8)).astype(np.float32) for _ in range(2))
+
+    async def both() -> list[dict[str, np.ndarray]]:
+        queued = asyncio.ensure_future(runner.run({"input": first}))
+        await asyncio.sleep(0)  # `first` is in the queue, its dispatcher not yet run
+        assert len(runner._queue) == 1
+        second_outputs = await runner.run({"input": second}, alone=True)
+        return [await queued, second_outputs]
+
+    outputs = asyncio.run(both())
+    for x, got in zip((first, second), outputs, strict=True):
+        np.testing.assert_array_equal(got["logits"], session.run(None, {"input": x})[0])
+    assert runs == [(2, 4)]  # one merged run of both calls
+
+
+def test_a_call_alone_beyond_the_inline_budget_goes_through_the_batcher(entry: Path) -> None:
+    runner, runs, _ = _runner(entry, inline_budget_s=0.0)
+    asyncio.run(runner.run({"input": np.ones((1, 1, 8, 8), np.float32)}, alone=True))
+    assert runs == [(1, 1)] and runner._dispatcher is not None
+
+
+def test_a_call_alone_waits_for_company_when_a_batch_delay_is_set(entry: Path) -> None:
+    runner, runs, _ = _runner(entry, inline_budget_s=1.0, delay_ms=1.0)
+    asyncio.run(runner.run({"input": np.ones((1, 1, 8, 8), np.float32)}, alone=True))
+    assert runs == [(1, 1)] and runner._dispatcher is not None
+
+
+def test_the_server_gives_the_plane_its_request_tasks(entry: Path) -> None:
+    settings = Settings(repository=entry.parent)
+    app = create_app(settings)
+    plane = app.state.plane
+    assert plane.alone() is False  # not served by bnfold's server: nothing is ever alone
+    server = build_server(app, settings, limit_logs=False)
+    assert plane.http_requests is server.server_state.tasks
+    tasks: set[object] = server.server_state.tasks
+    tasks.add(object())
+    assert plane.alone() is True
+    tasks.add(object())
+    assert plane.alone() is False  # a second request in progress
+    tasks.pop()
+    plane.grpc_calls = 1
+    assert plane.alone() is False  # a gRPC call in progress
