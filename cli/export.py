@@ -1,7 +1,7 @@
 """`bnfold fold-and-export` and `bnfold build-default`.
 
     bnfold fold-and-export --model SPEC [--weights FILE] [--input-shape 1,3,32,32] [--calibration FILE.npy|.npz]
-                           [--input-names NAME] [--output-names NAME,…] [--name NAME]
+                           [--input-names NAME,…] [--output-names NAME,…] [--name NAME]
                            [--task classification|regression|reconstruction] [--external-data-above BYTES]
                            --out REPO_DIR [--json]
     bnfold build-default --out REPO_DIR [--json]
@@ -47,25 +47,36 @@ def _fold_and_export_parser() -> OneLineParser:
         help="zoo:NAME, path/to/net.py:build, package.module:build, model.pt2 or model.onnx",
     )
     parser.add_argument("--weights", type=Path, help="a state_dict file, read with torch.load(weights_only=True)")
-    parser.add_argument("--input-shape", metavar="1,3,32,32", help="input shape (leading batch size is ignored)")
+    parser.add_argument(
+        "--input-shape",
+        metavar="1,3,32,32",
+        help="input shape for seeded samples (leading batch size is ignored); a one-input factory needs it "
+        "or --calibration",
+    )
     parser.add_argument(
         "--calibration",
         type=Path,
         metavar="FILE.npy|FILE.npz",
-        help=f"real input samples (first {CALIBRATION_CAP}) as the calibration batch (default: "
-        "16 seeded standard-normal samples)",
+        help=f"real input samples, samples first (the first {CALIBRATION_CAP} kept): a .npy for one input, else "
+        "a .npz with one array per input keyed by its name (an ONNX graph's input names, a factory's forward "
+        "parameter names, or the --input-names when given); an ONNX input takes float samples if it is float "
+        "(float64 is cast), integer if integer, bool if bool. Needed for several-input factories and integer "
+        "or bool ONNX inputs (default: 16 seeded standard-normal samples)",
     )
     parser.add_argument(
         "--input-names",
         type=_names("--input-names"),
-        metavar="NAME",
-        help="the input's name in the graphs and the served metadata (default: input)",
+        metavar="NAME[,NAME…]",
+        help="the inputs' names in both graphs and the served metadata, one per input in order; an ONNX "
+        "graph is renamed before folding (default: input, a factory's forward parameter names when it takes "
+        "several, an ONNX graph's own names)",
     )
     parser.add_argument(
         "--output-names",
         type=_names("--output-names"),
         metavar="NAME[,NAME…]",
-        help="the outputs' names, one per output (default: output, or output_0, output_1, …)",
+        help="the outputs' names, one per output (default: output, or output_0, output_1, …, a dict's keys, "
+        "an ONNX graph's own names)",
     )
     parser.add_argument("--name", type=_entry_name, help="entry name (default: from the SPEC)")
     parser.add_argument("--task", choices=TASKS, help="how the service compares variants (default: regression)")

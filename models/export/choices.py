@@ -1,7 +1,8 @@
 """What the user of fold-and-export chose about calibration samples and tensor names, and the tensor-name rule;
 torch-free.
 
-models/export/user_inputs.py reads and checks them (it needs torch); this module only carries them, so that
+models/export/calibration_samples.py reads and checks the samples, models/export/user_inputs.py (PyTorch) and
+models/export/onnx_candidate.py / onnx_names.py (ONNX) apply them; this module only carries them, so that
 fold_and_export.py can be imported without torch.
 """
 
@@ -24,9 +25,6 @@ class UserChoices:
     calibration: Path | None = None
     input_names: list[str] | None = None
     output_names: list[str] | None = None
-
-    def given(self) -> bool:
-        return any(value is not None for value in (self.calibration, self.input_names, self.output_names))
 
 
 def parse_names(text: str | None, flag: str) -> list[str] | None:

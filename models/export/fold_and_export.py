@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnfold.models.errors import UsageError
 from bnfold.models.export import publish
 from bnfold.models.export.choices import UserChoices
 from bnfold.models.export.manifest import Candidate
@@ -133,21 +132,19 @@ def _candidate(
 ) -> tuple[Candidate, str, float | None, float]:
     """(candidate, entry name, seconds spent training or None, seconds spent loading) for any SPEC form."""
     if spec.kind == "onnx":
-        if choices.given():
-            raise UsageError("--calibration, --input-names and --output-names apply to PyTorch SPECs; an ONNX "
-                             "graph keeps its own names and is calibrated on seeded samples")  # fmt: skip
         from bnfold.models.export.onnx_candidate import candidate_from_onnx
 
-        candidate = candidate_from_onnx(Path(spec.target), weights, input_shape, progress)
+        candidate = candidate_from_onnx(Path(spec.target), weights, input_shape, progress, choices)
         return candidate, spec.default_name, None, 0.0
     from bnfold.models.export.sources import load_spec
     from bnfold.models.export.torch_candidate import candidate_from_model
-    from bnfold.models.export.user_inputs import apply_names, user_batch
+    from bnfold.models.export.user_inputs import apply_names, user_samples
 
     start = time.perf_counter()
     with progress.step(f"loading {spec.text}" + (" (training when not cached)" if spec.kind == "zoo" else "")):
-        batch = user_batch(choices, input_shape)
-        loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir, batch=batch)
+        samples = user_samples(choices)
+        loaded = load_spec(spec, weights=weights, input_shape=input_shape, cache_dir=cache_dir, samples=samples,
+                           input_names=choices.input_names)  # fmt: skip
         apply_names(loaded, choices.input_names, choices.output_names)
     load_seconds = time.perf_counter() - start
     if spec.kind in ("file", "module") and weights is None:

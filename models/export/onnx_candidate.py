@@ -1,11 +1,16 @@
 """Candidates folded on the ONNX side with `folding.onnx_fold.fold_onnx`: `.onnx` files and `.pt2` archives.
 
-- `model.onnx`: unfolded.onnx is the input graph as given; its external data (if any) is loaded relative to
-  the model file, whatever the working directory, and the entry keeps it in its own files; folded.onnx
-  is fold_onnx's result. There is no PyTorch model, so both variants are checked against the unfolded
-  graph run in onnxruntime. Axis 0 of every input must be dynamic (the repository's batch axis); the
-  calibration batch is 16 seeded standard-normal samples per float input, shaped by the graph's static
-  dims (or --input-shape).
+- `model.onnx`: unfolded.onnx is the input graph as given (with the user's tensor names, if any); its
+  external data (if any) is loaded relative to the model file, whatever the working directory, and the
+  entry keeps it in its own files; folded.onnx is fold_onnx's result. There is no PyTorch model, so both
+  variants are checked against the unfolded graph run in onnxruntime. Axis 0 of every input must be
+  dynamic (the repository's batch axis). The calibration batch is the user's samples (--calibration: a
+  .npy for one input, else a .npz keyed by the input names, checked against each input's dtype and dims by
+  models/export/calibration_samples.py), or 16 seeded standard-normal samples per input, shaped by the
+  graph's static dims (or --input-shape); no samples are invented for an integer or bool input (token
+  ids, masks): those need --calibration. --input-names / --output-names rename the graph's values first
+  (models/export/onnx_names.py), so both variants carry the new names and the .npz keys are the new
+  input names.
 - `model.pt2` (torch.export archive): the archive's graph is fixed (it cannot be put back into eval mode
   nor re-traced into modules), so it is exported to ONNX as it is and folded with fold_onnx; the reference
   is the archive's own module run by PyTorch.
@@ -23,11 +28,16 @@ from numpy.typing import NDArray
 from onnx.external_data_helper import load_external_data_for_model
 
 from bnfold.contract.agreement import Tolerance
+from bnfold.contract.datatypes import v2_name
+from bnfold.contract.errors import ContractError
 from bnfold.contract.external_data import external_references
 from bnfold.folding.onnx_fold import fold_onnx
 from bnfold.messages import first_line
 from bnfold.models.errors import BadInputError, UsageError
+from bnfold.models.export.calibration_samples import InputSlot, match_samples, read_samples
+from bnfold.models.export.choices import UserChoices
 from bnfold.models.export.manifest import Candidate
+from bnfold.models.export.onnx_names import graph_inputs, renamed
 from bnfold.models.export.spec import LoadedModel, parse_shape, random_batch
 from bnfold.models.export.torch_candidate import NO_BATCHNORM_NOTE, quiet_export
 from bnfold.models.progress import Progress
@@ -48,14 +58,26 @@ FLOAT_TYPES: dict[int, type[np.floating[Any]]] = {
 }
 
 
-def candidate_from_onnx(path: Path, weights: Path | None, input_shape: str | None, progress: Progress) -> Candidate:
-    """Fold an ONNX file; both variants are compared with the file itself in onnxruntime."""
+def candidate_from_onnx(
+    path: Path, weights: Path | None, input_shape: str | None, progress: Progress, choices: UserChoices | None = None
+) -> Candidate:
+    """Fold an ONNX file (its inputs and outputs renamed first when the user named them), calibrated on the
+    user's samples or on seeded ones; both variants are compared with the graph itself in onnxruntime."""
+    chosen = choices or UserChoices()
     if weights is not None:
         raise UsageError("an ONNX file carries its own weights; drop --weights")
+    if chosen.calibration is not None and input_shape is not None:
+        raise UsageError("--calibration gives the shapes of an ONNX graph's inputs; drop --input-shape")
     if not path.is_file():
         raise BadInputError(f"ONNX file {path} not found; check the path in --model")
-    model, external = load_onnx_source(path)
-    inputs = {value.name: _calibration_input(value, input_shape) for value in _real_inputs(model)}
+    samples = None if chosen.calibration is None else read_samples(chosen.calibration)
+    source, external = load_onnx_source(path)
+    model = renamed(source, chosen.input_names, chosen.output_names)
+    values = graph_inputs(model)
+    if samples is None:
+        inputs = {value.name: _random_input(value, input_shape) for value in values}
+    else:
+        inputs = match_samples(samples, [_slot(value) for value in values])
     candidate = _fold(model, inputs, None, str(path), None, progress)
     candidate.source_external_data = external
     return candidate
@@ -85,7 +107,7 @@ def candidate_from_archive(loaded: LoadedModel, progress: Progress) -> Candidate
     for module in loaded.module.modules():
         module.training = False  # the archive's graph is fixed; the flag only silences export's mode check
     with progress.step("exporting unfolded.onnx"):
-        model = quiet_export(loaded.module, (loaded.calibration,), loaded.output_names, loaded.input_name)
+        model = quiet_export(loaded.module, (loaded.calibration,), loaded.output_names, loaded.input_names)
     with torch.no_grad():
         output = loaded.module(loaded.calibration)
     outputs = list(output) if isinstance(output, tuple | list) else [output]
@@ -106,7 +128,7 @@ def _fold(
         result = fold_onnx(model, inputs)
     notes = [ONNX_NO_BATCHNORM_NOTE] if result.report.total == 0 else []
     folded = model if result.report.total == 0 else result.model
-    dtype = str(next(iter(inputs.values())).dtype)
+    dtype = _tolerance_dtype(model, inputs)
     return Candidate(
         source=source,
         task="regression",
@@ -122,21 +144,45 @@ def _fold(
     )
 
 
-def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Graph inputs that are not initializers (IR < 4 lists initializers as inputs too)."""
-    initializers = {initializer.name for initializer in model.graph.initializer}
-    return [value for value in model.graph.input if value.name not in initializers]
-
-
-def _calibration_input(value: onnx.ValueInfoProto, input_shape: str | None) -> NDArray[Any]:
+def _slot(value: onnx.ValueInfoProto) -> InputSlot:
+    """What the samples of graph input `value` must be: its dtype and its per-sample dims."""
     tensor = value.type.tensor_type
-    if tensor.elem_type not in FLOAT_TYPES:
-        raise BadInputError(f"input {value.name!r} is not float32/float64; fold-and-export calibrates float inputs")
-    dims = tensor.shape.dim
+    dims = _batch_first(value)
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        v2_name(dtype)
+    except (KeyError, ValueError, TypeError, ContractError):
+        raise BadInputError(
+            f"input {value.name!r} is {onnx.TensorProto.DataType.Name(tensor.elem_type)}, which the V2 protocol "
+            "cannot carry; give the graph float, integer or bool inputs"
+        ) from None
+    return InputSlot(value.name, dtype, tuple(_dim(dim) for dim in dims[1:]))
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str:
+    return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?")
+
+
+def _batch_first(value: onnx.ValueInfoProto) -> list[onnx.TensorShapeProto.Dimension]:
+    """The input's dims; BadInputError unless axis 0 is dynamic (the repository's batch axis)."""
+    dims = list(value.type.tensor_type.shape.dim)
     if not dims or dims[0].HasField("dim_value"):
         raise BadInputError(
             f"input {value.name!r} has no dynamic batch axis 0; re-export the model with a dynamic batch dimension"
         )
+    return dims
+
+
+def _random_input(value: onnx.ValueInfoProto, input_shape: str | None) -> NDArray[Any]:
+    """Seeded standard-normal samples for a float input (no samples can be invented for any other)."""
+    tensor = value.type.tensor_type
+    if tensor.elem_type not in FLOAT_TYPES:
+        raise BadInputError(
+            f"input {value.name!r} is {onnx.TensorProto.DataType.Name(tensor.elem_type).lower()}, and seeded random "
+            "samples stand in only for float32/float64 inputs; pass --calibration FILE with real samples of every "
+            "input"
+        )
+    dims = _batch_first(value)
     if input_shape is not None:
         shape = parse_shape(input_shape)
     elif all(dim.HasField("dim_value") for dim in dims[1:]):
@@ -144,3 +190,15 @@ def _calibration_input(value: onnx.ValueInfoProto, input_shape: str | None) -> N
     else:
         raise BadInputError(f"input {value.name!r} has symbolic dims besides the batch; pass --input-shape")
     return random_batch(shape).numpy().astype(FLOAT_TYPES[tensor.elem_type])
+
+
+def _tolerance_dtype(model: onnx.ModelProto, inputs: dict[str, NDArray[Any]]) -> str:
+    """The precision the agreement tolerance is for: the first float input's, else the first float output's
+    (a graph reading token ids computes in its outputs' precision), else float32."""
+    for array in inputs.values():
+        if array.dtype.kind == "f":
+            return str(array.dtype)
+    for value in model.graph.output:
+        if value.type.tensor_type.elem_type in FLOAT_TYPES:
+            return str(np.dtype(FLOAT_TYPES[value.type.tensor_type.elem_type]))
+    return "float32"

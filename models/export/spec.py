@@ -38,7 +38,7 @@ class LoadedModel:
     """A model ready to fold: eval mode, its calibration batch and what the repository entry needs."""
 
     module: nn.Module
-    calibration: Tensor  # (16, …) float32
+    calibration: Tensor  # the first input's batch: (16, …) float32, or the user's samples
     source: str
     default_name: str
     task: str = "regression"
@@ -47,6 +47,21 @@ class LoadedModel:
     weights_sha256: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     train_seconds: float | None = None
+    more_inputs: dict[str, Tensor] = field(default_factory=dict)  # a forward's later inputs, name → batch, in order
+
+    @property
+    def example(self) -> tuple[Tensor, ...]:
+        """The calibration batch of every input, in forward's order."""
+        return (self.calibration, *self.more_inputs.values())
+
+    @property
+    def input_names(self) -> list[str]:
+        return [self.input_name, *self.more_inputs]
+
+    def rename_inputs(self, names: list[str]) -> None:
+        """Give the inputs `names` (one per input, in forward's order)."""
+        self.input_name = names[0]
+        self.more_inputs = dict(zip(names[1:], self.more_inputs.values(), strict=True))
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -133,17 +148,17 @@ def build_from_factory(spec: Spec) -> nn.Module:
     return model
 
 
-def check_forward(model: nn.Module, batch: Tensor, shape_text: str) -> tuple[list[Tensor], list[str] | None]:
-    """Run the model once on the calibration batch: (its outputs, their names when forward returns a dict of
-    tensors, one output per key in the dict's order, else None); a model that rejects the shape is a
-    BadInputError."""
+def check_forward(
+    model: nn.Module, inputs: tuple[Tensor, ...], shape_text: str, fix: str = "pass the --input-shape it expects"
+) -> tuple[list[Tensor], list[str] | None]:
+    """Run the model once on the calibration batch (one tensor per input): (its outputs, their names when
+    forward returns a dict of tensors, one output per key in the dict's order, else None); a model that
+    rejects the inputs is a BadInputError ending in `fix`."""
     try:
         with torch.no_grad():
-            output = model(batch)
+            output = model(*inputs)
     except Exception as error:
-        raise BadInputError(
-            f"the model rejects input shape {shape_text} ({_describe(error)}); pass the --input-shape it expects"
-        ) from None
+        raise BadInputError(f"the model rejects input shape {shape_text} ({_describe(error)}); {fix}") from None
     names = [str(key) for key in output] if isinstance(output, dict) else None
     outputs = output_list(output)
     if not outputs or not all(isinstance(o, Tensor) and o.dim() >= 1 for o in outputs):
