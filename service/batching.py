@@ -159,9 +159,13 @@ class BatchingRunner:
             task.add_done_callback(self._running.discard)
 
     async def _gather(self) -> list[_Call]:
-        """The oldest call plus compatible waiting calls (≤ max_batch_size samples), waiting ≤ the delay."""
+        """The oldest call plus compatible waiting calls (≤ max_batch_size samples, or a fair share of them),
+        waiting ≤ the delay."""
         batch = [self._queue.popleft()]
         if batch[0].signature is None:
+            return batch
+        if not self.max_delay:
+            self._take_compatible(batch, self._fair_share(batch[0]))
             return batch
         deadline = time.monotonic() + self.max_delay
         while True:
@@ -177,13 +181,31 @@ class BatchingRunner:
                 self._take_compatible(batch)
                 return batch
 
-    def _take_compatible(self, batch: list[_Call]) -> None:
-        """Move waiting calls with the batch's signature into it while they fit; others keep their order."""
+    def _fair_share(self, first: _Call) -> int:
+        """The most samples a batch starting with `first` takes when nothing waits for more (delay 0).
+
+        With one run slot, or when all compatible waiting calls together would run inline (on the loop's
+        thread, one after another anyway), max_batch_size. Otherwise ⌈waiting samples ÷ run slots⌉ (at least
+        `first`'s): a batch leaves the other slots their share of the queue, so that no slot idles while
+        another runs everything that was waiting (with 64 requests in flight and 2 slots, one run of 64 then
+        kept the second core idle for its whole length).
+        """
+        if self.run_slots == 1:
+            return self.max_batch_size
+        waiting = first.rows + sum(call.rows for call in self._queue if call.signature == first.signature)
+        if self.inner.runs_inline(min(waiting, self.max_batch_size)):
+            return self.max_batch_size
+        return max(first.rows, min(self.max_batch_size, -(-waiting // self.run_slots)))
+
+    def _take_compatible(self, batch: list[_Call], limit: int | None = None) -> None:
+        """Move waiting calls with the batch's signature into it while they fit (≤ `limit` samples, by default
+        max_batch_size); others keep their order."""
+        limit = self.max_batch_size if limit is None else limit
         rows = sum(call.rows for call in batch)
         kept: deque[_Call] = deque()
         while self._queue:
             call = self._queue.popleft()
-            if call.signature == batch[0].signature and rows + call.rows <= self.max_batch_size:
+            if call.signature == batch[0].signature and rows + call.rows <= limit:
                 batch.append(call)
                 rows += call.rows
             else:

@@ -1,4 +1,5 @@
-"""A request the server has alone skips the batcher's queue; one with company is queued and merged as before.
+"""How the batcher takes calls: a request the server has alone skips its queue, one with company is queued and
+merged as before, and with several run slots a batch leaves the other slots their share of the queue.
 
 The server tells the data plane how many HTTP request tasks it has (uvicorn's set, filled as each request
 head is parsed, before any of their tasks runs) and the plane counts its gRPC calls; a call made alone, with
@@ -92,3 +93,22 @@ def test_the_server_gives_the_plane_its_request_tasks(entry: Path) -> None:
     tasks.pop()
     plane.grpc_calls = 1
     assert plane.alone() is False  # a gRPC call in progress
+
+
+@pytest.mark.parametrize(("run_slots", "largest"), [(1, 8), (2, 4)])
+def test_a_batch_leaves_the_other_run_slots_their_share(
+    entry: Path, rng: np.random.Generator, run_slots: int, largest: int
+) -> None:
+    """Eight waiting calls of a model that runs in worker threads: with one run slot they make one run; with
+    two, no run takes more than ⌈8 ÷ 2⌉ of them, so the second slot is never left without work."""
+    session = open_session(entry / "folded.onnx", SessionConfig(1, 1, "all"))
+    runs: list[tuple[int, int]] = []
+    runner = BatchingRunner(SessionRunner(session), 64, 0.0, run_slots, lambda calls, rows: runs.append((calls, rows)))
+    inputs = [rng.normal(size=(1, 1, 8, 8)).astype(np.float32) for _ in range(8)]
+
+    async def all_at_once() -> list[dict[str, np.ndarray]]:
+        return list(await asyncio.gather(*(runner.run({"input": x}) for x in inputs)))
+
+    for x, got in zip(inputs, asyncio.run(all_at_once()), strict=True):
+        np.testing.assert_array_equal(got["logits"], session.run(None, {"input": x})[0])
+    assert sum(calls for calls, _ in runs) == 8 and max(calls for calls, _ in runs) == largest
