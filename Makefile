@@ -9,7 +9,7 @@ PORT ?= 8000
 # The CPU build of torch lies on some machines' disk; use it when it is there.
 PIP_LOCAL := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: serve test lint typecheck pytest repository bench bench-peers clean deploy-tools screenshots
+.PHONY: serve test lint typecheck pytest repository bench bench-peers bench-tf2onnx clean deploy-tools screenshots
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: $(BIN)/.installed
 ## KServe and MLServer get virtualenvs of their own under ~/.cache/bnfold/peers on first run).
 bench-peers: repository
 	$(BIN)/python -m bench.peers --repository $(REPOSITORY)
+
+## Keras models converted by tf2onnx, folded by the bnfold CLI (TensorFlow and tf2onnx get a virtualenv of their own
+## under ~/.cache/bnfold/tf2onnx on first run).
+bench-tf2onnx: $(BIN)/.installed
+	$(BIN)/python -m bench.tf2onnx_check
 
 clean:
 	rm -rf $(VENV) $(REPOSITORY) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -14,10 +14,9 @@ Their pins conflict with bnfold's (and with each other's), so each gets its own 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
+
+from bench.virtualenvs import cached_virtualenv
 
 KSERVE = "0.21.0"
 MLSERVER = "1.7.1"
@@ -35,19 +34,7 @@ def cache_dir() -> Path:
 
 def python_of(name: str) -> Path:
     """The interpreter of peer `name`'s environment, building the environment when missing or stale."""
-    home = cache_dir() / name
-    marker = home / "bnfold-requirements.txt"
-    wanted = "\n".join(REQUIREMENTS[name]) + "\n"
-    python = home / "bin" / "python"
-    if marker.is_file() and marker.read_text() == wanted and python.is_file():
-        return python
-    shutil.rmtree(home, ignore_errors=True)
-    print(f"creating the {name} virtualenv under {home} (first run only)…", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"]
-    subprocess.run([*pip, *REQUIREMENTS[name]], check=True)
-    marker.write_text(wanted)
-    return python
+    return cached_virtualenv(cache_dir() / name, REQUIREMENTS[name])
 
 
 def main() -> None:

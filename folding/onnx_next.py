@@ -3,7 +3,11 @@
     Conv (no zero padding):  W'[o, c, k] = W[o, c, k]·s_c,  b'_o = b_o + Σ_{c,k} W[o, c, k]·t_c
     Gemm z = α·x̂·B' + β·C (transA = 0):  B' scaled by s on its input axis K (axis 1 of B when
                              transB = 1, else axis 0);  C' = β·C + α·(B'ᵀ·t)  and β' = 1
-    MatMul z = x̂·W (x̂ 2-D):   W'[c, :] = s_c·W[c, :], then an Add of Wᵀ·t
+    MatMul z = x̂·W (+ b), x̂'s last axis the channels:  W'[c, :] = s_c·W[c, :], b' = b + Wᵀ·t; when z
+                             feeds only an Add of a constant b along its last axis (a Keras Dense, or the
+                             MatMul + Add an earlier fold wrote) that Add gets b', else a new Add of Wᵀ·t.
+                             The fold's probe is then that Add's output: after an earlier fold into the
+                             same MatMul, the MatMul's own output exists in the folded graph only
 
 A Conv that pads reads zeros at the border, where the BN would have produced t rather than 0, so it is
 refused. The BN's output must be read by that one layer alone, as its data input.
@@ -18,6 +22,7 @@ from bnfold.folding.arithmetic import fold_into_next as fold_arithmetic
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.onnx_channel_map import ChannelMap, OnnxRule
 from bnfold.folding.onnx_graph import (
+    FloatArray,
     GraphEditor,
     constant,
     float_attr,
@@ -116,14 +121,40 @@ def _matmul(editor: GraphEditor, matmul: ir.Node, site: ChannelMap) -> str | Rew
     new_weight_t, gain = fold_arithmetic(weight.T, None, site.affine)  # W.T is (N, K)
     new_weight = editor.initializer(f"{input_name(matmul, 1)}_bnfold", rounded(new_weight_t.T, weight))
     product = editor.node("MatMul", [site.x, new_weight], (), matmul.name or editor.unique("matmul"))
-    shift = editor.initializer(f"{input_name(matmul, 1)}_bias_bnfold", rounded(gain, weight))
-    plus = editor.node("Add", [product.outputs[0], shift], (), editor.unique(f"{product.name}_bias"))
-    return _replace(editor, [*site.nodes, matmul], [product, plus], matmul)
+    bias_add = _bias_add(matmul, gain.size)
+    if bias_add is None:
+        shift = editor.initializer(f"{input_name(matmul, 1)}_bias_bnfold", rounded(gain, weight))
+        plus = editor.node("Add", [product.outputs[0], shift], (), editor.unique(f"{product.name}_bias"))
+        return _replace(editor, [*site.nodes, matmul], [product, plus], matmul)
+    add, bias_value, bias = bias_add
+    shift = editor.initializer(f"{bias_value.name}_bnfold", rounded(bias.astype(np.float64) + gain, bias))
+    plus = editor.node("Add", [product.outputs[0], shift], (), add.name or editor.unique(f"{product.name}_bias"))
+    return _replace(editor, [*site.nodes, matmul, add], [product, plus], matmul, add)
 
 
-def _replace(editor: GraphEditor, old: list[ir.Node], new: list[ir.Node], consumer: ir.Node) -> Rewrite:
-    probe = str(consumer.outputs[0].name)
-    editor.replace(old, new, consumer.outputs[0])
+def _bias_add(matmul: ir.Node, columns: int) -> tuple[ir.Node, ir.Value, FloatArray] | None:
+    """The Add that alone reads `matmul`'s output and adds a constant b along its last axis (shape (),
+    (N,) or (1, …, 1, N)), with b's value and b; None when there is none (then the fold writes an Add)."""
+    found = sole_consumer(matmul.outputs[0])
+    if isinstance(found, str) or not is_op(found[0], "Add"):
+        return None
+    add, slot = found
+    value = add.inputs[1 - slot]
+    bias = constant(value, "bias")
+    if value is None or isinstance(bias, str) or any(size != 1 for size in bias.shape[:-1]):
+        return None
+    if bias.ndim > 0 and bias.shape[-1] not in (1, columns):
+        return None
+    return add, value, bias
+
+
+def _replace(
+    editor: GraphEditor, old: list[ir.Node], new: list[ir.Node], consumer: ir.Node, last: ir.Node | None = None
+) -> Rewrite:
+    """Replace `old` by `new`; the output of `last` (default: the consumer) is taken over and is the probe."""
+    output = (last or consumer).outputs[0]
+    probe = str(output.name)
+    editor.replace(old, new, output)
     return Rewrite(target=consumer.name or new[0].name or consumer.op_type, probe=probe)
 
 

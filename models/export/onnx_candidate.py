@@ -51,6 +51,12 @@ ONNX_NO_BATCHNORM_NOTE = (
     "torch.onnx.export(model, args, dynamo=True, optimize=False), or with dynamo=False and "
     "do_constant_folding=False, so that bnfold folds it and verifies the fold"
 )
+# tf2onnx always runs TensorFlow's constant folding, which multiplies a Conv2D's BatchNorm into the Conv
+# weights (Mul(Conv2D(x, W), s) → Conv2D(x, W·s)); there is no option to keep it (tf2onnx 1.17, TF 2.21).
+TF2ONNX_NO_BATCHNORM_NOTE = (
+    f"{NO_BATCHNORM_NOTE}. It was converted by tf2onnx, whose TensorFlow constant folding already fuses a "
+    "Conv2D's BatchNorm into the Conv: nothing is left to fold, and there is no unfused graph to verify against"
+)
 
 FLOAT_TYPES: dict[int, type[np.floating[Any]]] = {
     onnx.TensorProto.FLOAT: np.float32,
@@ -126,7 +132,8 @@ def _fold(
 ) -> Candidate:
     with progress.step("folding (ONNX)"):
         result = fold_onnx(model, inputs)
-    notes = [ONNX_NO_BATCHNORM_NOTE] if result.report.total == 0 else []
+    note = TF2ONNX_NO_BATCHNORM_NOTE if model.producer_name == "tf2onnx" else ONNX_NO_BATCHNORM_NOTE
+    notes = [note] if result.report.total == 0 else []
     folded = model if result.report.total == 0 else result.model
     dtype = _tolerance_dtype(model, inputs)
     return Candidate(

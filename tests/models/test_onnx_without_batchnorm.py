@@ -8,9 +8,11 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import helper, numpy_helper
 
 from tests.models import tiny_nets
 from tests.models.cli_helpers import bnfold
@@ -21,6 +23,12 @@ EXPECTED_NOTE = (
     "exporter may have fused the BatchNorm into the convolutions already (torch.onnx.export does by default): "
     "re-export with torch.onnx.export(model, args, dynamo=True, optimize=False), or with dynamo=False and "
     "do_constant_folding=False, so that bnfold folds it and verifies the fold"
+)
+
+TF2ONNX_NOTE = (
+    "note: the model has no BatchNorm: folded.onnx equals unfolded.onnx. It was converted by tf2onnx, whose "
+    "TensorFlow constant folding already fuses a Conv2D's BatchNorm into the Conv: nothing is left to fold, and "
+    "there is no unfused graph to verify against"
 )
 
 
@@ -77,3 +85,30 @@ def test_mul_add_maps_fold_and_are_reported_as_affine(capsys: pytest.CaptureFixt
     assert all(len(e["sources"]) == 2 and e["max_error"] < 1e-5 for e in report["entries"])
     folded = onnx.load(str(entry / "folded.onnx"))
     assert [node.op_type for node in folded.graph.node].count("Mul") == 0
+
+
+def test_tf2onnx_conversion_without_batchnorm_gets_the_tf2onnx_note(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """What tf2onnx writes for Keras Conv2D-BN-ReLU: Transpose(NHWC→NCHW) → Conv (BN already in W, b) → Relu."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "W", "b"], ["z"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z"], ["y"]),
+    ]
+    image = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["unk__1", 8, 8, 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["unk__1", 4, 8, 8])
+    model = helper.make_model(helper.make_graph(nodes, "keras", [image], [y], weights), producer_name="tf2onnx")
+    model.opset_import[0].version = 15
+    source = tmp_path / "keras.onnx"
+    onnx.save(model, str(source))
+    ran = bnfold(capsys, "fold-and-export", "--model", source, "--out", tmp_path / "repo")
+    assert ran.code == 0, ran.err
+    assert TF2ONNX_NOTE in ran.out and EXPECTED_NOTE not in ran.out
+    manifest = json.loads((tmp_path / "repo" / "keras" / "model.json").read_text())
+    assert manifest["notes"] == [TF2ONNX_NOTE.removeprefix("note: ")]
