@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,6 @@ from bnfold.service.errors import BadRequestError, PayloadTooLargeError
 from bnfold.service.repository import TensorSpec
 
 BINARY_HEADER = "Inference-Header-Content-Length"  # HTTP header names are case-insensitive
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 @dataclass(frozen=True)
@@ -52,13 +50,12 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
 def parse_json(raw: bytes) -> dict[str, Any]:
     """The request's JSON object; BadRequestError for malformed JSON or a non-object.
 
-    orjson parses first (≈ 3× faster on a V2 body). What it refuses — NaN/Infinity tokens, UTF-16/32 bodies,
-    lone surrogate escapes, malformed JSON — goes to the standard library's parser, which accepts the first
-    three and words the error for the last; a body with a run of 19 or more digits goes there too (orjson
-    reads an integer beyond 64 bits as a float, the standard parser as an exact integer). So the result and
-    every message are the standard parser's."""
-    if _LONG_DIGITS.search(raw) is not None:
-        return _object(_parse_json_stdlib(raw))
+    orjson parses first (≈ 3–10× faster than the standard library on a V2 body). What it refuses — NaN and
+    Infinity tokens, UTF-16/32 bodies, lone surrogate escapes, malformed JSON — goes to the standard
+    library's parser, which accepts the first three and words the error for the last, so every body the
+    standard parser reads gets the same result and every error its message. One difference: an integer
+    beyond 64 bits (outside −2⁶³ … 2⁶⁴−1) is read as the nearest float, as JavaScript's and most JSON parsers
+    read it (no V2 integer datatype holds it; a float input takes it as that number)."""
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError:
