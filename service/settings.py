@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     )
     allow_non_finite: bool = Field(False, description="Accept NaN/Inf in input tensors (rejected by default).")
     inline_run_budget_ms: float = Field(
-        0.5,
+        2.0,
         ge=0.0,
         le=100.0,
         description="Runs estimated (from the load-time speed) to take at most this long execute on the event "
