@@ -1,11 +1,14 @@
 """Candidates folded on the ONNX side with `folding.onnx_fold.fold_onnx`: `.onnx` files and `.pt2` archives.
 
-- `model.onnx`: unfolded.onnx is the input graph as given; its external data (if any) is loaded relative to
-  the model file, whatever the working directory, and the entry keeps it in its own files; folded.onnx
-  is fold_onnx's result. There is no PyTorch model, so both variants are checked against the unfolded
-  graph run in onnxruntime. Axis 0 of every input must be dynamic (the repository's batch axis); the
-  calibration batch is 16 seeded standard-normal samples per float input, shaped by the graph's static
-  dims (or --input-shape).
+- `model.onnx`: unfolded.onnx is the input graph as given; its external data (if any) is resolved relative
+  to the model file, whatever the working directory, and the entry keeps it in its own files; folded.onnx
+  is the fold's result. A model with external data, or over 1 GiB of tensors (the size rule of
+  folding.onnx_files), is folded on the file path (fold_onnx_file): its tensors stay memory-mapped from
+  the source's files until the variants are written, and no step holds or serialises it as one protobuf
+  message; any other is folded in memory (fold_onnx). There is no PyTorch model, so both variants are
+  checked against the unfolded graph run in onnxruntime. Axis 0 of every input must be dynamic (the
+  repository's batch axis); the calibration batch is 16 seeded standard-normal samples per float input,
+  shaped by the graph's static dims (or --input-shape).
 - `model.pt2` (torch.export archive): the archive's graph is fixed (it cannot be put back into eval mode
   nor re-traced into modules), so it is exported to ONNX as it is and folded with fold_onnx; the reference
   is the archive's own module run by PyTorch.
@@ -18,14 +21,14 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
 from numpy.typing import NDArray
-from onnx.external_data_helper import load_external_data_for_model
 
 from bnfold.contract.agreement import Tolerance
-from bnfold.contract.external_data import external_references
-from bnfold.folding.onnx_fold import fold_onnx
-from bnfold.messages import first_line
+from bnfold.folding.onnx_files import by_file, check_external_files, has_external_data
+from bnfold.folding.onnx_fold import fold_onnx, fold_onnx_file
+from bnfold.folding.report import FoldReport
 from bnfold.models.errors import BadInputError, UsageError
 from bnfold.models.export.manifest import Candidate
 from bnfold.models.export.spec import LoadedModel, parse_shape, random_batch
@@ -56,27 +59,33 @@ def candidate_from_onnx(path: Path, weights: Path | None, input_shape: str | Non
         raise BadInputError(f"ONNX file {path} not found; check the path in --model")
     model, external = load_onnx_source(path)
     inputs = {value.name: _calibration_input(value, input_shape) for value in _real_inputs(model)}
-    candidate = _fold(model, inputs, None, str(path), None, progress)
+    if external or by_file(model):
+        del model  # an inline model over 1 GiB is read again by the fold, not held twice
+        with progress.step("folding (ONNX, tensors memory-mapped)"):
+            result = fold_onnx_file(path, inputs)
+        candidate = _candidate(result.original, result.model, result.report, inputs, None, str(path), None)
+    else:
+        candidate = _fold(model, inputs, None, str(path), None, progress)
     candidate.source_external_data = external
     return candidate
 
 
 def load_onnx_source(path: Path) -> tuple[onnx.ModelProto, bool]:
-    """The model at `path` with its external data loaded, resolved relative to the model file's directory
-    (never the working directory), and whether it had any external data."""
+    """The model at `path` without its external data, and whether it has any; refuses a file that is no ONNX
+    model, and external data that is missing, outside the model file's directory or too short (resolved
+    relative to the model file, never the working directory)."""
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception:
         raise BadInputError(f"{path} is not an ONNX model (cannot parse it); give a .onnx file") from None
-    external = bool(external_references(path.read_bytes()))
-    if external:
-        try:
-            load_external_data_for_model(model, str(path.parent))
-        except Exception as error:  # onnx raises several types for a missing or refused data file
-            raise BadInputError(
-                f"cannot load the external data of {path} ({first_line(error)}); keep the data files where the "
-                "model names them, relative to the model file"
-            ) from None
+    external = has_external_data(model)
+    try:
+        check_external_files(path, model)
+    except ValueError as error:
+        raise BadInputError(
+            f"cannot load the external data of {path} ({error}); keep the data files where the model names them, "
+            "relative to the model file"
+        ) from None
     return model, external
 
 
@@ -104,22 +113,40 @@ def _fold(
 ) -> Candidate:
     with progress.step("folding (ONNX)"):
         result = fold_onnx(model, inputs)
-    notes = [ONNX_NO_BATCHNORM_NOTE] if result.report.total == 0 else []
-    folded = model if result.report.total == 0 else result.model
+    return _candidate(model, result.model, result.report, inputs, reference, source, weights_sha256)
+
+
+def _candidate(
+    unfolded: onnx.ModelProto | ir.Model,
+    folded: onnx.ModelProto | ir.Model,
+    report: FoldReport,
+    inputs: dict[str, NDArray[Any]],
+    reference: list[NDArray[Any]] | None,
+    source: str,
+    weights_sha256: str | None,
+) -> Candidate:
+    """The candidate of a fold; a model without BatchNorm gets the note and unfolded as its folded variant."""
+    notes = [ONNX_NO_BATCHNORM_NOTE] if report.total == 0 else []
     dtype = str(next(iter(inputs.values())).dtype)
     return Candidate(
         source=source,
         task="regression",
         inputs=inputs,
-        output_names=[output.name for output in model.graph.output],
+        output_names=_output_names(unfolded),
         reference=reference,
-        unfolded=model,
-        folded=folded,
-        fold_report=result.report.to_json(),
+        unfolded=unfolded,
+        folded=unfolded if report.total == 0 else folded,
+        fold_report=report.to_json(),
         tolerance=Tolerance.for_dtype(dtype).to_json(),
         weights_sha256=weights_sha256,
         notes=notes,
     )
+
+
+def _output_names(model: onnx.ModelProto | ir.Model) -> list[str]:
+    if isinstance(model, ir.Model):
+        return [str(value.name) for value in model.graph.outputs]
+    return [output.name for output in model.graph.output]
 
 
 def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

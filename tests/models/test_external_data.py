@@ -303,8 +303,8 @@ def test_a_source_whose_external_data_is_missing_is_refused_in_one_line(tmp_path
     ran = cli(elsewhere, "fold-and-export", "--model", "../source/m.onnx", "--out", "repo")
     assert ran.returncode == 1
     assert ran.stderr.strip().splitlines()[-1] == (
-        "bnfold fold-and-export: cannot load the external data of ../source/m.onnx (Data of TensorProto ( tensor "
-        "name: conv.weight) should be stored in ../source/m.onnx.data, but it is not regular file.); keep the data "
-        "files where the model names them, relative to the model file"
+        "bnfold fold-and-export: cannot load the external data of ../source/m.onnx (tensor 'conv.weight' is stored "
+        "in ../source/m.onnx.data, which is not a regular file); keep the data files where the model names them, "
+        "relative to the model file"
     )
     assert not (elsewhere / "repo").exists()
