@@ -10,14 +10,16 @@ a 20 GB one, so the small external-data models of the tests exercise what the bi
 
 - a file is checked by path (`onnx.checker.check_model(path)` reads the graph without the tensors' data and
   checks each external file), never by serialising the model; `check_external_files` first checks that every
-  external tensor's bytes are there: a regular file inside the model's directory, long enough;
+  external tensor's bytes are there: a regular file inside the model's directory, with one hard link, long
+  enough for the tensor;
 - a file is opened lazily (`load_lazy`, onnx_ir): external tensors are memory-mapped and only the pages a fold
   reads are touched; a fold's new tensors are numpy arrays; nothing copies a whole weight into a protobuf;
 - shape inference and onnxruntime get the graph without its large tensors' data (`light_proto`); onnxruntime
-  receives those tensors as initializers of its own, OrtValues over the same memory (no copy);
-- a model is written (`save_model`) inline only when it is small, else with external data: every initializer
-  of at least SMALL_TENSOR_BYTES goes, in graph order, into one `<file>.data` beside `<file>` (streamed from the
-  memory map or the array), and the graph file is written under a temporary name and renamed into place.
+  receives those tensors as session initializers, OrtValues over the same memory (no copy);
+- `save_model` writes a model inline (the caller's choice for a small one) or with external data: every
+  initializer of at least SMALL_TENSOR_BYTES goes, in graph order, into one `<file>.data` beside `<file>`
+  (streamed from the memory map or the array), and the graph file is written under a temporary name and
+  renamed into place.
 
 A small inline model stays one in-memory ModelProto (folding.onnx_fold.fold_onnx's in-memory path).
 """
@@ -39,7 +41,7 @@ from numpy.typing import NDArray
 LARGE_MODEL_BYTES = 1 << 30  # half of onnx.checker.MAXIMUM_PROTOBUF (2 GiB - 1)
 SMALL_TENSOR_BYTES = 1024  # tensors below this stay inline: shapes, axes, the statistics of narrow layers
 DATA_SUFFIX = ".data"
-PLACEHOLDER_LOCATION = "bnfold-fed-by-onnxruntime"  # no file: onnxruntime gets these tensors as OrtValues
+PLACEHOLDER_LOCATION = "bnfold-fed-by-onnxruntime"  # an empty file: onnxruntime is given these tensors
 
 
 def by_file(model: onnx.ModelProto) -> bool:
@@ -106,8 +108,9 @@ def load_lazy(proto: onnx.ModelProto, directory: Path | str) -> ir.Model:
 def light_proto(model: ir.Model) -> onnx.ModelProto:
     """`model` serialised without the data of its large initializers (`large_initializers`).
 
-    In the proto each of them is an external reference to PLACEHOLDER_LOCATION, a file that does not exist:
-    shape inference reads no external data, and onnxruntime is given the arrays themselves (`ort_initializers`)."""
+    In the proto each of them is an external reference to PLACEHOLDER_LOCATION, whose bytes are never read:
+    shape inference reads no external data, and onnxruntime (which only checks that the file exists,
+    `write_light`) is given the arrays themselves (`ort_initializers`)."""
     swapped = []
     try:
         for name, value in large_initializers(model).items():
