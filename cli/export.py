@@ -88,7 +88,7 @@ def _fold_and_export_parser() -> OneLineParser:
         default=DEFAULT_EXTERNAL_DATA_ABOVE,
         metavar="BYTES",
         help="write the variants' tensors to external data files when they exceed "
-        "BYTES (default 1.5 GB; always when the source ONNX used external data)",
+        "BYTES (default 1 GiB; always when the source ONNX used external data)",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="REPO_DIR", help="the model repository")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")

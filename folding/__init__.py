@@ -3,10 +3,11 @@
 from bnfold.folding import fold, fold_onnx
 result = fold(model, example_inputs)   # PyTorch (folding/torch_fold.py)
 result = fold_onnx(onnx_model)         # ONNX (folding/onnx_fold.py)
+result = fold_onnx_file(path)          # ONNX file of any size, external data memory-mapped
 
 Every public name is loaded on first use (PEP 562), so `from bnfold.folding import FoldReport, Tolerance`
 imports neither torch nor onnx: only `fold`, `FoldResult` and `ChannelScaleShift` need torch, and only
-`fold_onnx`, `OnnxFoldResult` and `export_onnx` need onnx / onnx-ir.
+`fold_onnx`, `fold_onnx_file`, `OnnxFoldResult`, `OnnxFileFoldResult` and `export_onnx` need onnx / onnx-ir.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from bnfold.folding.compare import Discrepancy, Tolerance, discrepancy
     from bnfold.folding.errors import BnfoldError, FoldingError
     from bnfold.folding.export import export_onnx
-    from bnfold.folding.onnx_fold import OnnxFoldResult, fold_onnx
+    from bnfold.folding.onnx_fold import OnnxFileFoldResult, OnnxFoldResult, fold_onnx, fold_onnx_file
     from bnfold.folding.report import Action, FoldEntry, FoldReport
     from bnfold.folding.torch_fold import FoldResult, fold
     from bnfold.folding.torch_scale_shift import ChannelScaleShift
@@ -39,6 +40,8 @@ _HOME: dict[str, str] = {
     "ChannelScaleShift": "bnfold.folding.torch_scale_shift",
     "fold_onnx": "bnfold.folding.onnx_fold",
     "OnnxFoldResult": "bnfold.folding.onnx_fold",
+    "fold_onnx_file": "bnfold.folding.onnx_fold",
+    "OnnxFileFoldResult": "bnfold.folding.onnx_fold",
     "export_onnx": "bnfold.folding.export",
     "count_op": "bnfold.contract.op_count",
 }
@@ -52,6 +55,7 @@ __all__ = [
     "FoldReport",
     "FoldResult",
     "FoldingError",
+    "OnnxFileFoldResult",
     "OnnxFoldResult",
     "Tolerance",
     "count_op",
@@ -59,6 +63,7 @@ __all__ = [
     "export_onnx",
     "fold",
     "fold_onnx",
+    "fold_onnx_file",
 ]
 
 

@@ -11,9 +11,16 @@ Expand(CastLike(0, x), Shape(W))) are evaluated to initializers, BatchNormalizat
 
 The result is deterministic (the same model gives a byte-identical proto): the exporter's per-node
 metadata that records source file paths and line numbers is removed, the rest is kept.
+
+The export is checked with onnx.checker (full check) in memory, or, when the size rule of folding.onnx_files
+sends it down the file path (over 1 GiB of tensors), by path: written with external data to a temporary
+directory, so that no message near protobuf's 2 GiB limit is serialised.
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -23,6 +30,7 @@ from torch import Tensor, nn
 from bnfold.contract.op_count import count_op
 from bnfold.folding.errors import FoldingError
 from bnfold.folding.onnx_constants import fold_constant_subexpressions
+from bnfold.folding.onnx_files import by_file, save_model
 from bnfold.messages import first_line
 
 __all__ = ["BATCH_DIM", "count_op", "export_onnx"]
@@ -52,12 +60,23 @@ def export_onnx(
     _drop_volatile_metadata(proto)
     _check_dynamic_batch(proto)
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        _full_check(proto)
     except Exception as error:  # checker raises several exception types
         raise FoldingError(
             f"the exported ONNX model is invalid ({first_line(error)}); try another opset with opset=…"
         ) from error
     return proto
+
+
+def _full_check(proto: onnx.ModelProto) -> None:
+    """onnx.checker's full check, in memory or by path (the size rule, folding.onnx_files.by_file)."""
+    if not by_file(proto):
+        onnx.checker.check_model(proto, full_check=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="bnfold-export-") as scratch:
+        path = Path(scratch) / "exported.onnx"
+        save_model(ir.serde.deserialize_model(proto), path, external=True)
+        onnx.checker.check_model(str(path), full_check=True)
 
 
 def _check_arguments(

@@ -10,12 +10,21 @@ counts as a constant. Then each BN of the main graph goes through three passes:
 A BN that is not an inference BN (training_mode = 1, statistics not constant, …) is kept as it is, and so
 is any BN inside a subgraph or a local function. The report gives every BN's fate and, for the ones not
 folded, the reason. The input model is not modified and the same input gives byte-identical output.
+
+Two entries, one fold. `fold_onnx_file(path)` folds a model file on the file path of folding.onnx_files:
+the file is checked by path, its external tensors are memory-mapped, and the result is an onnx_ir model (its
+unchanged tensors still mapped from the source's files, its folded ones numpy arrays) to write with
+folding.onnx_files.save_model. `fold_onnx(proto)` folds an in-memory ModelProto; a proto the size rule sends
+down the file path (external data, or inline tensors over 1 GiB: folding.onnx_files.by_file) is written to a
+temporary directory with external data and folded from there, so it is never checked or serialised whole.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,6 +36,7 @@ from bnfold.folding.onnx_affine import find_affine_maps
 from bnfold.folding.onnx_batchnorm import bn_name, read_batchnorm
 from bnfold.folding.onnx_channel_map import AFFINE, BATCHNORM, ChannelMap
 from bnfold.folding.onnx_constants import fold_constant_subexpressions
+from bnfold.folding.onnx_files import by_file, check_external_files, load_lazy, save_model
 from bnfold.folding.onnx_graph import GraphEditor, is_op
 from bnfold.folding.onnx_lower import lower_batchnorm
 from bnfold.folding.onnx_measure import measure_fold
@@ -46,6 +56,23 @@ class OnnxFoldResult:
     report: FoldReport
 
 
+@dataclass(frozen=True)
+class OnnxFileFoldResult:
+    """The source and the folded model as onnx_ir models, their tensors memory-mapped from the source's files
+    where unchanged (the source file's directory must stay in place until they are written), and the report."""
+
+    original: ir.Model
+    model: ir.Model
+    report: FoldReport
+
+    def save(self, path: Path) -> Path | None:
+        """Write the folded model as `path` with external data (folding.onnx_files.save_model) and check the
+        written file by path; returns its data file (None when no tensor reaches 1 KiB)."""
+        data = save_model(self.model, path, external=True)
+        check_file(path, "bnfold produced an invalid model ({}); please report it")
+        return data
+
+
 def fold_onnx(
     model: onnx.ModelProto,
     example_inputs: Mapping[str, NDArray[np.generic]] | None = None,
@@ -56,23 +83,97 @@ def fold_onnx(
 
     With `example_inputs` (one array per graph input) both models are run by onnxruntime with graph
     optimisations disabled, and each entry's max_error and the report's max_output_error are filled.
+    A proto with external data (resolved as onnx does for a proto, relative to the working directory) or
+    over 1 GiB of inline tensors goes through files (see the module docstring); its result has its tensors
+    loaded.
     """
-    working = _without_legacy_initializer_inputs(_valid_copy(model))
-    ranks, elem_types = infer_ranks(working)
-    ir_model = ir.from_proto(working)
+    if not isinstance(model, onnx.ModelProto):
+        raise FoldingError(f"fold_onnx needs an onnx.ModelProto, got {type(model).__name__}; load it with onnx.load")
+    if by_file(model):
+        return _fold_through_files(model, example_inputs, lower_unfoldable)
+    _check_input(model)
+    working = onnx.ModelProto()
+    working.CopyFrom(model)
+    ir_model = ir.serde.deserialize_model(_without_legacy_initializer_inputs(working))
+    report = _fold(ir_model, lower_unfoldable, ir.serde.deserialize_model(model), example_inputs)
+    folded = ir.to_proto(ir_model)
+    _check_output(folded)
+    return OnnxFoldResult(model=folded, report=report)
+
+
+def fold_onnx_file(
+    path: Path,
+    example_inputs: Mapping[str, NDArray[np.generic]] | None = None,
+    *,
+    lower_unfoldable: bool = True,
+) -> OnnxFileFoldResult:
+    """Fold the model file at `path` (external data resolved relative to it) on the file path: checked by
+    path, tensors memory-mapped, measured without a copy of any weight (folding.onnx_files). The folded
+    model is checked once written (`OnnxFileFoldResult.save`)."""
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # a missing file, or bytes that are no protobuf: onnx raises several types
+        raise FoldingError(f"{path} is not a readable ONNX model (cannot parse it); give a .onnx file") from None
+    try:
+        check_external_files(path, proto)
+    except ValueError as error:
+        raise FoldingError(f"cannot load the external data of {path} ({error}); keep the data files where the "
+                           "model names them, relative to the model file") from None  # fmt: skip
+    check_file(path, "the input is not a valid ONNX model ({}); fix or re-export it")
+    original = load_lazy(proto, path.parent)
+    working = load_lazy(_without_legacy_initializer_inputs(proto), path.parent)
+    report = _fold(working, lower_unfoldable, original, example_inputs)
+    return OnnxFileFoldResult(original=original, model=working, report=report)
+
+
+def check_file(path: Path, message: str) -> None:
+    """onnx.checker on a model file, external data included (any size); FoldingError(message with the
+    checker's first line) when it refuses."""
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as error:  # the checker raises several types
+        raise FoldingError(message.format(first_line(error))) from error
+
+
+def _fold(
+    ir_model: ir.Model,
+    lower_unfoldable: bool,
+    original: ir.Model,
+    example_inputs: Mapping[str, NDArray[np.generic]] | None,
+) -> FoldReport:
+    """Fold `ir_model` in place; the report, measured against `original` when there are example inputs."""
+    ranks, elem_types = infer_ranks(ir_model)
     fold_constant_subexpressions(ir_model)
     editor = GraphEditor(ir_model.graph, ranks, elem_types)
     plans = _fold_main_graph(editor, _onnx_opset(ir_model), lower_unfoldable)
     editor.restore_names()
-    folded = ir.to_proto(ir_model)
-    _check_output(folded)
     entries = [_entry(name, site, plan) for name, (site, plan) in plans.items()]
     entries += _nested_batchnorms(ir_model)
     report = FoldReport(entries=entries)
     if example_inputs is not None:
         probes = {name: plan.replacement for name, (_, plan) in plans.items() if plan.replacement is not None}
-        report = measure_fold(model, folded, example_inputs, report, probes, editor.superseded)
-    return OnnxFoldResult(model=folded, report=report)
+        report = measure_fold(original, ir_model, example_inputs, report, probes, editor.superseded)
+    return report
+
+
+def _fold_through_files(
+    model: onnx.ModelProto, example_inputs: Mapping[str, NDArray[np.generic]] | None, lower_unfoldable: bool
+) -> OnnxFoldResult:
+    """A large or external-data proto: written with external data into a temporary directory, folded from
+    there, the result written beside it, checked by path and read back with its tensors."""
+    with tempfile.TemporaryDirectory(prefix="bnfold-fold-") as scratch:
+        source, target = Path(scratch) / "input.onnx", Path(scratch) / "folded.onnx"
+        save_model(ir.serde.deserialize_model(model), source, external=True)
+        result = fold_onnx_file(source, example_inputs, lower_unfoldable=lower_unfoldable)
+        result.save(target)
+        try:
+            folded = onnx.load_model(str(target))
+        except Exception as error:  # protobuf refuses a tensor over 2 GiB
+            raise FoldingError(
+                f"the folded model cannot be held as one ModelProto ({first_line(error)}); fold its file with "
+                "fold_onnx_file"
+            ) from None
+    return OnnxFoldResult(model=folded, report=result.report)
 
 
 Candidate = ChannelMap | tuple[ir.Node, str]  # a map to fold, or a refused one: (its node, why)
@@ -185,16 +286,11 @@ def _onnx_opset(ir_model: ir.Model) -> int:
     return version
 
 
-def _valid_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    if not isinstance(model, onnx.ModelProto):
-        raise FoldingError(f"fold_onnx needs an onnx.ModelProto, got {type(model).__name__}; load it with onnx.load")
+def _check_input(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model)
     except Exception as error:  # the checker raises several types
         raise FoldingError(f"the input is not a valid ONNX model ({first_line(error)}); fix or re-export it") from error
-    working = onnx.ModelProto()
-    working.CopyFrom(model)
-    return working
 
 
 def _without_legacy_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:

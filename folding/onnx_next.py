@@ -66,10 +66,11 @@ def _conv(editor: GraphEditor, conv: ir.Node, site: ChannelMap) -> str | Rewrite
     bias = optional_constant(conv.inputs[2] if len(conv.inputs) > 2 else None, "bias")
     if isinstance(weight, str) or isinstance(bias, str):
         return str(weight if isinstance(weight, str) else bias)
-    new_weight, new_bias = fold_arithmetic(weight, bias, site.affine, groups=int_attr(conv, "group", 1))
+    groups = int_attr(conv, "group", 1)
+    new_weight, new_bias = fold_arithmetic(weight, bias, site.affine, groups=groups, dtype=weight.dtype)
     inputs = [
         site.x,
-        editor.initializer(f"{input_name(conv, 1)}_bnfold", rounded(new_weight, weight)),
+        editor.initializer(f"{input_name(conv, 1)}_bnfold", new_weight),
         editor.initializer(f"{input_name(conv, 1)}_bias_bnfold", rounded(new_bias, weight if bias is None else bias)),
     ]
     node = editor.node("Conv", inputs, conv.attributes.values(), conv.name or editor.unique("conv"))
@@ -94,13 +95,13 @@ def _gemm(editor: GraphEditor, gemm: ir.Node, site: ChannelMap) -> str | Rewrite
     if isinstance(b, str) or isinstance(c, str):
         return str(b if isinstance(b, str) else c)
     trans_b = int_attr(gemm, "transB", 0) == 1
-    new_out_major, gain = fold_arithmetic(b if trans_b else b.T, None, site.affine)  # (N, K)
+    new_out_major, gain = fold_arithmetic(b if trans_b else b.T, None, site.affine, dtype=b.dtype)  # (N, K)
     beta_c = np.zeros(1) if c is None else float_attr(gemm, "beta", 1.0) * c.astype(np.float64)
     new_c = beta_c + float_attr(gemm, "alpha", 1.0) * gain  # C' = β·C + α·Bᵀt, broadcast like C
     new_b = new_out_major if trans_b else new_out_major.T
     inputs = [
         site.x,
-        editor.initializer(f"{input_name(gemm, 1)}_bnfold", rounded(new_b, b)),
+        editor.initializer(f"{input_name(gemm, 1)}_bnfold", new_b),
         editor.initializer(f"{input_name(gemm, 1)}_bias_bnfold", rounded(new_c, b if c is None else c)),
     ]
     attributes = [attr for attr in gemm.attributes.values() if attr.name != "beta"]  # β' = 1
@@ -118,8 +119,8 @@ def _matmul(editor: GraphEditor, matmul: ir.Node, site: ChannelMap) -> str | Rew
             f"MatMul input rank is {rank} and weight rank {weight.ndim}: {site.label()} axis {site.axis} "
             "is not W's input axis"
         )
-    new_weight_t, gain = fold_arithmetic(weight.T, None, site.affine)  # W.T is (N, K)
-    new_weight = editor.initializer(f"{input_name(matmul, 1)}_bnfold", rounded(new_weight_t.T, weight))
+    new_weight_t, gain = fold_arithmetic(weight.T, None, site.affine, dtype=weight.dtype)  # W.T is (N, K)
+    new_weight = editor.initializer(f"{input_name(matmul, 1)}_bnfold", new_weight_t.T)
     product = editor.node("MatMul", [site.x, new_weight], (), matmul.name or editor.unique("matmul"))
     bias_add = _bias_add(matmul, gain.size)
     if bias_add is None:

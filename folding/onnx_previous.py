@@ -64,11 +64,11 @@ def _conv(editor: GraphEditor, producer: ir.Node, site: ChannelMap) -> str | Rew
         return str(weight if isinstance(weight, str) else bias)
     transposed = producer.op_type == "ConvTranspose"
     new_weight, new_bias = fold_arithmetic(
-        weight, bias, site.affine, transposed=transposed, groups=int_attr(producer, "group", 1)
+        weight, bias, site.affine, transposed=transposed, groups=int_attr(producer, "group", 1), dtype=weight.dtype
     )
     inputs = [
         producer.inputs[0],
-        editor.initializer(_hint(producer, 1), rounded(new_weight, weight)),
+        editor.initializer(_hint(producer, 1), new_weight),
         editor.initializer(_hint(producer, 2), rounded(new_bias, weight if bias is None else bias)),
     ]
     node = editor.node(producer.op_type, inputs, producer.attributes.values(), _name(editor, producer))
@@ -83,11 +83,11 @@ def _gemm(editor: GraphEditor, producer: ir.Node, site: ChannelMap) -> str | Rew
     trans_b = int_attr(producer, "transB", 0) == 1
     out_major = b if trans_b else b.T  # (N, K)
     scaled_c = None if c is None else float_attr(producer, "beta", 1.0) * c.astype(np.float64)
-    new_out_major, new_c = fold_arithmetic(out_major, scaled_c, site.affine)
-    new_b = new_out_major if trans_b else new_out_major.T
+    new_out_major, new_c = fold_arithmetic(out_major, scaled_c, site.affine, dtype=b.dtype)
+    new_b = new_out_major if trans_b else new_out_major.T  # contiguous: the result keeps b.T's layout
     inputs = [
         producer.inputs[0],
-        editor.initializer(_hint(producer, 1), rounded(new_b, b)),
+        editor.initializer(_hint(producer, 1), new_b),
         editor.initializer(_hint(producer, 2), rounded(new_c, b if c is None else c)),
     ]
     attributes = [attr for attr in producer.attributes.values() if attr.name != "beta"]  # β' = 1
@@ -126,8 +126,8 @@ def _fold_matmul(editor: GraphEditor, matmul: ir.Node, add: ir.Node | None, site
     bias = optional_constant(bias_value, "bias")
     if isinstance(bias, str):
         return bias
-    new_weight_t, new_bias = fold_arithmetic(weight.T, bias, site.affine)  # W.T is (N, K)
-    new_weight = editor.initializer(_hint(matmul, 1), rounded(new_weight_t.T, weight))
+    new_weight_t, new_bias = fold_arithmetic(weight.T, bias, site.affine, dtype=weight.dtype)  # W.T is (N, K)
+    new_weight = editor.initializer(_hint(matmul, 1), new_weight_t.T)
     product = editor.node("MatMul", [matmul.inputs[0], new_weight], matmul.attributes.values(), _name(editor, matmul))
     shift_hint = f"{bias_value.name}_bnfold" if bias_value is not None else _hint(matmul, 2)
     shift = editor.initializer(shift_hint, rounded(new_bias, weight if bias is None else bias))

@@ -1,10 +1,11 @@
 """Ranks and element types of the values of an ONNX graph, from onnx shape inference.
 
 Some folds depend on a tensor's rank (a BN's channel axis 1 is a MatMul's feature axis only for 2-D
-tensors; a lowered scale is shaped (C, 1, …, 1) to the input's rank). Inference runs on a copy, so the
-folded model carries no more value_info than its input did; in that copy the data of large initializers
-is dropped (their dims and types stay), which makes inference on a ResNet-50 ~15× faster: shape inference
-reads the *values* only of small tensors (Reshape shapes, Slice starts, …).
+tensors; a lowered scale is shaped (C, 1, …, 1) to the input's rank). Inference runs on the graph without
+the data of its large initializers (folding.onnx_files.light_proto: their dims and types stay), so the
+folded model carries no more value_info than its input did, no weight is copied, and inference on a
+ResNet-50 is ~15× faster: shape inference reads the *values* only of small tensors (Reshape shapes, Slice
+starts, …).
 
 ONNX's inference of Reshape before opset 14 gives no shape at all to the output of a Reshape whose shape
 input is computed (Keras Flatten as tf2onnx writes it: Reshape(x, Concat(Slice(Shape(x)), [-1]))), and so
@@ -15,15 +16,15 @@ until no Reshape is left without one.
 
 from __future__ import annotations
 
-import math
-
 import onnx
 import onnx_ir as ir
 
+from bnfold.folding.onnx_files import light_proto
 
-def infer_ranks(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, ir.DataType]]:
+
+def infer_ranks(model: ir.Model) -> tuple[dict[str, int], dict[str, ir.DataType]]:
     """(rank by value name, element type by value name) for every value whose type inference knows."""
-    light = _without_large_tensor_data(model)
+    light = light_proto(model)
     inferred = _infer(light) or light
     for _ in light.graph.node:  # every round declares at least one more Reshape output, or stops
         declared = _reshape_outputs_without_rank(inferred.graph)
@@ -80,16 +81,3 @@ def _reshape_outputs_without_rank(graph: onnx.GraphProto) -> list[onnx.ValueInfo
             continue
         declared.append(onnx.helper.make_tensor_value_info(node.output[0], elem_type, [None] * length[0]))
     return declared
-
-
-_SMALL = 1024  # elements: every shape-like tensor is far smaller; weights are larger
-
-
-def _without_large_tensor_data(model: onnx.ModelProto) -> onnx.ModelProto:
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    for initializer in light.graph.initializer:
-        if math.prod(initializer.dims) > _SMALL:
-            for data_field in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
-                initializer.ClearField(data_field)
-    return light

@@ -101,9 +101,12 @@ def check_batchnorm_counts(unfolded: int, folded: int, total: int, kept: int) ->
 
 def run_onnx(path: Path, feeds: Mapping[str, NDArray[Any]]) -> list[NDArray[Any]]:
     """Run a graph file in onnxruntime on CPU with all graph optimisations disabled (external data is
-    resolved relative to the file)."""
+    resolved relative to the file). Weight pre-packing is off: a session that runs once gains nothing from it,
+    and without it onnxruntime memory-maps external data instead of copying and re-packing every weight (a
+    large model would need twice its size in memory)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return [np.asarray(output) for output in session.run(None, dict(feeds))]

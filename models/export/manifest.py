@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from numpy.typing import NDArray
 
 from bnfold.contract.datatypes import v2_name
@@ -29,8 +30,10 @@ class Candidate:
     inputs: dict[str, NDArray[Any]]  # name → calibration batch
     output_names: list[str]
     reference: list[NDArray[Any]] | None  # outputs of the PyTorch model on the calibration batch
-    unfolded: onnx.ModelProto  # tensors loaded (no external references left)
-    folded: onnx.ModelProto
+    # A ModelProto with its tensors loaded, or (ONNX files on the file path, folding.onnx_files) an onnx_ir
+    # model whose tensors are memory-mapped from the source's files: written by models/export/variant_files.py.
+    unfolded: onnx.ModelProto | ir.Model
+    folded: onnx.ModelProto | ir.Model
     fold_report: dict[str, Any]
     tolerance: dict[str, float]
     weights_sha256: str | None = None

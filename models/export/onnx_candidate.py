@@ -1,14 +1,18 @@
 """Candidates folded on the ONNX side with `folding.onnx_fold.fold_onnx`: `.onnx` files and `.pt2` archives.
 
 - `model.onnx`: unfolded.onnx is the input graph as given (with the user's tensor names, if any); its
-  external data (if any) is loaded relative to the model file, whatever the working directory, and the
-  entry keeps it in its own files; folded.onnx is fold_onnx's result. There is no PyTorch model, so both
-  variants are checked against the unfolded graph run in onnxruntime. Axis 0 of every input must be
+  external data (if any) is resolved relative to the model file, whatever the working directory, and the
+  entry keeps it in its own files; folded.onnx is the fold's result. A model with external data, or over
+  1 GiB of tensors (the size rule of folding.onnx_files), is folded on the file path (fold_onnx_file): its
+  tensors stay memory-mapped from the source's files until the variants are written, and no step holds or
+  serialises it as one protobuf message (the user's names are then given to the folded and unfolded graphs
+  after the fold); any other is folded in memory (fold_onnx), renamed first. There is no PyTorch model, so
+  both variants are checked against the unfolded graph run in onnxruntime. Axis 0 of every input must be
   dynamic (the repository's batch axis). The calibration batch is the user's samples (--calibration: a
   .npy for one input, else a .npz keyed by the input names, checked against each input's dtype and dims by
   models/export/calibration_samples.py), or 16 seeded standard-normal samples per input, shaped by the
   graph's static dims (or --input-shape); no samples are invented for an integer or bool input (token
-  ids, masks): those need --calibration. --input-names / --output-names rename the graph's values first
+  ids, masks): those need --calibration. --input-names / --output-names rename the graph's values
   (models/export/onnx_names.py), so both variants carry the new names and the .npz keys are the new
   input names.
 - `model.pt2` (torch.export archive): the archive's graph is fixed (it cannot be put back into eval mode
@@ -23,16 +27,16 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
 from numpy.typing import NDArray
-from onnx.external_data_helper import load_external_data_for_model
 
 from bnfold.contract.agreement import Tolerance
 from bnfold.contract.datatypes import v2_name
 from bnfold.contract.errors import ContractError
-from bnfold.contract.external_data import external_references
-from bnfold.folding.onnx_fold import fold_onnx
-from bnfold.messages import first_line
+from bnfold.folding.onnx_files import by_file, check_external_files, has_external_data
+from bnfold.folding.onnx_fold import fold_onnx, fold_onnx_file
+from bnfold.folding.report import FoldReport
 from bnfold.models.errors import BadInputError, UsageError
 from bnfold.models.export.calibration_samples import InputSlot, match_samples, read_samples
 from bnfold.models.export.choices import UserChoices
@@ -84,27 +88,38 @@ def candidate_from_onnx(
         inputs = {value.name: _random_input(value, input_shape) for value in values}
     else:
         inputs = match_samples(samples, [_slot(value) for value in values])
-    candidate = _fold(model, inputs, None, str(path), None, progress)
+    if external or by_file(source):
+        names = _new_names(source, model)
+        old_names = {new: old for old, new in names.items()}
+        producer = source.producer_name
+        del source, model  # an inline model over 1 GiB is read again by the fold, not held twice
+        with progress.step("folding (ONNX, tensors memory-mapped)"):
+            result = fold_onnx_file(path, {old_names.get(name, name): array for name, array in inputs.items()})
+        for graph_model in (result.original, result.model):
+            _rename_ir(graph_model, names)
+        candidate = _candidate(result.original, result.model, result.report, inputs, None, str(path), None, producer)
+    else:
+        candidate = _fold(model, inputs, None, str(path), None, progress)
     candidate.source_external_data = external
     return candidate
 
 
 def load_onnx_source(path: Path) -> tuple[onnx.ModelProto, bool]:
-    """The model at `path` with its external data loaded, resolved relative to the model file's directory
-    (never the working directory), and whether it had any external data."""
+    """The model at `path` without its external data, and whether it has any; refuses a file that is no ONNX
+    model, and external data that is missing, outside the model file's directory or too short (resolved
+    relative to the model file, never the working directory)."""
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception:
         raise BadInputError(f"{path} is not an ONNX model (cannot parse it); give a .onnx file") from None
-    external = bool(external_references(path.read_bytes()))
-    if external:
-        try:
-            load_external_data_for_model(model, str(path.parent))
-        except Exception as error:  # onnx raises several types for a missing or refused data file
-            raise BadInputError(
-                f"cannot load the external data of {path} ({first_line(error)}); keep the data files where the "
-                "model names them, relative to the model file"
-            ) from None
+    external = has_external_data(model)
+    try:
+        check_external_files(path, model)
+    except ValueError as error:
+        raise BadInputError(
+            f"cannot load the external data of {path} ({error}); keep the data files where the model names them, "
+            "relative to the model file"
+        ) from None
     return model, external
 
 
@@ -132,23 +147,63 @@ def _fold(
 ) -> Candidate:
     with progress.step("folding (ONNX)"):
         result = fold_onnx(model, inputs)
-    note = TF2ONNX_NO_BATCHNORM_NOTE if model.producer_name == "tf2onnx" else ONNX_NO_BATCHNORM_NOTE
-    notes = [note] if result.report.total == 0 else []
-    folded = model if result.report.total == 0 else result.model
-    dtype = _tolerance_dtype(model, inputs)
+    return _candidate(model, result.model, result.report, inputs, reference, source, weights_sha256)
+
+
+def _candidate(
+    unfolded: onnx.ModelProto | ir.Model,
+    folded: onnx.ModelProto | ir.Model,
+    report: FoldReport,
+    inputs: dict[str, NDArray[Any]],
+    reference: list[NDArray[Any]] | None,
+    source: str,
+    weights_sha256: str | None,
+    producer: str | None = None,
+) -> Candidate:
+    """The candidate of a fold; a model without BatchNorm gets the note and unfolded as its folded variant."""
+    producer = producer if producer is not None else _producer(unfolded)
+    note = TF2ONNX_NO_BATCHNORM_NOTE if producer == "tf2onnx" else ONNX_NO_BATCHNORM_NOTE
+    notes = [note] if report.total == 0 else []
+    dtype = _tolerance_dtype(unfolded, inputs)
     return Candidate(
         source=source,
         task="regression",
         inputs=inputs,
-        output_names=[output.name for output in model.graph.output],
+        output_names=_output_names(unfolded),
         reference=reference,
-        unfolded=model,
-        folded=folded,
-        fold_report=result.report.to_json(),
+        unfolded=unfolded,
+        folded=unfolded if report.total == 0 else folded,
+        fold_report=report.to_json(),
         tolerance=Tolerance.for_dtype(dtype).to_json(),
         weights_sha256=weights_sha256,
         notes=notes,
     )
+
+
+def _output_names(model: onnx.ModelProto | ir.Model) -> list[str]:
+    if isinstance(model, ir.Model):
+        return [str(value.name) for value in model.graph.outputs]
+    return [output.name for output in model.graph.output]
+
+
+def _producer(model: onnx.ModelProto | ir.Model) -> str:
+    return model.producer_name or ""
+
+
+def _new_names(source: onnx.ModelProto, model: onnx.ModelProto) -> dict[str, str]:
+    """Old name → new name of each graph input and output `renamed` changed (empty when nothing was)."""
+    pairs = [
+        *zip((v.name for v in graph_inputs(source)), (v.name for v in graph_inputs(model)), strict=True),
+        *zip((v.name for v in source.graph.output), (v.name for v in model.graph.output), strict=True),
+    ]
+    return {old: new for old, new in pairs if old != new}
+
+
+def _rename_ir(model: ir.Model, names: dict[str, str]) -> None:
+    """Give the graph inputs and outputs of an onnx-ir model their new names (every use follows the value)."""
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        if value.name in names:
+            value.name = names[value.name]
 
 
 def _slot(value: onnx.ValueInfoProto) -> InputSlot:
@@ -199,13 +254,17 @@ def _random_input(value: onnx.ValueInfoProto, input_shape: str | None) -> NDArra
     return random_batch(shape).numpy().astype(FLOAT_TYPES[tensor.elem_type])
 
 
-def _tolerance_dtype(model: onnx.ModelProto, inputs: dict[str, NDArray[Any]]) -> str:
+def _tolerance_dtype(model: onnx.ModelProto | ir.Model, inputs: dict[str, NDArray[Any]]) -> str:
     """The precision the agreement tolerance is for: the first float input's, else the first float output's
     (a graph reading token ids computes in its outputs' precision), else float32."""
     for array in inputs.values():
         if array.dtype.kind == "f":
             return str(array.dtype)
-    for value in model.graph.output:
-        if value.type.tensor_type.elem_type in FLOAT_TYPES:
-            return str(np.dtype(FLOAT_TYPES[value.type.tensor_type.elem_type]))
+    if isinstance(model, ir.Model):
+        types = [int(value.dtype) for value in model.graph.outputs if value.dtype is not None]
+    else:
+        types = [value.type.tensor_type.elem_type for value in model.graph.output]
+    for elem_type in types:
+        if elem_type in FLOAT_TYPES:
+            return str(np.dtype(FLOAT_TYPES[elem_type]))
     return "float32"

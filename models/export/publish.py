@@ -10,14 +10,18 @@ VerificationError, the staging directory is removed and the repository is untouc
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
+import onnx_ir as ir
 from numpy.typing import NDArray
 
 from bnfold.contract.layout import VARIANT_FILES
+from bnfold.folding.onnx_files import load_lazy
 from bnfold.folding.report import Action, FoldReport
 from bnfold.models.export import checks
 from bnfold.models.export.manifest import Candidate, build_manifest
@@ -48,6 +52,19 @@ def write_variants(candidate: Candidate, directory: Path, external_data_above: i
     return {
         variant: write_variant(model, directory, VARIANT_FILES[variant], external) for variant, model in models.items()
     }
+
+
+def _now_the_files(candidate: Candidate, written: dict[str, WrittenVariant]) -> None:
+    """A variant from the file path (an onnx_ir model) becomes its file in the staging directory, memory-mapped
+    (until the entry is renamed into place nothing reads it): the fold's new weights and the source's memory
+    maps are released before the checks open onnxruntime sessions, so a large model is not held in memory
+    twice."""
+    if not any(isinstance(model, ir.Model) for model in (candidate.unfolded, candidate.folded)):
+        return
+    for variant, files in written.items():
+        proto = onnx.load_model(str(files.path), load_external_data=False)
+        setattr(candidate, variant, load_lazy(proto, files.path.parent))
+    gc.collect()  # onnx_ir graphs are reference cycles: free the old ones now
 
 
 def verify_candidate(
@@ -88,6 +105,7 @@ def verify_and_publish(
     and model.json and rename REPO_DIR/NAME into place; on any failure nothing is left behind."""
     with staged_entry(repository, name) as staged:
         written = write_variants(candidate, staged.path, external_data_above)
+        _now_the_files(candidate, written)
         verified = verify_candidate(candidate, written)
         manifest = build_manifest(name, candidate, verified.unfolded_outputs, verified.batchnorm_nodes, written)
         staged.finish(manifest, candidate.inputs)

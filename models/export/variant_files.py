@@ -2,12 +2,18 @@
 
 A protobuf message cannot exceed 2 GiB, so a model whose tensors are larger must keep them in an external
 data file. A variant is written with external data when its tensors exceed `external_data_above` bytes
-(DEFAULT_EXTERNAL_DATA_ABOVE, 1.5 GB, leaves room for the graph itself) or when the source model kept its
-tensors externally. Then every tensor of at least SMALL_TENSOR_BYTES goes, in graph order, into
-`<variant file>.data` next to `<variant file>` (its location relative to the entry, as the contract requires);
-smaller tensors (axes, shapes, BatchNorm statistics of narrow layers) stay inline, where onnx's shape
-inference can read them. A model with no such tensor gets no data file. The file names and their SHA-256 are what
-model.json records (`variants.*.external_data`).
+(DEFAULT_EXTERNAL_DATA_ABOVE: 1 GiB, folding.onnx_files.LARGE_MODEL_BYTES, the size above which the fold
+itself takes the file path) or when the source model kept its tensors externally. Then every tensor of at
+least SMALL_TENSOR_BYTES goes, in graph order, into `<variant file>.data` next to `<variant file>` (its
+location relative to the entry, as the contract requires); smaller tensors (axes, shapes, BatchNorm
+statistics of narrow layers) stay inline, where onnx's shape inference can read them. A model with no such
+tensor gets no data file. The file names and their SHA-256 are what model.json records
+(`variants.*.external_data`).
+
+A variant is an in-memory ModelProto (a PyTorch export, a small ONNX file folded in memory) or an onnx_ir
+model from the file path (folding.onnx_fold.fold_onnx_file, tensors memory-mapped from the source's files).
+Both are written with external data by folding.onnx_files.save_model, which streams each tensor into the
+data file and never serialises the whole model; a small ModelProto written inline is saved as it is.
 """
 
 from __future__ import annotations
@@ -17,12 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 
 from bnfold.contract.hashing import sha256_file
+from bnfold.folding.onnx_files import DATA_SUFFIX, LARGE_MODEL_BYTES, inline_tensor_bytes, save_model
+from bnfold.folding.onnx_files import tensor_bytes as ir_tensor_bytes
 
-DEFAULT_EXTERNAL_DATA_ABOVE = 1_500_000_000
-SMALL_TENSOR_BYTES = 1024
-DATA_SUFFIX = ".data"
+DEFAULT_EXTERNAL_DATA_ABOVE = LARGE_MODEL_BYTES
+
+__all__ = ["DATA_SUFFIX", "DEFAULT_EXTERNAL_DATA_ABOVE", "WrittenVariant", "needs_external_data", "write_variant"]
+
+Variant = onnx.ModelProto | ir.Model
 
 
 @dataclass(frozen=True)
@@ -38,33 +49,24 @@ class WrittenVariant:
         return {"file": self.path.name, "sha256": self.sha256, "external_data": self.external_data}
 
 
-def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Serialized size of the main graph's initializers: the part of a model that can outgrow protobuf."""
-    return sum(tensor.ByteSize() for tensor in model.graph.initializer)
+def tensor_bytes(model: Variant) -> int:
+    """Size of the main graph's initializers: the part of a model that can outgrow protobuf."""
+    return ir_tensor_bytes(model) if isinstance(model, ir.Model) else inline_tensor_bytes(model)
 
 
-def needs_external_data(model: onnx.ModelProto, source_external: bool, external_data_above: int) -> bool:
+def needs_external_data(model: Variant, source_external: bool, external_data_above: int) -> bool:
     """External data when the source used it or the tensors exceed the threshold."""
     return source_external or tensor_bytes(model) > external_data_above
 
 
-def write_variant(model: onnx.ModelProto, directory: Path, file_name: str, external: bool) -> WrittenVariant:
-    """Write `model` as directory/file_name (plus directory/file_name.data when `external`); `model` is unchanged."""
+def write_variant(model: Variant, directory: Path, file_name: str, external: bool) -> WrittenVariant:
+    """Write `model` as directory/file_name (plus directory/file_name.data when `external` and a tensor is large
+    enough); `model` is unchanged."""
     path = directory / file_name
-    if not external:
+    if isinstance(model, onnx.ModelProto) and not external:
         onnx.save_model(model, path)
         return WrittenVariant(path, sha256_file(path), [])
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # save_model moves the tensors out of the proto it is given
-    location = file_name + DATA_SUFFIX
-    onnx.save_model(
-        copy,
-        path,
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=location,
-        size_threshold=SMALL_TENSOR_BYTES,
-    )
-    data = directory / location
-    files = [{"file": location, "sha256": sha256_file(data)}] if data.exists() else []
+    lazy = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
+    data = save_model(lazy, path, external)
+    files = [{"file": data.name, "sha256": sha256_file(data)}] if data is not None else []
     return WrittenVariant(path, sha256_file(path), files)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from pydantic import SecretStr
@@ -303,8 +304,44 @@ def test_a_source_whose_external_data_is_missing_is_refused_in_one_line(tmp_path
     ran = cli(elsewhere, "fold-and-export", "--model", "../source/m.onnx", "--out", "repo")
     assert ran.returncode == 1
     assert ran.stderr.strip().splitlines()[-1] == (
-        "bnfold fold-and-export: cannot load the external data of ../source/m.onnx (Data of TensorProto ( tensor "
-        "name: conv.weight) should be stored in ../source/m.onnx.data, but it is not regular file.); keep the data "
-        "files where the model names them, relative to the model file"
+        "bnfold fold-and-export: cannot load the external data of ../source/m.onnx (tensor 'conv.weight' is stored "
+        "in ../source/m.onnx.data, which is not a regular file); keep the data files where the model names them, "
+        "relative to the model file"
     )
     assert not (elsewhere / "repo").exists()
+
+
+def test_an_external_data_model_takes_real_samples_and_new_names(tmp_path: Path) -> None:
+    """The file path (tensors memory-mapped) with --calibration and --input-names/--output-names: the entry's
+    graphs, model.json and calibration.npz carry the new names, both variants agree with PyTorch on the
+    user's samples, and the entry verifies."""
+    source = tmp_path / "source"
+    source.mkdir()
+    model = build(seed=5)
+    export_with_external_data(model, source / "m.onnx")
+    samples = np.random.default_rng(5).normal(size=(6, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "samples.npz", pixels=samples)
+    ran = cli(
+        tmp_path, "fold-and-export", "--model", "source/m.onnx", "--calibration", "samples.npz",
+        "--input-names", "pixels", "--output-names", "scores", "--out", "repo",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    entry = tmp_path / "repo" / "m"
+    manifest = json.loads((entry / "model.json").read_text())
+    assert [spec["name"] for spec in manifest["inputs"]] == ["pixels"]
+    assert [spec["name"] for spec in manifest["outputs"]] == ["scores"]
+    with np.load(entry / "calibration.npz") as calibration:
+        assert calibration.files == ["pixels"] and np.array_equal(calibration["pixels"], samples)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(samples)).numpy()
+    for variant in ("unfolded", "folded"):
+        graph = onnx.load(str(entry / f"{variant}.onnx"), load_external_data=False)
+        assert ([v.name for v in graph.graph.input], [v.name for v in graph.graph.output]) == (["pixels"], ["scores"])
+        session = ort.InferenceSession(str(entry / f"{variant}.onnx"), providers=["CPUExecutionProvider"])
+        (got,) = session.run(["scores"], {"pixels": samples})
+        assert np.max(np.abs(got - expected)) <= 1e-5 * max(1.0, float(np.max(np.abs(expected))))
+    assert (count_op(onnx.load(str(entry / "unfolded.onnx"))), count_op(onnx.load(str(entry / "folded.onnx")))) == (
+        1,
+        0,
+    )
+    assert cli(tmp_path, "verify", entry).returncode == 0
