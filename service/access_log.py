@@ -6,15 +6,17 @@ request (≈ 25–60 µs of ≈ 170–260). bnfold turns uvicorn's off and write
 
     INFO:     127.0.0.1:52814 - "POST /v2/models/digits_resnet/infer HTTP/1.1" 200 OK
 
-`record` formats the line into a buffer (no record, no lock: it runs on the event loop's thread); the buffer is
-written to standard output in one write when it holds BATCH_LINES lines or, at the latest, FLUSH_AFTER_S after
-its first line (a timer on the loop), and at shutdown. No line is dropped; a line is at most 0.1 s late.
+`record` formats the line into a buffer (no record, no lock: it runs on the event loop's thread). The buffer
+is written to standard output when it holds BATCH_LINES lines or, at the latest, FLUSH_AFTER_S after its
+first line (a timer on the loop), and at shutdown (the lifespan's end, or process exit), in writes of at most
+PIPE_BUF bytes cut between lines. No line is dropped; a line is at most 0.1 s late.
 Colours are never added (the lines are for log collectors, not terminals).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import http
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -28,6 +30,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 BATCH_LINES = 256
 FLUSH_AFTER_S = 0.1
+PIPE_BUF = 4096  # bytes a write to a pipe is atomic up to (POSIX minimum; Linux's value)
 PREFIX = "INFO:     "  # uvicorn's level prefix for INFO
 _STATUS = {status.value: f"{status.value} {status.phrase}" for status in http.HTTPStatus}
 
@@ -44,6 +47,8 @@ class AccessLog:
         self._stream = stream
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        atexit.register(self.flush)  # a forced exit skips the lifespan's flush
 
     def record(self, scope: Scope, status: int) -> None:
         """The line of one answered request: client, request line, status."""
@@ -56,8 +61,9 @@ class AccessLog:
         self._lines.append(f'{PREFIX}{address} - "{request}" {status_text(status)}\n')
         if len(self._lines) >= BATCH_LINES:
             self.flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER_S, self.flush)
+        elif self._timer is None or self._timer_loop is not asyncio.get_running_loop():
+            self._timer_loop = asyncio.get_running_loop()  # a timer of a loop that has ended never fires
+            self._timer = self._timer_loop.call_later(FLUSH_AFTER_S, self.flush)
 
     def flush(self) -> None:
         """Write the buffered lines in one write (and cancel the pending timer)."""
@@ -66,13 +72,32 @@ class AccessLog:
             self._timer = None
         if not self._lines:
             return
-        text, self._lines = "".join(self._lines), []
+        lines, self._lines = self._lines, []
         stream = self._stream or sys.stdout
         try:
-            stream.write(text)
-            stream.flush()
+            for chunk in _chunks(lines):
+                stream.write(chunk)
+                stream.flush()
         except (OSError, ValueError):  # standard output closed or gone: the lines cannot be written anywhere
             pass
+
+
+def _chunks(lines: list[str]) -> list[str]:
+    """The lines joined into writes of at most PIPE_BUF bytes, cut between lines: a write to a pipe that small
+    is atomic, so lines of several worker processes sharing one standard output never interleave mid-line."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode())
+        if current and size + length > PIPE_BUF:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += length
+    if current:
+        chunks.append("".join(current))
+    return chunks
 
 
 class AccessLogMiddleware:

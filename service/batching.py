@@ -153,6 +153,8 @@ class BatchingRunner:
             batch = await self._gather()
             if self.inner.runs_inline(sum(call.rows for call in batch)):
                 await self._run_batch(batch)  # runs on the loop's thread without suspending: no task needed
+                if self._queue:
+                    await asyncio.sleep(0)  # let the answered callers respond before the next inline batch
                 continue
             task = asyncio.get_running_loop().create_task(self._run_batch(batch))
             self._running.add(task)

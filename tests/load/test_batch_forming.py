@@ -112,3 +112,24 @@ def test_a_batch_leaves_the_other_run_slots_their_share(
     for x, got in zip(inputs, asyncio.run(all_at_once()), strict=True):
         np.testing.assert_array_equal(got["logits"], session.run(None, {"input": x})[0])
     assert sum(calls for calls, _ in runs) == 8 and max(calls for calls, _ in runs) == largest
+
+
+def test_answered_callers_respond_before_the_next_inline_batch_runs(entry: Path) -> None:
+    """Six waiting calls, two per run, all inline: each pair resumes (and could send its response) before the
+    dispatcher runs the next pair, instead of the loop running every batch first."""
+    session = open_session(entry / "folded.onnx", SessionConfig(1, 1, "all"))
+    inner = SessionRunner(session, inline_budget_s=1.0)
+    inner.timed_run({"input": np.zeros((1, 1, 8, 8), np.float32)})
+    runs: list[tuple[int, int]] = []
+    runner = BatchingRunner(inner, 2, 0.0, 1, lambda calls, rows: runs.append((calls, rows)))
+    seen: list[int] = []
+
+    async def call() -> None:
+        await runner.run({"input": np.ones((1, 1, 8, 8), np.float32)})
+        seen.append(len(runs))  # runs made when this caller got its answer back
+
+    async def six() -> None:
+        await asyncio.gather(*(call() for _ in range(6)))
+
+    asyncio.run(six())
+    assert runs == [(2, 2)] * 3 and seen == [1, 1, 2, 2, 3, 3]

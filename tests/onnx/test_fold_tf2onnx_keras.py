@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 from bnfold.folding.compare import discrepancy
@@ -122,7 +123,7 @@ def test_flatten_then_dense_bn_folds_at_opset_13_as_at_15(opset: int) -> None:
 @pytest.mark.parametrize("opset", [13, 15])
 def test_ranks_after_a_reshape_by_a_computed_shape(opset: int) -> None:
     _, model = _flatten_cnn(opset, seed=0)
-    ranks, _ = infer_ranks(model)
+    ranks, _ = infer_ranks(ir.serde.deserialize_model(model))
     assert [ranks.get(name) for name in ("a_nhwc", "flat_target", "flat", "dense", "dn", "logits")] == [
         4,
         1,

@@ -33,7 +33,8 @@ def running_grpc_server(settings: Settings, wait_ready: bool = True) -> Iterator
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     grpc_port = free_port()
-    server = create_server(settings.model_copy(update={"grpc_port": grpc_port}), limit_logs=False, log_level="warning")
+    quiet = settings.model_copy(update={"grpc_port": grpc_port, "access_log": False})  # no access lines in test output
+    server = create_server(quiet, limit_logs=False, log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -34,7 +34,8 @@ def running_server(settings: Settings, wait_ready: bool = True) -> Iterator[Runn
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = build_server(create_app(settings), settings, limit_logs=False, log_level="warning", lifespan="on")
+    quiet = settings.model_copy(update={"access_log": False})  # no access lines in the tests' own output
+    server = build_server(create_app(quiet), quiet, limit_logs=False, log_level="warning", lifespan="on")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

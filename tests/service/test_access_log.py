@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bnfold.service.access_log import BATCH_LINES, FLUSH_AFTER_S, AccessLog, status_text
+from bnfold.service.access_log import BATCH_LINES, FLUSH_AFTER_S, PIPE_BUF, AccessLog, status_text
 from tests.load.serve_process import serve_process
 from tests.service.builders import write_entry
 from tests.service.oracle import json_request
@@ -112,3 +112,43 @@ def test_no_lines_when_off(repository: Path, tmp_path: Path, log_level: str, set
     with serve_process(repository, log_level=log_level, stdout_file=stdout, **settings) as served:
         _requests(served.url)
     assert [line for line in stdout.read_text().splitlines() if '" 200 OK' in line or "HTTP/1.1" in line] == []
+
+
+def test_a_large_batch_is_written_in_pipe_sized_pieces_cut_between_lines() -> None:
+    """Writes of at most PIPE_BUF bytes are atomic on a pipe: workers sharing one never interleave mid-line."""
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    access = AccessLog(Recording())
+
+    async def log_batch() -> None:
+        for index in range(BATCH_LINES):
+            access.record(_scope(f"/v2/models/model_{index:03d}/infer", method="POST"), 200)
+
+    asyncio.run(log_batch())
+    assert len(writes) > 1 and all(len(text.encode()) <= PIPE_BUF and text.endswith("\n") for text in writes)
+    lines = "".join(writes).splitlines()
+    assert lines == [
+        f'INFO:     10.1.2.3:4567 - "POST /v2/models/model_{index:03d}/infer HTTP/1.1" 200 OK'
+        for index in range(BATCH_LINES)
+    ]
+
+
+def test_a_timer_of_an_ended_loop_does_not_hold_back_later_lines() -> None:
+    stream = io.StringIO()
+    access = AccessLog(stream)
+
+    async def one(path: str, wait: float) -> None:
+        access.record(_scope(path), 200)
+        await asyncio.sleep(wait)
+
+    asyncio.run(one("/first", 0))  # its loop ends before the timer fires
+    asyncio.run(one("/second", FLUSH_AFTER_S * 5))  # a new loop: the pending lines go out on its timer
+    assert [line.split('"')[1] for line in stream.getvalue().splitlines()] == [
+        "GET /first HTTP/1.1",
+        "GET /second HTTP/1.1",
+    ]
