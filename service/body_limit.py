@@ -40,12 +40,9 @@ class BodyLimits:
         if known is not None and manifest is not None and known[0] is manifest:
             return known[1]
         result = infer_body_limit(self.plane, name, binary)
-        if manifest is not None and len(self._known) < MAX_REMEMBERED:
+        if manifest is not None:  # only models of the registry: as many keys as entries × 2
             self._known[name, binary] = (manifest, result)
         return result
-
-
-MAX_REMEMBERED = 4096  # (model, encoding) pairs; names come from the repository, so this is never reached
 
 
 def infer_body_limit(plane: DataPlane, name: str, binary: bool) -> tuple[int, str]:

@@ -11,6 +11,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,18 @@ IMAGE = (3, 8, 8)  # per-sample shape of the image input
 FEATURES = 5  # per-sample width of the feature input
 TOKENS = 6  # token ids per sample
 VOCABULARY = 10
+
+
+def image_samples(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-2, 2, size=(count, *IMAGE)).astype(np.float32)
+
+
+def feature_samples(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(count, FEATURES)).astype(np.float32)
+
+
+def id_samples(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCABULARY, size=(count, TOKENS), dtype=np.int64)
 
 
 class TwoInputs(nn.Module):

@@ -10,7 +10,6 @@ and `bnfold verify` fail, naming the file and the rule.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,16 +27,21 @@ import torch
 from pydantic import SecretStr
 
 from bnfold.contract.external_data import external_references
+from bnfold.contract.hashing import sha256_file
 from bnfold.contract.op_count import count_op
 from bnfold.service.settings import Settings
-from tests.models.external_nets import build, export_with_external_data
+from tests.models.external_nets import (
+    ENTRY_FILES,
+    INLINE_FILES,
+    assert_self_contained,
+    build,
+    export_with_external_data,
+)
 from tests.service.oracle import json_request, run_directly
 from tests.service.server import RunningServer, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "external-token"
-INLINE_FILES = {"model.json", "calibration.npz", "unfolded.onnx", "folded.onnx"}
-ENTRY_FILES = INLINE_FILES | {"unfolded.onnx.data", "folded.onnx.data"}
 NOT_READY = "is not ready; the reason is shown with the bearer token and in the server log"
 
 
@@ -46,10 +50,6 @@ def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "bnfold.cli", *map(str, args)]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +72,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Modu
 
 def test_the_entry_holds_every_file_it_loads_each_hashed(built: tuple[Path, torch.nn.Module]) -> None:
     entry = built[0] / "m"
-    assert {path.name for path in entry.iterdir()} == ENTRY_FILES
-    manifest = json.loads((entry / "model.json").read_text())
+    manifest = assert_self_contained(entry)
     for variant in ("unfolded", "folded"):
-        spec = manifest["variants"][variant]
-        data = entry / f"{variant}.onnx.data"
-        assert spec["sha256"] == sha256(entry / f"{variant}.onnx")
-        assert spec["external_data"] == [{"file": data.name, "sha256": sha256(data)}]
+        spec, data = manifest["variants"][variant], entry / f"{variant}.onnx.data"
         references = external_references((entry / spec["file"]).read_bytes())
         assert {reference.location for reference in references} == {data.name}
         assert "conv.weight" in {reference.tensor for reference in references} or variant == "folded"
@@ -136,12 +132,12 @@ def test_tampered_external_data_fails_verify_and_makes_the_entry_unavailable(
     _copy_entry(built, repository, "good")
     bad = _copy_entry(built, repository, "bad")
     data = bad / "folded.onnx.data"
-    declared = sha256(data)
+    declared = sha256_file(data)
     _negate_weights(data)
     x = np.random.default_rng(5).normal(size=(4, 3, 8, 8)).astype(np.float32)
     assert not np.allclose(run_directly(bad, "folded", x), run_directly(bad, "unfolded", x), atol=1e-3)
     reason = (
-        f"sha256 of folded.onnx.data is {sha256(data)[:16]}..., model.json says {declared[:16]}...: "
+        f"sha256 of folded.onnx.data is {sha256_file(data)[:16]}..., model.json says {declared[:16]}...: "
         "the file was truncated or replaced; rebuild the entry"
     )
     ran = cli(tmp_path, "verify", bad)
@@ -175,7 +171,7 @@ def _relocate(entry: Path, location: str, declared: list[dict[str, str]]) -> Non
                 item.value = location
     path.write_bytes(model.SerializeToString())
     manifest = json.loads((entry / "model.json").read_text())
-    manifest["variants"]["unfolded"].update(sha256=sha256(path), external_data=declared)
+    manifest["variants"]["unfolded"].update(sha256=sha256_file(path), external_data=declared)
     (entry / "model.json").write_text(json.dumps(manifest))
 
 
@@ -191,19 +187,19 @@ RULE = "external data must be a file inside the entry directory"
 
 def _case_parent(entry: Path) -> tuple[str, list[dict[str, str]], str]:
     shutil.copy(entry / "unfolded.onnx.data", entry.parent / "x")
-    declared = [{"file": "../x", "sha256": sha256(entry.parent / "x")}]
+    declared = [{"file": "../x", "sha256": sha256_file(entry.parent / "x")}]
     return "../x", declared, f"unfolded.onnx's external data '../x' contains '..'; {RULE}"
 
 
 def _case_absolute(entry: Path) -> tuple[str, list[dict[str, str]], str]:
-    declared = [{"file": "/etc/passwd", "sha256": sha256(Path("/etc/passwd"))}]
+    declared = [{"file": "/etc/passwd", "sha256": sha256_file(Path("/etc/passwd"))}]
     return "/etc/passwd", declared, f"unfolded.onnx's external data '/etc/passwd' is an absolute path; {RULE}"
 
 
 def _case_symlink(entry: Path) -> tuple[str, list[dict[str, str]], str]:
     outside = _outside_copy(entry)
     (entry / "link.data").symlink_to(outside)
-    declared = [{"file": "link.data", "sha256": sha256(outside)}]
+    declared = [{"file": "link.data", "sha256": sha256_file(outside)}]
     reason = "unfolded.onnx's external data 'link.data' resolves outside the entry directory (a symlink); copy the "
     return "link.data", declared, reason + "file into the entry"
 

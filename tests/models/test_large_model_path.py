@@ -15,8 +15,6 @@ control test shows the wrapper bites: the in-memory path, on the same model with
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -41,13 +39,12 @@ from bnfold.models.errors import BadInputError
 from bnfold.models.export.entry_check import verify_entry
 from bnfold.models.export.fold_and_export import fold_and_export
 from bnfold.service.settings import Settings
+from tests.models.external_nets import assert_self_contained
 from tests.service.oracle import json_request
 from tests.service.server import running_server
 
 SMALL = Shape(hidden=48)  # fc.weight 48 × 16,384 float32 = 3.1 MB; all weights 3.3 MB
 BUDGET = 256 * 1024
-ENTRY_FILES = {"model.json", "calibration.npz", "unfolded.onnx", "folded.onnx", "unfolded.onnx.data",
-               "folded.onnx.data"}  # fmt: skip
 
 
 class OverBudget(BaseException):
@@ -121,10 +118,6 @@ def reference(model: Path, x: NDArray[np.float32]) -> NDArray[np.float64]:
     return (h @ weights["head.weight"] + weights["head.bias"]).numpy()
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def repository(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
     """fold-and-export of the source, run from another directory with the budget and the checker recorded;
@@ -151,13 +144,7 @@ def test_fold_and_export_never_builds_the_whole_model_and_checks_by_path(reposit
 
 def test_the_entry_holds_its_data_files_each_hashed(repository: Any, source: Path) -> None:
     entry = repository[0] / "m"
-    assert {path.name for path in entry.iterdir()} == ENTRY_FILES
-    manifest = json.loads((entry / "model.json").read_text())
-    for variant in ("unfolded", "folded"):
-        spec = manifest["variants"][variant]
-        data = entry / f"{variant}.onnx.data"
-        assert spec["sha256"] == sha256(entry / f"{variant}.onnx")
-        assert spec["external_data"] == [{"file": data.name, "sha256": sha256(data)}]
+    manifest = assert_self_contained(entry)
     assert (entry / "unfolded.onnx.data").stat().st_size == (source.parent / DATA_FILE).stat().st_size
     graphs = {variant: onnx.load(str(entry / f"{variant}.onnx"), load_external_data=False) for variant in
               ("unfolded", "folded")}  # fmt: skip

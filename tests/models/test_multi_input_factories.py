@@ -13,8 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from bnfold.contract.op_count import count_op
 from tests.models import multi_input_nets
 from tests.models.cli_helpers import bnfold, repository_contents
+from tests.models.multi_input_nets import feature_samples, id_samples, image_samples
 
 NETS = "tests/models/multi_input_nets.py"
 PREFIX = "bnfold fold-and-export: "
@@ -26,26 +28,9 @@ def _weights(tmp_path: Path, model: nn.Module) -> Path:
     return path
 
 
-def _batchnorms(path: Path) -> int:
-    return sum(node.op_type == "BatchNormalization" for node in onnx.load(str(path)).graph.node)
-
-
-def _image(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-2, 2, size=(count, *multi_input_nets.IMAGE)).astype(np.float32)
-
-
-def _features(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(count, multi_input_nets.FEATURES)).astype(np.float32)
-
-
-def _ids(count: int, seed: int) -> np.ndarray:
-    vocabulary, tokens = multi_input_nets.VOCABULARY, multi_input_nets.TOKENS
-    return np.random.default_rng(seed).integers(0, vocabulary, size=(count, tokens), dtype=np.int64)
-
-
 def _check_entry(entry: Path, model: nn.Module, feeds: dict[str, np.ndarray], output: str = "output") -> None:
     """BatchNormalization in unfolded.onnx only; both variants give the module's outputs on `feeds`."""
-    assert (_batchnorms(entry / "unfolded.onnx"), _batchnorms(entry / "folded.onnx")) == (
+    assert tuple(count_op(onnx.load(str(entry / f"{v}.onnx"))) for v in ("unfolded", "folded")) == (
         sum(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()),
         0,
     )
@@ -63,7 +48,7 @@ def _check_entry(entry: Path, model: nn.Module, feeds: dict[str, np.ndarray], ou
 
 def test_a_two_input_factory_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     model = multi_input_nets.build_two_inputs()
-    image, features = _image(70, seed=1), _features(70, seed=2)
+    image, features = image_samples(70, seed=1), feature_samples(70, seed=2)
     calibration = tmp_path / "samples.npz"
     np.savez(calibration, image=image, features=features)
     repository = tmp_path / "repo"
@@ -90,7 +75,7 @@ def test_token_ids_keep_their_dtype_and_input_names_key_the_samples(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     model = multi_input_nets.build_image_and_tokens()
-    image, ids = _image(8, seed=3).astype(np.float64), _ids(8, seed=4)
+    image, ids = image_samples(8, seed=3).astype(np.float64), id_samples(8, seed=4)
     calibration = tmp_path / "samples.npz"
     np.savez(calibration, tokens=ids, pixels=image)  # keyed by --input-names, which follow forward's order
     repository = tmp_path / "repo"
@@ -113,7 +98,7 @@ def test_a_parameter_with_a_default_is_an_input_when_the_samples_name_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     model = multi_input_nets.build_optional_features()
-    image, features = _image(6, seed=5), _features(6, seed=6)
+    image, features = image_samples(6, seed=5), feature_samples(6, seed=6)
     calibration = tmp_path / "samples.npz"
     np.savez(calibration, image=image, features=features)
     repository = tmp_path / "repo"
@@ -154,9 +139,13 @@ def test_what_a_several_input_factory_refuses(
         "npy": tmp_path / "samples.npy",
         "wrong": tmp_path / "wrong.npz",
     }
-    np.savez(paths["npz"], image=_image(4, 1), features=_features(4, 2))
-    np.save(paths["npy"], _image(4, 1))
-    np.savez(paths["wrong"], image=_image(4, 1), features=_features(4, 2)[:, :4])
+    np.savez(paths["npz"], image=image_samples(4, 1), features=feature_samples(4, 2))
+    np.save(paths["npy"], image_samples(4, 1))
+    np.savez(
+        paths["wrong"],
+        image=image_samples(4, 1),
+        features=feature_samples(4, 2)[:, :4],
+    )
     spec = f"{NETS}:{factory}"
     model = getattr(multi_input_nets, factory)()
     filled = [arg.format(**paths) for arg in argv]

@@ -14,9 +14,11 @@ import pytest
 import torch
 from torch import nn
 
+from bnfold.contract.op_count import count_op
 from bnfold.service.settings import Settings
 from tests.models import multi_input_nets, tiny_nets
 from tests.models.cli_helpers import bnfold, repository_contents
+from tests.models.multi_input_nets import feature_samples, id_samples, image_samples
 from tests.service.server import running_server
 
 PREFIX = "bnfold fold-and-export: "
@@ -36,30 +38,13 @@ def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     one = multi_input_nets.export_file(
         tiny_nets.build(), directory / "one.onnx", ["input"], ["output"], (torch.randn(2, 3, 8, 8),)
     )
-    assert [_batchnorms(path) for path in (two, tokens, one)] == [2, 1, 1]  # the exporter kept every BN
+    assert [count_op(onnx.load(str(path))) for path in (two, tokens, one)] == [2, 1, 1]  # the exporter kept every BN
     return {"two": two, "tokens": tokens, "one": one}
-
-
-def _batchnorms(path: Path) -> int:
-    return sum(node.op_type == "BatchNormalization" for node in onnx.load(str(path)).graph.node)
 
 
 def _io_names(path: Path) -> tuple[list[str], list[str]]:
     graph = onnx.load(str(path)).graph
     return [value.name for value in graph.input], [value.name for value in graph.output]
-
-
-def _image(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-2, 2, size=(count, *multi_input_nets.IMAGE)).astype(np.float32)
-
-
-def _features(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(count, multi_input_nets.FEATURES)).astype(np.float32)
-
-
-def _ids(count: int, seed: int) -> np.ndarray:
-    vocabulary, tokens = multi_input_nets.VOCABULARY, multi_input_nets.TOKENS
-    return np.random.default_rng(seed).integers(0, vocabulary, size=(count, tokens), dtype=np.int64)
 
 
 def _reference(model: nn.Module, *arrays: np.ndarray) -> np.ndarray:
@@ -79,7 +64,7 @@ def _assert_variants_match(entry: Path, feeds: dict[str, np.ndarray], expected: 
 def test_two_input_graph_calibrates_on_the_first_64_samples_of_each_input(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, graphs: dict[str, Path]
 ) -> None:
-    image, features = _image(70, seed=1), _features(70, seed=2)
+    image, features = image_samples(70, seed=1), feature_samples(70, seed=2)
     calibration = tmp_path / "samples.npz"
     np.savez(calibration, features=features, image=image)  # key order differs from the graph's input order
     repository = tmp_path / "repo"
@@ -89,7 +74,10 @@ def test_two_input_graph_calibrates_on_the_first_64_samples_of_each_input(
     assert f"note: --calibration {calibration} holds 70 samples; using the first 64" in ran.err.splitlines()
     assert ran.json()["batchnorm_nodes"] == {"unfolded": 2, "folded": 0}
     entry = repository / "two"
-    assert (_batchnorms(entry / "unfolded.onnx"), _batchnorms(entry / "folded.onnx")) == (2, 0)
+    assert tuple(count_op(onnx.load(str(entry / f"{v}.onnx"))) for v in ("unfolded", "folded")) == (
+        2,
+        0,
+    )
     with np.load(entry / "calibration.npz", allow_pickle=False) as stored:
         assert stored.files == ["image", "features"]
         for name, given in (("image", image), ("features", features)):
@@ -112,7 +100,7 @@ def test_int64_token_ids_need_real_samples(
             "stand in only for float32/float64 inputs; pass --calibration FILE with real samples of every "
             "input")  # fmt: skip
     assert repository_contents(tmp_path / "refused") == []
-    image, ids = _image(12, seed=3), _ids(12, seed=4)
+    image, ids = image_samples(12, seed=3), id_samples(12, seed=4)
     calibration = tmp_path / "samples.npz"
     np.savez(calibration, image=image, ids=ids.astype(np.int32))  # int32 ids fit the int64 input: cast
     repository = tmp_path / "repo"
@@ -134,7 +122,7 @@ def test_int64_token_ids_need_real_samples(
 def test_renamed_inputs_and_outputs_reach_both_graphs_the_metadata_and_the_server(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, graphs: dict[str, Path]
 ) -> None:
-    image, ids = _image(16, seed=5), _ids(16, seed=6)
+    image, ids = image_samples(16, seed=5), id_samples(16, seed=6)
     calibration = tmp_path / "samples.npz"
     np.savez(calibration, pixels=image, tokens=ids)  # keyed by the NEW names
     repository = tmp_path / "repo"
@@ -145,7 +133,10 @@ def test_renamed_inputs_and_outputs_reach_both_graphs_the_metadata_and_the_serve
     entry = repository / "renamed"
     for variant in ("unfolded", "folded"):
         assert _io_names(entry / f"{variant}.onnx") == (["pixels", "tokens"], ["logits"]), variant
-    assert (_batchnorms(entry / "unfolded.onnx"), _batchnorms(entry / "folded.onnx")) == (1, 0)
+    assert tuple(count_op(onnx.load(str(entry / f"{v}.onnx"))) for v in ("unfolded", "folded")) == (
+        1,
+        0,
+    )
     with np.load(entry / "calibration.npz", allow_pickle=False) as stored:
         assert stored.files == ["pixels", "tokens"]
     verified = bnfold(capsys, "verify", entry)
@@ -159,7 +150,7 @@ def test_renamed_inputs_and_outputs_reach_both_graphs_the_metadata_and_the_serve
             {"name": "tokens", "datatype": "INT64", "shape": [-1, 6]},
         ]
         assert metadata["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 2]}]
-        x, t = _image(3, seed=7), _ids(3, seed=8)
+        x, t = image_samples(3, seed=7), id_samples(3, seed=8)
         body = {"inputs": [
             {"name": "pixels", "datatype": "FP32", "shape": [3, 3, 8, 8], "data": x.ravel().tolist()},
             {"name": "tokens", "datatype": "INT64", "shape": [3, 6], "data": t.ravel().tolist()},
@@ -200,31 +191,31 @@ def _save(path: Path, **arrays: np.ndarray) -> Path:
 
 
 UNUSABLE_SAMPLES = [
-    ("two", "x.npz", {"image": _image(4, 1)},
+    ("two", "x.npz", {"image": image_samples(4, 1)},
      "--calibration {path} has no array for input(s) features (it holds image); save one array per input, keyed by "
      "the input names image, features"),
-    ("two", "x.npz", {"image": _image(4, 1), "features": _features(4, 2), "labels": np.zeros(4)},
+    ("two", "x.npz", {"image": image_samples(4, 1), "features": feature_samples(4, 2), "labels": np.zeros(4)},
      "--calibration {path} holds array(s) labels for no input of the model; save one array per input, keyed by the "
      "input names image, features"),
-    ("two", "x.npy", {"array": _image(4, 1)},
+    ("two", "x.npy", {"array": image_samples(4, 1)},
      "--calibration {path} is a single array, but the model takes 2 inputs (image, features): save a .npz with one "
      "array per input, keyed by the input names"),
-    ("tokens", "x.npz", {"image": _image(4, 1), "ids": _ids(4, 2).astype(np.float32)},
+    ("tokens", "x.npz", {"image": image_samples(4, 1), "ids": id_samples(4, 2).astype(np.float32)},
      "--calibration {path} array 'ids' has dtype float32; input 'ids' is int64: save integer samples"),
-    ("tokens", "x.npz", {"image": _image(4, 1).astype(np.int64), "ids": _ids(4, 2)},
+    ("tokens", "x.npz", {"image": image_samples(4, 1).astype(np.int64), "ids": id_samples(4, 2)},
      "--calibration {path} array 'image' has dtype int64; input 'image' is float32: save float samples"),
-    ("two", "x.npz", {"image": _image(4, 1), "features": _features(4, 2)[:, :4]},
+    ("two", "x.npz", {"image": image_samples(4, 1), "features": feature_samples(4, 2)[:, :4]},
      "--calibration {path} array 'features' holds samples of shape (4,), but input 'features' takes (5,); save "
      "samples of the model's input shape (samples first)"),
-    ("two", "x.npz", {"image": _image(4, 1)[:, 0], "features": _features(4, 2)},
+    ("two", "x.npz", {"image": image_samples(4, 1)[:, 0], "features": feature_samples(4, 2)},
      "--calibration {path} array 'image' holds samples of shape (8, 8), but input 'image' takes (3, 8, 8); save "
      "samples of the model's input shape (samples first)"),
-    ("two", "x.npz", {"image": _image(10, 1), "features": _features(9, 2)},
+    ("two", "x.npz", {"image": image_samples(10, 1), "features": feature_samples(9, 2)},
      "--calibration {path} holds different numbers of samples per input (image 10, features 9); give every input "
      "the same number of samples (the leading axis)"),
-    ("two", "x.npz", {"image": _image(0, 1), "features": _features(0, 2)},
+    ("two", "x.npz", {"image": image_samples(0, 1), "features": feature_samples(0, 2)},
      "--calibration {path} array 'image' holds no samples; save an array of shape (samples, …)"),
-    ("one", "x.npz", {"a": _image(4, 1), "b": _image(4, 2)},
+    ("one", "x.npz", {"a": image_samples(4, 1), "b": image_samples(4, 2)},
      "--calibration {path} holds 2 arrays (a, b); the model takes one input: save one array"),
 ]  # fmt: skip
 
@@ -278,7 +269,7 @@ def test_names_that_do_not_fit_the_graph(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, graphs: dict[str, Path], argv: list[str], message: str
 ) -> None:
     weight = _an_initializer(graphs["two"])
-    samples = _save(tmp_path / "x.npz", image=_image(4, 1), features=_features(4, 2))
+    samples = _save(tmp_path / "x.npz", image=image_samples(4, 1), features=feature_samples(4, 2))
     filled = [arg.format(weight=weight, samples=samples) for arg in argv]
     ran = bnfold(capsys, "fold-and-export", "--model", graphs["two"], *filled, "--out", tmp_path / "repo")
     assert (ran.code, ran.err.strip()) == (2, PREFIX + message.format(weight=weight))
