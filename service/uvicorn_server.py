@@ -2,8 +2,9 @@
 
 `build_server(app, settings)` makes a `uvicorn.Config` from the settings — keep-alive timeout, graceful
 shutdown bound, HTTP implementation (h11 or httptools; "auto" = httptools when installed) wrapped by
-`guarded_protocol` — and a `GuardedServer`, whose main-loop tick (every 0.1 s) also sweeps the connections
-every 0.5 s and flushes the rate-limited log's counts.
+`coalescing_protocol` (one socket write per small response) and `guarded_protocol` — and a `GuardedServer`,
+whose main-loop tick (every 0.1 s) also sweeps the connections every 0.5 s and flushes the rate-limited log's
+counts.
 
 The connection cap is lowered, if needed, to what the process's open-file limit leaves: RLIMIT_NOFILE minus
 the descriptors already open minus a reserve for model files, log files and onnxruntime; a server that runs
@@ -22,6 +23,7 @@ import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from bnfold.service.app import ServiceApp
+from bnfold.service.coalesced_writes import coalescing_protocol
 from bnfold.service.connection_guard import Bounds, ConnectionGuard, guarded_protocol
 from bnfold.service.rate_limited_log import RateLimitFilter, install
 from bnfold.service.settings import Settings
@@ -63,7 +65,7 @@ def server_parts(
     base = AutoHTTPProtocol if settings.http_protocol == "auto" else _protocol_class(settings.http_protocol)
     uvicorn_config = uvicorn.Config(
         app,
-        http=guarded_protocol(base, guard),
+        http=guarded_protocol(coalescing_protocol(base), guard),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
         access_log=False,  # the app writes its own, cheaper (service.access_log)
