@@ -40,6 +40,10 @@ def numpy_dtype(v2_name: str) -> np.dtype[Any]:
 
 def v2_name(dtype: Any) -> str:
     """The V2 datatype name of a numpy dtype (byte order ignored); ContractError for other dtypes."""
+    if isinstance(dtype, np.dtype):
+        known = NUMPY_TO_V2.get(dtype)  # a native-order dtype: one lookup (on every response's outputs)
+        if known is not None:
+            return known
     try:
         dtype = np.dtype(dtype)
         return NUMPY_TO_V2[dtype.newbyteorder("<")]

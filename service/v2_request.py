@@ -17,6 +17,7 @@ import orjson
 
 from bnfold.service.datatypes import numpy_dtype
 from bnfold.service.errors import BadRequestError, PayloadTooLargeError
+from bnfold.service.finite import non_finite_at
 from bnfold.service.repository import TensorSpec
 
 BINARY_HEADER = "Inference-Header-Content-Length"  # HTTP header names are case-insensitive
@@ -92,7 +93,7 @@ def decode_inputs(
     offset = 0
     for item in items:
         spec = _declared_spec(item, declared, arrays)
-        array, used = _decode_one(item, spec, tail[offset:])
+        array, used = _decode_one(item, spec, tail[offset:] if tail else tail)
         offset += used
         arrays[spec.name] = array
     _check_complete(arrays, specs)
@@ -140,7 +141,7 @@ def _decode_one(item: dict[str, Any], spec: TensorSpec, tail: memoryview) -> tup
 
 
 def _checked_shape(shape: Any, spec: TensorSpec) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    if type(shape) is not list or any(type(d) is not int for d in shape):  # JSON gives exact ints (bool is not)
         raise BadRequestError(f"input {spec.name!r} needs 'shape' as a list of integers, like {list(spec.shape)}")
     if len(shape) != len(spec.shape):
         raise BadRequestError(
@@ -193,10 +194,14 @@ _KIND_NAMES = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans"
 
 
 def _check_batch(arrays: dict[str, np.ndarray], limits: Limits) -> None:
-    batches = {name: array.shape[0] for name, array in arrays.items() if array.ndim}
-    if len(set(batches.values())) > 1:
-        raise BadRequestError(f"inputs have different batch sizes {batches}; send the same axis-0 size")
-    batch = max(batches.values(), default=1)
+    if len(arrays) == 1:
+        (array,) = arrays.values()
+        batch = array.shape[0] if array.ndim else 1
+    else:
+        batches = {name: array.shape[0] for name, array in arrays.items() if array.ndim}
+        if len(set(batches.values())) > 1:
+            raise BadRequestError(f"inputs have different batch sizes {batches}; send the same axis-0 size")
+        batch = max(batches.values(), default=1)
     if batch == 0:
         raise BadRequestError("inputs have batch size 0; send at least one sample")
     if batch > limits.max_batch_size:
@@ -208,8 +213,8 @@ def _check_batch(arrays: dict[str, np.ndarray], limits: Limits) -> None:
 
 def _check_finite(arrays: dict[str, np.ndarray]) -> None:
     for name, array in arrays.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            index = int(np.flatnonzero(~np.isfinite(array.reshape(-1)))[0])
+        index = non_finite_at(array)
+        if index is not None:
             raise BadRequestError(
                 f"input {name!r} contains NaN or Inf (first at flat index {index}); send finite values "
                 "or start the server with BNFOLD_ALLOW_NON_FINITE=true"

@@ -24,6 +24,7 @@ import orjson
 
 from bnfold.service.datatypes import v2_name
 from bnfold.service.errors import BadRequestError, UnrepresentableOutputError
+from bnfold.service.finite import non_finite_at, non_finite_in_list
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,8 @@ def encode(header: dict[str, Any], outputs: dict[str, np.ndarray], request: Outp
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            require_finite(name, array, BINARY_FIX)
-            entry["data"] = array.reshape(-1).tolist()
+            entry["data"] = data = array.reshape(-1).tolist()
+            _require_finite_at(name, array, non_finite_in_list(data, array), BINARY_FIX)
         entries.append(entry)
     document = encode_json({**header, "outputs": entries})
     if not chunks:
@@ -91,17 +92,12 @@ BINARY_FIX = (
 )
 
 
-def non_finite_at(array: np.ndarray) -> int | None:
-    """Flat index of the first NaN/±Inf of a floating-point array, else None."""
-    if array.dtype.kind != "f":
-        return None
-    bad = ~np.isfinite(array.reshape(-1))
-    return int(bad.argmax()) if bad.any() else None
-
-
 def require_finite(name: str, array: np.ndarray, fix: str) -> None:
     """UnrepresentableOutputError (422) when output `name` holds NaN/±Inf, which JSON cannot carry."""
-    index = non_finite_at(array)
+    _require_finite_at(name, array, non_finite_at(array), fix)
+
+
+def _require_finite_at(name: str, array: np.ndarray, index: int | None, fix: str) -> None:
     if index is not None:
         value = array.reshape(-1)[index]
         raise UnrepresentableOutputError(
