@@ -84,8 +84,9 @@ class DataPlane:
         return Outcome(outputs, variant.name, None, failed_over, {variant.name: seconds})
 
     def alone(self) -> bool:
-        """Whether the request being run is the only one the server has in progress (HTTP, one at most)."""
-        return self.http_requests is not None and len(self.http_requests) <= 1 and self.grpc_calls == 0
+        """Whether the request being run is the only one the server has in progress: HTTP requests and gRPC
+        inference calls together (the caller counts itself) are at most one."""
+        return self.http_requests is not None and len(self.http_requests) + self.grpc_calls <= 1
 
     async def _run(self, model: ServedModel, variant: str, inputs: Tensors) -> Timed:
         start = time.perf_counter()

@@ -92,7 +92,11 @@ def test_the_server_gives_the_plane_its_request_tasks(entry: Path) -> None:
     assert plane.alone() is False  # a second request in progress
     tasks.pop()
     plane.grpc_calls = 1
-    assert plane.alone() is False  # a gRPC call in progress
+    assert plane.alone() is False  # an HTTP request and a gRPC call in progress
+    tasks.pop()
+    assert plane.alone() is True  # the gRPC call alone
+    plane.grpc_calls = 2
+    assert plane.alone() is False  # two gRPC calls
 
 
 @pytest.mark.parametrize(("run_slots", "largest"), [(1, 8), (2, 4)])
