@@ -49,7 +49,8 @@ screenshots: $(BIN)/.installed deploy-tools
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run_all
 
-## bnfold beside the bare ASGI floor, a naive FastAPI server, KServe and MLServer (needs wrk: apt-get install -y wrk;
+## bnfold beside the bare ASGI and gRPC floors, a naive FastAPI server, KServe and MLServer (needs wrk and h2load:
+## apt-get install -y wrk nghttp2-client;
 ## KServe and MLServer get virtualenvs of their own under ~/.cache/bnfold/peers on first run).
 bench-peers: repository
 	$(BIN)/python -m bench.peers --repository $(REPOSITORY)

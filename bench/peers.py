@@ -13,7 +13,12 @@ V2 binary) from the same load generator (wrk, one thread, keep-alive; bench.wrk_
     MLServer           mlserver with bench.peer_servers.mlserver_onnx, default settings and parallel_workers=0
     bnfold             `bnfold serve` on the whole repository: as shipped (log level info, so an access log line
                        per request; equivalence policy sample 1 %), and with log level warning and policy off
-                       over V2 JSON and V2 binary
+                       over V2 JSON, V2 binary and V2 gRPC
+    gRPC floor         bench.grpc_floor: grpcio's asyncio server on uvloop (what bnfold's gRPC port runs on),
+                       answering fixed bytes as long as bnfold's answer
+
+The gRPC rows get the same tensor as raw_input_contents from h2load (Debian package nghttp2-client; a C client
+like wrk, one HTTP/2 connection per request in flight; bench.h2load_grpc), which checks every answer's length.
 
 KServe and MLServer run in virtualenvs of their own, created on first use (bench.peer_envs). Rounds are
 interleaved: each round starts every server in turn (rotated order), alone on the machine while measured,
@@ -23,7 +28,7 @@ request (/proc utime+stime of its process tree over the window). Prints the mach
 markdown table; saves bench/results/peers.json.
 
 A new server is one more `Peer` in PEERS: a name, how to start it, and how to check and load it (wrk with an
-HTTP body; GrpcPeer: bench.grpc_load's Python loop, the only row not loaded by wrk).
+HTTP body; GrpcPeer: h2load with a gRPC frame, bench.h2load_grpc).
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tritonclient.grpc import service_pb2
 
 from bench.common import machine_description, markdown_table, package_version, save_results
-from bench.grpc_load import infer_once, measure_grpc
-from bench.http_load import Target, send_once
+from bench.grpc_load import infer_once
+from bench.h2load_grpc import h2load_binary, run_h2load_grpc
+from bench.http_load import send_once
 from bench.peer_envs import KSERVE, MLSERVER, python_of
-from bench.processes import ROOT, Server, bare_server, bnfold_serve, free_port, running
+from bench.processes import ROOT, Server, bare_server, bnfold_serve, free_port, grpc_floor, running
 from bench.serving import build_zoo
 from bench.serving_inputs import ModelRequests, first_output, folded_session, model_requests
 from bench.wrk_load import HttpBody, WrkRun, run_wrk, wrk_binary
@@ -95,19 +102,15 @@ class Peer:
 
 @dataclass(frozen=True)
 class GrpcPeer(Peer):
-    """A V2 gRPC server: the same tensor as raw_input_contents, loaded by bench.grpc_load's Python loop (one
-    channel per request in flight) over windows of 1 s instead of by wrk."""
+    """A V2 gRPC server: the same tensor as raw_input_contents, loaded by h2load (bench.h2load_grpc: a C client,
+    one HTTP/2 connection per request in flight) instead of wrk."""
 
     kind: str = "grpc"
 
     def load(self, setup: Setup, server: Server, concurrency: int, seconds: float) -> WrkRun:
-        windows = max(3, round(seconds))
-        target = Target(self._port(server), setup.requests.grpc, server.pid)
-        found = measure_grpc(target, concurrency, window_s=1.0, max_windows=windows)
-        counted = round(found.throughput_rps * min(3, len(found.windows)))
-        return WrkRun(
-            concurrency, found.throughput_rps, found.p50_ms, found.p90_ms, found.p99_ms, counted, found.server_cpu_us
-        )
+        port = self._port(server)
+        answer_length = len(infer_once(port, setup.requests.grpc).SerializeToString())
+        return run_h2load_grpc(port, setup.requests.grpc, answer_length, concurrency, seconds, server.pid)
 
     def check(self, setup: Setup, server: Server) -> None:
         response = infer_once(self._port(server), setup.requests.grpc)
@@ -122,6 +125,20 @@ class GrpcPeer(Peer):
 
 def expected_output(setup: Setup) -> np.ndarray:
     return folded_session(setup.requests.entry, 1).run(None, setup.requests.inputs)[0]
+
+
+def _grpc_floor(setup: Setup) -> AbstractContextManager[Server]:
+    """bench.grpc_floor answering what bnfold answers: the model's output as raw contents, with bnfold's
+    model name, version and parameters (so the answer has the same length)."""
+    manifest = json.loads((setup.requests.entry / "model.json").read_text())
+    output = expected_output(setup)
+    response = service_pb2.ModelInferResponse(model_name=MODEL, model_version="folded")
+    response.parameters["bnfold_variant"].string_param = "folded"
+    response.parameters["bnfold_equivalence_checked"].bool_param = False
+    response.parameters["bnfold_failed_over"].bool_param = False
+    response.outputs.add(name=manifest["outputs"][0]["name"], datatype="FP32", shape=output.shape)
+    response.raw_output_contents.append(output.tobytes())
+    return grpc_floor(response.SerializeToString())
 
 
 def _fastapi(setup: Setup) -> AbstractContextManager[Server]:
@@ -180,7 +197,8 @@ PEERS: tuple[Peer, ...] = (
     Peer("bnfold serve as shipped (access log, policy sample 1 %), V2 JSON", _bnfold_as_shipped, "json"),
     Peer("bnfold serve, no access log, policy off, V2 JSON", _bnfold, "json"),
     Peer("bnfold serve, no access log, policy off, V2 binary", _bnfold, "binary"),
-    GrpcPeer("bnfold serve, no access log, policy off, V2 gRPC (Python grpc.aio client)", _bnfold),
+    GrpcPeer("bare gRPC floor (grpcio asyncio server on uvloop, fixed answer), gRPC", _grpc_floor),
+    GrpcPeer("bnfold serve, no access log, policy off, V2 gRPC", _bnfold),
 )
 
 
@@ -248,6 +266,7 @@ def main() -> None:
     arguments = parser.parse_args()
     rounds, seconds = (1, 2.0) if arguments.quick else (arguments.rounds, arguments.seconds)
     wrk_binary()
+    h2load_binary()
     for name in ("kserve", "mlserver"):
         python_of(name)  # build the peers' virtualenvs before anything is timed
     with tempfile.TemporaryDirectory(prefix="bnfold-peers-") as temporary:

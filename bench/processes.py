@@ -102,3 +102,27 @@ def bare_server() -> Iterator[Server]:
     command = [sys.executable, "-m", "bench.bare_server", "--port", str(port)]
     with running(command, port, "/", dict(os.environ), timeout=60) as server:
         yield server
+
+
+@contextmanager
+def grpc_floor(response: bytes) -> Iterator[Server]:
+    """bench.grpc_floor answering `response` (a serialised ModelInferResponse), on a free port (Server.grpc_port;
+    it serves no HTTP), ready once a gRPC channel to it connects."""
+    import grpc
+
+    port = free_port()
+    with tempfile.NamedTemporaryFile(suffix=".pb") as answer, tempfile.TemporaryFile() as output:
+        answer.write(response)
+        answer.flush()
+        command = [sys.executable, "-m", "bench.grpc_floor", "--port", str(port), "--response", answer.name]
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=60)
+                except grpc.FutureTimeoutError:
+                    output.seek(0)
+                    raise RuntimeError(f"gRPC floor did not start: {output.read().decode(errors='replace')}") from None
+            yield Server(port, process.pid, port)
+        finally:
+            _stop(process)

@@ -1,0 +1,80 @@
+"""h2load (Debian package `nghttp2-client`) as the gRPC load generator of the peer comparison: a C client, so
+that on a 2-core machine the server is not measured against a Python client's CPU.
+
+`concurrency` HTTP/2 connections (one stream each, as one channel per request in flight), each POSTing the same
+gRPC frame (a 0 flag byte, the 4-byte big-endian length, a serialised ModelInferRequest) to ModelInfer for a
+fixed time (closed loop). h2load knows HTTP/2, not gRPC: a failed RPC still ends with HTTP status 200, its error
+in the `grpc-status` trailer and no message. So every run is checked by the bytes received: the response DATA
+must be exactly (5 + the length of the expected response message) per request, which an error response (no
+message) or a different answer (another length) cannot give. Latency percentiles come from h2load's per-request
+log; server CPU per request is the /proc utime+stime delta of the server's process tree over the run.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench.http_load import server_cpu_seconds
+from bench.wrk_load import WrkRun
+
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def h2load_binary() -> str:
+    found = shutil.which("h2load")
+    if found is None:
+        raise SystemExit("h2load is not installed; install it with: apt-get install -y nghttp2-client")
+    return found
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """One gRPC length-prefixed message (uncompressed)."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def run_h2load_grpc(
+    port: int, request: bytes, response_length: int, concurrency: int, seconds: float, server_pid: int | None
+) -> WrkRun:
+    """h2load for `seconds` at `concurrency` connections; RuntimeError unless every request succeeded with a
+    response message of `response_length` bytes."""
+    with tempfile.TemporaryDirectory(prefix="bnfold-h2load-") as temporary:
+        work = Path(temporary)
+        (work / "frame").write_bytes(grpc_frame(request))
+        command = [h2load_binary(), "-t1", f"-c{concurrency}", "-m1", f"-D{max(1, round(seconds))}"]
+        command += ["-d", str(work / "frame"), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+        command += [f"--log-file={work / 'requests.log'}", f"http://127.0.0.1:{port}{INFER_PATH}"]
+        cpu_before = server_cpu_seconds(server_pid)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+        cpu_after = server_cpu_seconds(server_pid)
+        rows = [line.split("\t") for line in (work / "requests.log").read_text().splitlines() if line]
+    summary = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded", result.stdout)
+    finished = re.search(r"finished in ([\d.]+)s", result.stdout)
+    data = re.search(r"\((\d+)\) data", result.stdout)
+    if result.returncode != 0 or summary is None or finished is None or data is None:
+        raise RuntimeError(f"h2load failed ({result.returncode}): {result.stderr[-500:]} {result.stdout[-500:]}")
+    succeeded = int(summary[2])
+    expected = succeeded * (5 + response_length)
+    if not succeeded or int(summary[1]) != succeeded or int(data[1]) != expected:
+        raise RuntimeError(
+            f"h2load at {concurrency} connections: {summary[0]}, {data[1]} response bytes where every request "
+            f"answered would give {expected}"
+        )
+    latencies_ms = sorted(int(row[2]) / 1000 for row in rows if row[1] == "200")
+    quantiles = statistics.quantiles(latencies_ms, n=100, method="inclusive")
+    server_cpu = None
+    if cpu_before is not None and cpu_after is not None:
+        server_cpu = (cpu_after - cpu_before) / succeeded * 1e6
+    return WrkRun(
+        concurrency=concurrency,
+        throughput_rps=succeeded / float(finished[1]),
+        p50_ms=quantiles[49],
+        p90_ms=quantiles[89],
+        p99_ms=quantiles[98],
+        requests=succeeded,
+        server_cpu_us=server_cpu,
+    )
