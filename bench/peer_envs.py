@@ -1,14 +1,15 @@
-"""Virtualenvs of the peer servers (KServe, MLServer), created on first use under a cache directory.
+"""Virtualenvs of the peer servers (KServe, MLServer, grpclib), created on first use under a cache directory.
 
 Their pins conflict with bnfold's (and with each other's), so each gets its own environment:
 
     <cache>/kserve/     pip install kserve==KSERVE onnxruntime
     <cache>/mlserver/   pip install mlserver==MLSERVER onnxruntime
+    <cache>/grpclib/    pip install grpclib==GRPCLIB uvloop   (the other Python gRPC server, for its floor)
 
 <cache> is $BNFOLD_PEERS_CACHE, else ~/.cache/bnfold/peers. An environment is reused while its marker file
 (the exact requirement list it was built from) matches; otherwise it is rebuilt.
 
-    python -m bench.peer_envs            build both now (what bench.peers does first)
+    python -m bench.peer_envs            build them all now (what bench.peers does first)
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from bench.virtualenvs import cached_virtualenv
 
 KSERVE = "0.21.0"
 MLSERVER = "1.7.1"
+GRPCLIB = "0.4.9"
 REQUIREMENTS = {
     "kserve": [f"kserve=={KSERVE}", "onnxruntime", "numpy"],
     # uvloop 0.22 made asyncio.get_event_loop() raise outside a running loop, which MLServer 1.7.1's parallel
     # inference workers call at start-up: they die at once on a newer uvloop.
     "mlserver": [f"mlserver=={MLSERVER}", "uvloop==0.21.0", "onnxruntime", "numpy"],
+    "grpclib": [f"grpclib=={GRPCLIB}", "uvloop"],
 }
 
 

@@ -15,12 +15,13 @@ V2 binary) from the same load generator (wrk, one thread, keep-alive; bench.wrk_
                        per request; equivalence policy sample 1 %), and with log level warning and policy off
                        over V2 JSON, V2 binary and V2 gRPC
     gRPC floor         bench.grpc_floor: grpcio's asyncio server on uvloop (what bnfold's gRPC port runs on),
-                       answering fixed bytes as long as bnfold's answer
+                       answering fixed bytes as long as bnfold's answer; the same on grpclib, the other Python
+                       gRPC server (pure-Python HTTP/2; bench.peer_servers.grpclib_floor, own virtualenv)
 
 The gRPC rows get the same tensor as raw_input_contents from h2load (Debian package nghttp2-client; a C client
 like wrk, one HTTP/2 connection per request in flight; bench.h2load_grpc), which checks every answer's length.
 
-KServe and MLServer run in virtualenvs of their own, created on first use (bench.peer_envs). Rounds are
+KServe, MLServer and grpclib run in virtualenvs of their own, created on first use (bench.peer_envs). Rounds are
 interleaved: each round starts every server in turn (rotated order), alone on the machine while measured,
 checks its answer against onnxruntime in process, warms it up, measures 1 then 32 connections, and stops it.
 Reported per server and concurrency: the median round by throughput, with its p50/p99 and the server's CPU per
@@ -52,7 +53,7 @@ from bench.common import machine_description, markdown_table, package_version, s
 from bench.grpc_load import infer_once
 from bench.h2load_grpc import h2load_binary, run_h2load_grpc
 from bench.http_load import send_once
-from bench.peer_envs import KSERVE, MLSERVER, python_of
+from bench.peer_envs import GRPCLIB, KSERVE, MLSERVER, python_of
 from bench.processes import ROOT, Server, bare_server, bnfold_serve, free_port, grpc_floor, running
 from bench.serving import build_zoo
 from bench.serving_inputs import ModelRequests, first_output, folded_session, model_requests
@@ -128,8 +129,19 @@ def expected_output(setup: Setup) -> np.ndarray:
 
 
 def _grpc_floor(setup: Setup) -> AbstractContextManager[Server]:
-    """bench.grpc_floor answering what bnfold answers: the model's output as raw contents, with bnfold's
-    model name, version and parameters (so the answer has the same length)."""
+    """bench.grpc_floor (grpcio) answering what bnfold answers."""
+    return grpc_floor(_bnfold_like_answer(setup))
+
+
+def _grpclib_floor(setup: Setup) -> AbstractContextManager[Server]:
+    """bench.peer_servers.grpclib_floor (grpclib, its own virtualenv) answering what bnfold answers."""
+    server = (str(python_of("grpclib")), str(PEER_SERVERS / "grpclib_floor.py"))
+    return grpc_floor(_bnfold_like_answer(setup), server)
+
+
+def _bnfold_like_answer(setup: Setup) -> bytes:
+    """The serialised ModelInferResponse bnfold gives: the model's output as raw contents, with bnfold's model
+    name, version and parameters (so a floor's answer has the same length)."""
     manifest = json.loads((setup.requests.entry / "model.json").read_text())
     output = expected_output(setup)
     response = service_pb2.ModelInferResponse(model_name=MODEL, model_version="folded")
@@ -138,7 +150,7 @@ def _grpc_floor(setup: Setup) -> AbstractContextManager[Server]:
     response.parameters["bnfold_failed_over"].bool_param = False
     response.outputs.add(name=manifest["outputs"][0]["name"], datatype="FP32", shape=output.shape)
     response.raw_output_contents.append(output.tobytes())
-    return grpc_floor(response.SerializeToString())
+    return response.SerializeToString()
 
 
 def _fastapi(setup: Setup) -> AbstractContextManager[Server]:
@@ -198,6 +210,7 @@ PEERS: tuple[Peer, ...] = (
     Peer("bnfold serve, no access log, policy off, V2 JSON", _bnfold, "json"),
     Peer("bnfold serve, no access log, policy off, V2 binary", _bnfold, "binary"),
     GrpcPeer("bare gRPC floor (grpcio asyncio server on uvloop, fixed answer), gRPC", _grpc_floor),
+    GrpcPeer(f"bare gRPC floor on grpclib {GRPCLIB} (pure-Python HTTP/2, uvloop, fixed answer), gRPC", _grpclib_floor),
     GrpcPeer("bnfold serve, no access log, policy off, V2 gRPC", _bnfold),
 )
 
@@ -267,7 +280,7 @@ def main() -> None:
     rounds, seconds = (1, 2.0) if arguments.quick else (arguments.rounds, arguments.seconds)
     wrk_binary()
     h2load_binary()
-    for name in ("kserve", "mlserver"):
+    for name in ("kserve", "mlserver", "grpclib"):
         python_of(name)  # build the peers' virtualenvs before anything is timed
     with tempfile.TemporaryDirectory(prefix="bnfold-peers-") as temporary:
         repository = arguments.repository or build_zoo(Path(temporary) / "zoo")
@@ -280,6 +293,7 @@ def main() -> None:
             uvicorn=package_version("uvicorn"),
             kserve=KSERVE,
             mlserver=MLSERVER,
+            grpclib=GRPCLIB,
             rounds=rounds,
             seconds=seconds,
             request_json_body_bytes=len(HttpBody.from_request(setup.requests.json).body),

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,16 +105,17 @@ def bare_server() -> Iterator[Server]:
 
 
 @contextmanager
-def grpc_floor(response: bytes) -> Iterator[Server]:
-    """bench.grpc_floor answering `response` (a serialised ModelInferResponse), on a free port (Server.grpc_port;
-    it serves no HTTP), ready once a gRPC channel to it connects."""
+def grpc_floor(response: bytes, server: Sequence[str] = (sys.executable, "-m", "bench.grpc_floor")) -> Iterator[Server]:
+    """A gRPC floor answering `response` (a serialised ModelInferResponse) on a free port (Server.grpc_port; it
+    serves no HTTP), ready once a gRPC channel to it connects. `server`: the command before `--port P --response
+    FILE` (by default bench.grpc_floor, on grpcio)."""
     import grpc
 
     port = free_port()
     with tempfile.NamedTemporaryFile(suffix=".pb") as answer, tempfile.TemporaryFile() as output:
         answer.write(response)
         answer.flush()
-        command = [sys.executable, "-m", "bench.grpc_floor", "--port", str(port), "--response", answer.name]
+        command = [*server, "--port", str(port), "--response", answer.name]
         process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
