@@ -9,11 +9,10 @@ ModelInferResponse of the benchmarked model, so the answer is as long as bnfold'
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import grpc
 import uvloop
+
+from bench.peer_servers.floor_cli import floor_arguments
 
 
 async def serve(port: int, answer: bytes) -> None:
@@ -30,11 +29,7 @@ async def serve(port: int, answer: bytes) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--response", type=Path, required=True, help="serialised ModelInferResponse to answer")
-    arguments = parser.parse_args()
-    uvloop.run(serve(arguments.port, arguments.response.read_bytes()))
+    uvloop.run(serve(*floor_arguments(__doc__)))
 
 
 if __name__ == "__main__":

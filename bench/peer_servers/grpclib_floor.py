@@ -4,16 +4,15 @@
 
 Run in its own virtualenv (bench.peer_envs). As bench.grpc_floor does on grpcio: one unary ModelInfer handler
 with no (de)serialisation (a codec that passes bytes through) ignores the request and answers the bytes of FILE.
-grpclib answers ServerReady as UNIMPLEMENTED, which is enough for a client waiting until the port accepts calls.
+Run as a script, so `floor_cli` (standard library only) is imported from this folder.
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from typing import Any
 
 import uvloop
+from floor_cli import floor_arguments
 from grpclib.const import Cardinality, Handler
 from grpclib.encoding.base import CodecBase
 from grpclib.server import Server, Stream
@@ -27,7 +26,7 @@ class RawBytes(CodecBase):
     __content_subtype__ = "proto"
 
     def encode(self, message: Any, message_type: Any) -> bytes:
-        return bytes(message)
+        return message
 
     def decode(self, data: bytes, message_type: Any) -> bytes:
         return data
@@ -52,11 +51,7 @@ async def serve(port: int, answer: bytes) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--response", type=Path, required=True, help="serialised ModelInferResponse to answer")
-    arguments = parser.parse_args()
-    uvloop.run(serve(arguments.port, arguments.response.read_bytes()))
+    uvloop.run(serve(*floor_arguments(__doc__)))
 
 
 if __name__ == "__main__":
