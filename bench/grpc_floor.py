@@ -2,26 +2,40 @@
 
     python -m bench.grpc_floor --port 8001 --response FILE
 
-grpcio's asyncio server on uvloop (as `bnfold serve` runs it, beside uvicorn), one generic unary handler with
-no (de)serialisation: it ignores the request bytes and answers the bytes of FILE (a serialised
-ModelInferResponse of the benchmarked model, so the answer is as long as bnfold's).
+grpcio's asyncio server on uvloop (as `bnfold serve` runs it, beside uvicorn), generic handlers with no
+(de)serialisation: ModelInfer ignores the request bytes and answers the bytes of FILE (a serialised
+ModelInferResponse of the benchmarked model, so the answer is as long as bnfold's); ModelStreamInfer answers
+each request of the stream with the ModelStreamInferResponse wrapping those bytes.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 import uvloop
 
-from bench.peer_servers.floor_cli import floor_arguments
+from bench.peer_servers.floor_cli import floor_arguments, stream_answer
 
 
 async def serve(port: int, answer: bytes) -> None:
+    streamed = stream_answer(answer)
+
     async def model_infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return answer
 
+    async def model_stream_infer(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            yield streamed
+
     server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(model_infer)  # no serializers: bytes in, bytes out
-    service = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler})
+    handlers = {  # no serializers: bytes in, bytes out
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(model_stream_infer),
+    }
+    service = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
     server.add_generic_rpc_handlers((service,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2
 from bench.http_load import Measurement, Target, _Recorder, measure
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 def infer_request(model: str, inputs: dict[str, np.ndarray], datatypes: dict[str, str]) -> bytes:
@@ -56,3 +57,15 @@ def infer_once(port: int, request: bytes) -> service_pb2.ModelInferResponse:
             return bytes(await channel.unary_unary(INFER)(request))
 
     return service_pb2.ModelInferResponse.FromString(asyncio.run(once()))
+
+
+def stream_once(port: int, request: bytes) -> service_pb2.ModelStreamInferResponse:
+    """One request on a ModelStreamInfer stream of its own, its one answer decoded; for checking answers."""
+
+    async def once() -> list[bytes]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_stream(STREAM_INFER)(iter([request]))
+            return [bytes(answer) async for answer in call]
+
+    (answer,) = asyncio.run(once())
+    return service_pb2.ModelStreamInferResponse.FromString(answer)

@@ -8,6 +8,9 @@ in the `grpc-status` trailer and no message. So every run is checked by the byte
 must be exactly (5 + the length of the expected response message) per request, which an error response (no
 message) or a different answer (another length) cannot give — plus, at most, whole such messages of calls
 still in flight when the run ended (their message arrived, their trailers did not: not counted as done).
+A stream (ModelStreamInfer, `stream_messages` set) is the same with that many request frames in one body, sent at once
+(that many requests in flight on the stream; h2load closes it and opens the next when all are answered), and as
+many answers per stream; latency is then the whole stream's.
 Latency percentiles come from h2load's per-request log; server CPU per request is the /proc utime+stime delta
 of the server's process tree over the run.
 """
@@ -25,6 +28,7 @@ from bench.http_load import server_cpu_seconds
 from bench.wrk_load import WrkRun
 
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 def h2load_binary() -> str:
@@ -40,16 +44,25 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def run_h2load_grpc(
-    port: int, request: bytes, response_length: int, concurrency: int, seconds: float, server_pid: int | None
+    port: int,
+    request: bytes,
+    response_length: int,
+    concurrency: int,
+    seconds: float,
+    server_pid: int | None,
+    stream_messages: int | None = None,
 ) -> WrkRun:
-    """h2load for `seconds` at `concurrency` connections; RuntimeError unless every request succeeded with a
-    response message of `response_length` bytes."""
+    """h2load for `seconds` at `concurrency` connections, each call ModelInfer or (`stream_messages` set) a
+    ModelStreamInfer stream of that many requests; RuntimeError unless every request succeeded with a response
+    message of `response_length` bytes. Throughput is requests (stream messages) per second."""
     with tempfile.TemporaryDirectory(prefix="bnfold-h2load-") as temporary:
         work = Path(temporary)
-        (work / "frame").write_bytes(grpc_frame(request))
+        messages = stream_messages or 1
+        (work / "frame").write_bytes(grpc_frame(request) * messages)
+        path = INFER_PATH if stream_messages is None else STREAM_PATH
         command = [h2load_binary(), "-t1", f"-c{concurrency}", "-m1", f"-D{max(1, round(seconds))}"]
         command += ["-d", str(work / "frame"), "-H", "content-type: application/grpc", "-H", "te: trailers"]
-        command += [f"--log-file={work / 'requests.log'}", f"http://127.0.0.1:{port}{INFER_PATH}"]
+        command += [f"--log-file={work / 'requests.log'}", f"http://127.0.0.1:{port}{path}"]
         cpu_before = server_cpu_seconds(server_pid)
         result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
         cpu_after = server_cpu_seconds(server_pid)
@@ -60,9 +73,9 @@ def run_h2load_grpc(
     if result.returncode != 0 or summary is None or finished is None or data is None:
         raise RuntimeError(f"h2load failed ({result.returncode}): {result.stderr[-500:]} {result.stdout[-500:]}")
     total, started, succeeded = int(summary[1]), int(summary[2]), int(summary[3])
-    expected = succeeded * (5 + response_length)
+    expected = succeeded * messages * (5 + response_length)
     unfinished, partial = divmod(int(data[1]) - expected, 5 + response_length)
-    if not succeeded or total != succeeded or partial or not 0 <= unfinished <= started - succeeded:
+    if not succeeded or total != succeeded or partial or not 0 <= unfinished <= (started - succeeded) * messages:
         raise RuntimeError(
             f"h2load at {concurrency} connections: {summary[0]}, {data[1]} response bytes where every request "
             f"answered would give {expected}"
@@ -71,13 +84,13 @@ def run_h2load_grpc(
     quantiles = statistics.quantiles(latencies_ms, n=100, method="inclusive")
     server_cpu = None
     if cpu_before is not None and cpu_after is not None:
-        server_cpu = (cpu_after - cpu_before) / succeeded * 1e6
+        server_cpu = (cpu_after - cpu_before) / (succeeded * messages) * 1e6
     return WrkRun(
-        concurrency=concurrency,
-        throughput_rps=succeeded / float(finished[1]),
+        concurrency=concurrency * messages,
+        throughput_rps=succeeded * messages / float(finished[1]),
         p50_ms=quantiles[49],
         p90_ms=quantiles[89],
         p99_ms=quantiles[98],
-        requests=succeeded,
+        requests=succeeded * messages,
         server_cpu_us=server_cpu,
     )

@@ -20,6 +20,8 @@ V2 binary) from the same load generator (wrk, one thread, keep-alive; bench.wrk_
 
 The gRPC rows get the same tensor as raw_input_contents from h2load (Debian package nghttp2-client; a C client
 like wrk, one HTTP/2 connection per request in flight; bench.h2load_grpc), which checks every answer's length.
+The ModelStreamInfer rows send c requests together on one stream (c in flight), then open the next stream;
+their latency columns are the whole stream's.
 
 KServe, MLServer and grpclib run in virtualenvs of their own, created on first use (bench.peer_envs). Rounds are
 interleaved: each round starts every server in turn (rotated order), alone on the machine while measured,
@@ -50,7 +52,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from bench.common import machine_description, markdown_table, package_version, save_results
-from bench.grpc_load import infer_once
+from bench.grpc_load import infer_once, stream_once
 from bench.h2load_grpc import h2load_binary, run_h2load_grpc
 from bench.http_load import send_once
 from bench.peer_envs import GRPCLIB, KSERVE, MLSERVER, python_of
@@ -122,6 +124,28 @@ class GrpcPeer(Peer):
         if server.grpc_port is None:
             raise RuntimeError(f"{self.name}: the server has no gRPC port")
         return server.grpc_port
+
+
+@dataclass(frozen=True)
+class GrpcStreamPeer(GrpcPeer):
+    """A gRPC server's ModelStreamInfer: at concurrency c, h2load keeps one stream open at a time carrying c
+    requests sent together (c in flight), then the next (bench.h2load_grpc); latency is the whole stream's."""
+
+    kind: str = "grpc stream"
+
+    def load(self, setup: Setup, server: Server, concurrency: int, seconds: float) -> WrkRun:
+        port = self._port(server)
+        answer_length = len(stream_once(port, setup.requests.grpc).SerializeToString())
+        request = setup.requests.grpc
+        return run_h2load_grpc(port, request, answer_length, 1, seconds, server.pid, stream_messages=concurrency)
+
+    def check(self, setup: Setup, server: Server) -> None:
+        answer = stream_once(self._port(server), setup.requests.grpc)
+        if answer.error_message:
+            raise RuntimeError(f"{self.name}: {answer.error_message}")
+        response = answer.infer_response
+        output = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(response.outputs[0].shape)
+        np.testing.assert_allclose(output, expected_output(setup), rtol=1e-4, atol=1e-5)
 
 
 def expected_output(setup: Setup) -> np.ndarray:
@@ -212,6 +236,8 @@ PEERS: tuple[Peer, ...] = (
     GrpcPeer("bare gRPC floor (grpcio asyncio server on uvloop, fixed answer), gRPC", _grpc_floor),
     GrpcPeer(f"bare gRPC floor on grpclib {GRPCLIB} (pure-Python HTTP/2, uvloop, fixed answer), gRPC", _grpclib_floor),
     GrpcPeer("bnfold serve, no access log, policy off, V2 gRPC", _bnfold),
+    GrpcStreamPeer("bare gRPC floor (grpcio, as above), gRPC ModelStreamInfer", _grpc_floor),
+    GrpcStreamPeer("bnfold serve, no access log, policy off, V2 gRPC ModelStreamInfer", _bnfold),
 )
 
 

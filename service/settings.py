@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     grpc_port: int = Field(
         8001, ge=0, le=65535, description="TCP port of the V2 gRPC server, beside HTTP (0: no gRPC server)."
     )
+    grpc_stream_in_flight: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Requests of one gRPC ModelStreamInfer stream run at once; its next request is read once one "
+        "is answered.",
+    )
     api_key: SecretStr | None = Field(
         None, description="Bearer token; when set, every endpoint except health and /metrics requires it."
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -25,6 +25,7 @@ from bnfold.service.edge import check_bearer
 from bnfold.service.errors import ServiceError
 from bnfold.service.grpc_v2 import inference_pb2 as pb
 from bnfold.service.grpc_v2.inference_pb2_grpc import GRPCInferenceServiceServicer
+from bnfold.service.grpc_v2.streaming import answer_stream
 from bnfold.service.grpc_v2.tensors import infer_response, request_document
 from bnfold.service.handlers import run_v2
 from bnfold.service.model import ServedModel
@@ -51,14 +52,22 @@ def rpc(public: bool = False) -> Callable[[Method[Request, Response]], Method[Re
                 raise
             except Exception as error:
                 log.exception("unexpected error in gRPC %s", method.__name__)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); see the server log"
-                )
+                await context.abort(grpc.StatusCode.INTERNAL, _internal_message(error))
             raise AssertionError("context.abort returned")  # abort always raises
 
         return answer
 
     return wrap
+
+
+def _unexpected(request: pb.ModelInferRequest, error: Exception) -> str:
+    """Log an unexpected error of one streamed request; the message its answer carries."""
+    log.error("unexpected error in gRPC ModelStreamInfer", exc_info=error)
+    return _internal_message(error)
+
+
+def _internal_message(error: Exception) -> str:
+    return f"internal error ({type(error).__name__}); see the server log"
 
 
 def _authorizations(context: grpc.aio.ServicerContext) -> list[str]:
@@ -119,6 +128,16 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @rpc()
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return await self._infer(request)
+
+    @rpc()
+    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest], context: Any) -> None:
+        """Every request of the stream answered on it (`streaming.answer_stream`); the bearer is checked once,
+        when the stream opens."""
+        in_flight = self.plane.settings.grpc_stream_in_flight
+        await answer_stream(requests, self._infer, context.write, _unexpected, in_flight)
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         raw = len(request.raw_input_contents) > 0
 
         def respond(header: dict[str, Any], outputs: Any, wanted: Any) -> pb.ModelInferResponse:

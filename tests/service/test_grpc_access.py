@@ -4,6 +4,7 @@ and message-size limits (RESOURCE_EXHAUSTED), and the repository RPCs and statis
 from __future__ import annotations
 
 import json
+import queue
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,42 @@ def test_onnxruntime_failure_is_internal_with_the_http_message(tmp_path: Path, r
         assert message.startswith("onnxruntime failed on model 'fragile' (folded): ")
         assert client.is_server_ready()
         client.close()
+
+
+def stream_answers(
+    client: triton.InferenceServerClient, inputs: list[np.ndarray], headers: dict[str, str] | None
+) -> list[tuple[Any, Any]]:
+    """Each input sent on one ModelStreamInfer stream; the (result, error) pairs of its callbacks, in order."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=headers)
+    for index, x in enumerate(inputs):
+        client.async_stream_infer("digits", [tensor_of(x)], request_id=str(index))
+    client.stop_stream()
+    return [answers.get_nowait() for _ in range(answers.qsize())]
+
+
+def test_a_stream_needs_the_token(
+    client: triton.InferenceServerClient, locked: RunningGrpcServer, repository: Path, rng: np.random.Generator
+) -> None:
+    """Without the token the stream is refused as it opens (one UNAUTHENTICATED error, no answers); with it,
+    a batch over the limit is one error answer (RESOURCE_EXHAUSTED's message) and the next request is answered."""
+    unauthorized = locked.client.get("/v2").json()["error"]
+    x = rng.uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    ((result, error),) = stream_answers(client, [x], None)
+    assert (result, str(error.status()), error.message()) == (None, "StatusCode.UNAUTHENTICATED", unauthorized)
+
+    too_big = np.zeros((5, 1, 8, 8), np.float32)
+    body, headers = binary_request(too_big)
+    http = locked.client.post(
+        "/v2/models/digits/infer", content=body, headers={**headers, "Authorization": GOOD["authorization"]}
+    )
+    assert http.status_code == 413
+    answers = stream_answers(client, [too_big, x], GOOD)
+    assert len(answers) == 2
+    errors = [error.message() for result, error in answers if error is not None]
+    (answered,) = [result for result, error in answers if error is None]
+    assert errors == [http.json()["error"]]
+    assert answered.get_response().id == "1"
+    np.testing.assert_allclose(
+        answered.as_numpy("logits"), run_directly(repository / "digits", "folded", x), 1e-5, 1e-6
+    )

@@ -61,6 +61,9 @@ def test_enums_and_methods_match_the_published_protocol() -> None:
             theirs.input_type.full_name,
             theirs.output_type.full_name,
         )
+        assert (method.client_streaming, method.server_streaming) == (theirs.client_streaming, theirs.server_streaming)
+    streamed = service.methods_by_name["ModelStreamInfer"]
+    assert (streamed.client_streaming, streamed.server_streaming) == (True, True)
 
 
 def test_the_committed_modules_are_current() -> None:

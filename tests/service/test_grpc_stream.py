@@ -1,0 +1,274 @@
+"""ModelStreamInfer end to end: a real server (HTTP and gRPC in one process), tritonclient.grpc's stream (sync
+callbacks and aio `stream_infer`) and Triton's compiled stub. Every answer is checked against onnxruntime run
+directly on the repository files; failed requests against the message ModelInfer gives for the same request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from bnfold.service.settings import Settings
+from tests.service.builders import Weights
+from tests.service.grpc_server import RunningGrpcServer, running_grpc_server
+from tests.service.oracle import run_directly
+
+Repository = tuple[Path, dict[str, Weights]]
+VERSIONS = ("", "folded", "unfolded")
+
+
+@pytest.fixture(scope="module")
+def served(mixed_repository: Repository) -> Iterator[RunningGrpcServer]:
+    with running_grpc_server(Settings(repository=mixed_repository[0], equivalence_policy="always")) as running:
+        yield running
+
+
+def tensor_of(x: np.ndarray) -> triton.InferInput:
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return tensor
+
+
+def raw_request(x: np.ndarray, request_id: str, model: str = "digits", version: str = "") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+def logits(response: pb.ModelInferResponse) -> np.ndarray:
+    (output,) = response.outputs
+    return np.frombuffer(response.raw_output_contents[0], "<f4").reshape(list(output.shape))
+
+
+def test_sync_stream_answers_every_request(
+    served: RunningGrpcServer, mixed_repository: Repository, rng: np.random.Generator
+) -> None:
+    """24 requests sent without waiting (random batch sizes, every version): 24 answers, each matched by id."""
+    inputs = {f"r{i}": rng.uniform(-1, 1, (int(rng.integers(1, 5)), 1, 8, 8)).astype(np.float32) for i in range(24)}
+    versions = {request_id: VERSIONS[i % 3] for i, request_id in enumerate(inputs)}
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = triton.InferenceServerClient(served.grpc_address)
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for request_id, x in inputs.items():
+            client.async_stream_infer(
+                "digits", [tensor_of(x)], model_version=versions[request_id], request_id=request_id
+            )
+        received = [answers.get(timeout=30) for _ in inputs]
+        client.stop_stream()
+    finally:
+        client.close()
+    assert [error for _, error in received] == [None] * len(inputs)
+    by_id = {result.get_response().id: result for result, _ in received}
+    assert sorted(by_id) == sorted(inputs)
+    for request_id, result in by_id.items():
+        version = versions[request_id]
+        response = result.get_response(as_json=True)
+        assert response["model_version"] == (version or "folded")
+        checked = response["parameters"]["bnfold_equivalence_checked"]["bool_param"]
+        assert checked is (version == "")  # policy always: every default request is checked
+        expected = run_directly(mixed_repository[0] / "digits", version or "folded", inputs[request_id])
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_aio_stream_infer(served: RunningGrpcServer, mixed_repository: Repository, rng: np.random.Generator) -> None:
+    inputs = [rng.uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32) for _ in range(6)]
+
+    async def requests() -> AsyncIterator[dict[str, Any]]:
+        for index, x in enumerate(inputs):
+            tensor = triton_aio.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            yield {"model_name": "digits", "inputs": [tensor], "model_version": "unfolded", "request_id": str(index)}
+
+    async def run() -> dict[str, np.ndarray]:
+        client = triton_aio.InferenceServerClient(served.grpc_address)
+        try:
+            found = {}
+            async for result, error in client.stream_infer(requests()):
+                assert error is None
+                found[result.get_response().id] = result.as_numpy("logits")
+            return found
+        finally:
+            await client.close()
+
+    found = asyncio.run(run())
+    assert sorted(found) == [str(i) for i in range(len(inputs))]
+    for index, x in enumerate(inputs):
+        expected = run_directly(mixed_repository[0] / "digits", "unfolded", x)
+        np.testing.assert_allclose(found[str(index)], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failed_request_is_answered_on_the_stream_which_goes_on(
+    served: RunningGrpcServer, mixed_repository: Repository, rng: np.random.Generator
+) -> None:
+    """Each failure is one answer: ModelInfer's message for that request, with the request's id, model and
+    version; the requests around it are answered normally."""
+    good = rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32)
+    nan = good.copy()
+    nan[1, 0, 2, 5] = np.nan
+    failing = {
+        "rank": raw_request(good.reshape(3, 64), "rank"),
+        "nan": raw_request(nan, "nan"),
+        "unknown_model": raw_request(good, "unknown_model", model="resnet50"),
+        "unknown_version": raw_request(good, "unknown_version", version="v2"),
+        "not_ready": raw_request(good, "not_ready", model="tampered"),
+        "raw_count": pb.ModelInferRequest(
+            model_name="digits", id="raw_count", inputs=raw_request(good, "").inputs, raw_input_contents=[b"", b""]
+        ),
+    }
+    sent = [raw_request(good, "first"), *failing.values(), raw_request(good, "last", version="unfolded")]
+    with grpc.insecure_channel(served.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answers = {answer.infer_response.id: answer for answer in stub.ModelStreamInfer(iter(sent))}
+        unary = {}
+        for request_id, request in failing.items():
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(request)
+            unary[request_id] = caught.value.details()
+    assert sorted(answers) == sorted(request.id for request in sent)
+    for request_id, request in failing.items():
+        answer = answers[request_id]
+        identity = (answer.infer_response.model_name, answer.infer_response.model_version)
+        assert (answer.error_message, identity) == (unary[request_id], (request.model_name, request.model_version))
+        assert not answer.infer_response.outputs
+    assert "rank 2" in answers["rank"].error_message and "NaN" in answers["nan"].error_message
+    for request_id, version in (("first", "folded"), ("last", "unfolded")):
+        answer = answers[request_id]
+        assert (answer.error_message, answer.infer_response.model_version) == ("", version)
+        expected = run_directly(mixed_repository[0] / "digits", version, good)
+        np.testing.assert_allclose(logits(answer.infer_response), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_requests_share_the_http_metrics(served: RunningGrpcServer, rng: np.random.Generator) -> None:
+    def count(status: str) -> float:
+        prefix = f'bnfold_requests_total{{model="digits",status="{status}",variant="unfolded"}}'
+        for line in served.client.get("/metrics").text.splitlines():
+            if line.startswith(prefix):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = count("200"), count("400")
+    x = rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32)
+    bad = raw_request(x.reshape(1, 64), "bad", version="unfolded")
+    sent = [raw_request(x, str(i), version="unfolded") for i in range(5)] + [bad]
+    with grpc.insecure_channel(served.grpc_address) as channel:
+        answers = list(service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(sent)))
+    assert len(answers) == 6
+    assert (count("200"), count("400")) == (before[0] + 5, before[1] + 1)
+
+
+def test_a_cancelled_stream_stops_its_runs_quietly(
+    served: RunningGrpcServer, mixed_repository: Repository, rng: np.random.Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client cancels with requests unanswered: the server stops running them (fewer runs than requests),
+    logs nothing about it, and answers the next stream."""
+    x = rng.uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    sent = 1000
+    before = requests_total(served)
+    client = triton.InferenceServerClient(served.grpc_address)
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    try:
+        with caplog.at_level(logging.WARNING, logger="bnfold"):
+            client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            for index in range(sent):
+                client.async_stream_infer("digits", [tensor_of(x)], model_version="folded", request_id=str(index))
+            answers.get(timeout=30)  # the stream is running
+            client.stop_stream(cancel_requests=True)
+            run = settled_requests_total(served) - before
+            client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            client.async_stream_infer("digits", [tensor_of(x)], model_version="unfolded", request_id="after")
+            client.stop_stream()  # waits for the answer
+        assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+    finally:
+        client.close()
+    assert 0 < run < sent
+    received = [answers.get_nowait() for _ in range(answers.qsize())]
+    after = [result for result, _ in received if result is not None and result.get_response().id == "after"]
+    assert len(after) == 1
+    expected = run_directly(mixed_repository[0] / "digits", "unfolded", x)
+    np.testing.assert_allclose(after[0].as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+
+
+def requests_total(served: RunningGrpcServer) -> float:
+    """Requests answered for digits' folded variant, any status."""
+    prefix = 'bnfold_requests_total{model="digits",'
+    lines = served.client.get("/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix) and 'variant="folded"' in line)
+
+
+def settled_requests_total(served: RunningGrpcServer) -> float:
+    """requests_total once it has not changed for half a second (the server has stopped working on a stream)."""
+    last, deadline = requests_total(served), time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = requests_total(served)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the server kept running requests for 30 s")
+
+
+def test_a_stream_runs_at_most_in_flight_requests_and_reads_no_further() -> None:
+    """answer_stream with runs held open: `in_flight` requests run, the next is not read until one is
+    answered; answers are written one at a time, as runs finish; an unexpected error is one answer."""
+    from bnfold.service.grpc_v2 import inference_pb2 as ours
+    from bnfold.service.grpc_v2.streaming import answer_stream
+
+    async def scenario() -> tuple[list[int], list[str], list[str], int]:
+        released = {str(i): asyncio.Event() for i in range(7)}
+        pulled, running, written = 0, set(), []
+        snapshots: list[int] = []
+        writing = False
+
+        async def requests() -> AsyncIterator[ours.ModelInferRequest]:
+            nonlocal pulled
+            for request_id in released:
+                pulled += 1
+                yield ours.ModelInferRequest(id=request_id, model_name="m")
+
+        async def infer(request: ours.ModelInferRequest) -> ours.ModelInferResponse:
+            running.add(request.id)
+            await released[request.id].wait()
+            running.discard(request.id)
+            if request.id == "5":
+                raise RuntimeError("boom")
+            return ours.ModelInferResponse(id=request.id)
+
+        async def write(response: ours.ModelStreamInferResponse) -> None:
+            nonlocal writing
+            assert not writing, "two writes at once"
+            writing = True
+            await asyncio.sleep(0.001)
+            written.append(response.error_message or response.infer_response.id)
+            writing = False
+
+        def fail(request: ours.ModelInferRequest, error: Exception) -> str:
+            return f"failed {request.id}: {error}"
+
+        task = asyncio.create_task(answer_stream(requests(), infer, write, fail, in_flight=3))
+        for release in ("2", "0", "6", "1", "5", "3", "4"):
+            await asyncio.sleep(0.02)
+            snapshots.append(len(running))
+            if release == "2":
+                assert (pulled, sorted(running)) == (3, ["0", "1", "2"])  # the fourth request is not read
+            released[release].set()
+        await asyncio.wait_for(task, 5)
+        return snapshots, written, sorted(running), pulled
+
+    snapshots, written, still_running, pulled = asyncio.run(scenario())
+    assert max(snapshots) == 3 and still_running == [] and pulled == 7
+    # 6 is released before it is read (only once 1 has been answered and then 5), so it is answered at once
+    assert written == ["2", "0", "1", "failed 5: boom", "6", "3", "4"]
