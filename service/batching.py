@@ -156,7 +156,10 @@ class BatchingRunner:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
-            batch = await self._gather()
+            batch = [call for call in await self._gather() if not _abandoned(call)]
+            if not batch:  # every caller of the batch was cancelled while it waited: nothing to run
+                self._slots.release()
+                continue
             if self.inner.runs_inline(sum(call.rows for call in batch)):
                 await self._run_batch(batch)  # runs on the loop's thread without suspending: no task needed
                 if self._queue:
@@ -307,3 +310,8 @@ class BatchingRunner:
         report.executions.append((call.rows, 0, run_ns, 0))
         report.call_infer_ns[index] = run_ns
         return outputs
+
+
+def _abandoned(call: _Call) -> bool:
+    """Whether the caller stopped waiting (its task was cancelled, e.g. its gRPC stream or call): not run."""
+    return call.future is not None and call.future.done()

@@ -137,3 +137,39 @@ def test_answered_callers_respond_before_the_next_inline_batch_runs(entry: Path)
 
     asyncio.run(six())
     assert runs == [(2, 2)] * 3 and seen == [1, 1, 2, 2, 3, 3]
+
+
+def test_calls_cancelled_while_queued_are_not_run(entry: Path, rng: np.random.Generator) -> None:
+    """Callers that stop waiting before their batch is gathered (a cancelled gRPC stream or call) are left
+    out of the run; the others are answered as usual."""
+    runner, runs, session = _runner(entry, inline_budget_s=1.0)
+    inputs = [rng.normal(size=(1 + index, 1, 8, 8)).astype(np.float32) for index in range(4)]
+
+    async def some_cancelled() -> list[dict[str, np.ndarray]]:
+        calls = [asyncio.ensure_future(runner.run({"input": x})) for x in inputs]
+        await asyncio.sleep(0)  # all four queued, the dispatcher not yet run
+        assert len(runner._queue) == 4
+        calls[1].cancel()
+        calls[3].cancel()
+        return [await calls[0], await calls[2]]
+
+    kept = asyncio.run(some_cancelled())
+    for x, got in zip((inputs[0], inputs[2]), kept, strict=True):
+        np.testing.assert_array_equal(got["logits"], session.run(None, {"input": x})[0])
+    assert runs == [(2, 1 + 3)]  # one run of the two calls still waiting (1 + 3 samples)
+
+
+def test_a_batch_whose_callers_all_left_is_not_run(entry: Path) -> None:
+    runner, runs, _ = _runner(entry, inline_budget_s=1.0)
+
+    async def all_cancelled() -> None:
+        call = asyncio.ensure_future(runner.run({"input": np.ones((2, 1, 8, 8), np.float32)}))
+        await asyncio.sleep(0)
+        call.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)  # the dispatcher gathers the abandoned call and drops it
+        answered = await runner.run({"input": np.ones((1, 1, 8, 8), np.float32)})
+        assert answered["logits"].shape[0] == 1
+
+    asyncio.run(all_cancelled())
+    assert runs == [(1, 1)]

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import onnx
 import pytest
 import tritonclient.grpc as triton
 from pydantic import SecretStr
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from bnfold.service.control import UNSUPPORTED_LOAD
@@ -210,12 +211,20 @@ def stream_answers(
 def test_a_stream_needs_the_token(
     client: triton.InferenceServerClient, locked: RunningGrpcServer, repository: Path, rng: np.random.Generator
 ) -> None:
-    """Without the token the stream is refused as it opens (one UNAUTHENTICATED error, no answers); with it,
-    a batch over the limit is one error answer (RESOURCE_EXHAUSTED's message) and the next request is answered."""
+    """Without the token (or with a wrong one) the stream is refused as it opens (UNAUTHENTICATED, no answers);
+    with it, a batch over the limit is one error answer (RESOURCE_EXHAUSTED's message) and the next request is
+    answered."""
     unauthorized = locked.client.get("/v2").json()["error"]
     x = rng.uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
-    ((result, error),) = stream_answers(client, [x], None)
-    assert (result, str(error.status()), error.message()) == (None, "StatusCode.UNAUTHENTICATED", unauthorized)
+    request = service_pb2.ModelInferRequest.FromString(_infer_message(x))
+    with grpc.insecure_channel(locked.grpc_address) as channel:
+        stream = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stream(iter([request])))
+        assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, unauthorized)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stream(iter([request]), metadata=[("authorization", "Bearer wrong")]))
+        assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, unauthorized)
 
     too_big = np.zeros((5, 1, 8, 8), np.float32)
     body, headers = binary_request(too_big)
@@ -223,11 +232,8 @@ def test_a_stream_needs_the_token(
         "/v2/models/digits/infer", content=body, headers={**headers, "Authorization": GOOD["authorization"]}
     )
     assert http.status_code == 413
-    answers = stream_answers(client, [too_big, x], GOOD)
-    assert len(answers) == 2
-    errors = [error.message() for result, error in answers if error is not None]
-    (answered,) = [result for result, error in answers if error is None]
-    assert errors == [http.json()["error"]]
+    (_, error), (answered, no_error) = stream_answers(client, [too_big, x], GOOD)  # in request order
+    assert (error.message(), no_error) == (http.json()["error"], None)
     assert answered.get_response().id == "1"
     np.testing.assert_allclose(
         answered.as_numpy("logits"), run_directly(repository / "digits", "folded", x), 1e-5, 1e-6

@@ -56,7 +56,7 @@ def logits(response: pb.ModelInferResponse) -> np.ndarray:
 def test_sync_stream_answers_every_request(
     served: RunningGrpcServer, mixed_repository: Repository, rng: np.random.Generator
 ) -> None:
-    """24 requests sent without waiting (random batch sizes, every version): 24 answers, each matched by id."""
+    """24 requests sent without waiting (random batch sizes, every version): 24 answers, in request order."""
     inputs = {f"r{i}": rng.uniform(-1, 1, (int(rng.integers(1, 5)), 1, 8, 8)).astype(np.float32) for i in range(24)}
     versions = {request_id: VERSIONS[i % 3] for i, request_id in enumerate(inputs)}
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
@@ -72,14 +72,14 @@ def test_sync_stream_answers_every_request(
     finally:
         client.close()
     assert [error for _, error in received] == [None] * len(inputs)
-    by_id = {result.get_response().id: result for result, _ in received}
-    assert sorted(by_id) == sorted(inputs)
-    for request_id, result in by_id.items():
+    assert [result.get_response().id for result, _ in received] == list(inputs)  # answered in request order
+    for request_id, result in zip(inputs, (result for result, _ in received), strict=True):
         version = versions[request_id]
         response = result.get_response(as_json=True)
         assert response["model_version"] == (version or "folded")
-        checked = response["parameters"]["bnfold_equivalence_checked"]["bool_param"]
-        assert checked is (version == "")  # policy always: every default request is checked
+        parameters = response["parameters"]
+        assert parameters["bnfold_equivalence_checked"]["bool_param"] is (version == "")  # policy always
+        assert parameters["triton_final_response"]["bool_param"] is True
         expected = run_directly(mixed_repository[0] / "digits", version or "folded", inputs[request_id])
         np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
 
@@ -105,7 +105,7 @@ def test_aio_stream_infer(served: RunningGrpcServer, mixed_repository: Repositor
             await client.close()
 
     found = asyncio.run(run())
-    assert sorted(found) == [str(i) for i in range(len(inputs))]
+    assert list(found) == [str(i) for i in range(len(inputs))]
     for index, x in enumerate(inputs):
         expected = run_directly(mixed_repository[0] / "digits", "unfolded", x)
         np.testing.assert_allclose(found[str(index)], expected, rtol=1e-5, atol=1e-6)
@@ -114,8 +114,8 @@ def test_aio_stream_infer(served: RunningGrpcServer, mixed_repository: Repositor
 def test_a_failed_request_is_answered_on_the_stream_which_goes_on(
     served: RunningGrpcServer, mixed_repository: Repository, rng: np.random.Generator
 ) -> None:
-    """Each failure is one answer: ModelInfer's message for that request, with the request's id, model and
-    version; the requests around it are answered normally."""
+    """Each failure is one answer, in its place: ModelInfer's message for that request, with the request's
+    id, model and version; the requests around it are answered normally."""
     good = rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32)
     nan = good.copy()
     nan[1, 0, 2, 5] = np.nan
@@ -132,13 +132,15 @@ def test_a_failed_request_is_answered_on_the_stream_which_goes_on(
     sent = [raw_request(good, "first"), *failing.values(), raw_request(good, "last", version="unfolded")]
     with grpc.insecure_channel(served.grpc_address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        answers = {answer.infer_response.id: answer for answer in stub.ModelStreamInfer(iter(sent))}
+        answered = list(stub.ModelStreamInfer(iter(sent)))
+        answers = {answer.infer_response.id: answer for answer in answered}
         unary = {}
         for request_id, request in failing.items():
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ModelInfer(request)
             unary[request_id] = caught.value.details()
-    assert sorted(answers) == sorted(request.id for request in sent)
+    assert [answer.infer_response.id for answer in answered] == [request.id for request in sent]
+    assert all(answer.infer_response.parameters["triton_final_response"].bool_param for answer in answered)
     for request_id, request in failing.items():
         answer = answers[request_id]
         identity = (answer.infer_response.model_name, answer.infer_response.model_version)
@@ -221,22 +223,42 @@ def settled_requests_total(served: RunningGrpcServer) -> float:
     raise AssertionError("the server kept running requests for 30 s")
 
 
-def test_a_stream_runs_at_most_in_flight_requests_and_reads_no_further() -> None:
-    """answer_stream with runs held open: `in_flight` requests run, the next is not read until one is
-    answered; answers are written one at a time, as runs finish; an unexpected error is one answer."""
+def test_an_unreadable_message_ends_the_stream_after_the_answers_before_it(
+    served: RunningGrpcServer, rng: np.random.Generator
+) -> None:
+    x = rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32)
+    sent = [raw_request(x, "ok").SerializeToString(), b"\xff\xff\xff\x01 not protobuf"]
+    with grpc.insecure_channel(served.grpc_address) as channel:
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(iter(sent))
+        answers = []
+        with pytest.raises(grpc.RpcError) as caught:
+            for answer in call:
+                answers.append(pb.ModelStreamInferResponse.FromString(answer))
+    assert [(answer.infer_response.id, answer.error_message) for answer in answers] == [("ok", "")]
+    assert (caught.value.code(), caught.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a message of the stream is not a ModelInferRequest (Error parsing message with type "
+        "'inference.ModelInferRequest'); send one per message",
+    )
+
+
+def test_a_stream_keeps_at_most_in_flight_requests_and_answers_in_order() -> None:
+    """answer_stream with runs held open: at most `in_flight` requests are read and unanswered, the next is
+    read only once an answer is written, answers go out one at a time in request order (a finished request
+    waits for the ones before it), and an unexpected error is that request's answer."""
     from bnfold.service.grpc_v2 import inference_pb2 as ours
     from bnfold.service.grpc_v2.streaming import answer_stream
 
-    async def scenario() -> tuple[list[int], list[str], list[str], int]:
+    async def scenario() -> list[tuple[str, int, list[str], list[str]]]:
         released = {str(i): asyncio.Event() for i in range(7)}
-        pulled, running, written = 0, set(), []
-        snapshots: list[int] = []
+        pulled: list[str] = []
+        running: set[str] = set()
+        written: list[str] = []
         writing = False
 
         async def requests() -> AsyncIterator[ours.ModelInferRequest]:
-            nonlocal pulled
             for request_id in released:
-                pulled += 1
+                pulled.append(request_id)
                 yield ours.ModelInferRequest(id=request_id, model_name="m")
 
         async def infer(request: ours.ModelInferRequest) -> ours.ModelInferResponse:
@@ -250,25 +272,36 @@ def test_a_stream_runs_at_most_in_flight_requests_and_reads_no_further() -> None
         async def write(response: ours.ModelStreamInferResponse) -> None:
             nonlocal writing
             assert not writing, "two writes at once"
+            assert response.infer_response.parameters["triton_final_response"].bool_param
             writing = True
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0)
             written.append(response.error_message or response.infer_response.id)
             writing = False
 
         def fail(request: ours.ModelInferRequest, error: Exception) -> str:
             return f"failed {request.id}: {error}"
 
-        task = asyncio.create_task(answer_stream(requests(), infer, write, fail, in_flight=3))
-        for release in ("2", "0", "6", "1", "5", "3", "4"):
-            await asyncio.sleep(0.02)
-            snapshots.append(len(running))
-            if release == "2":
-                assert (pulled, sorted(running)) == (3, ["0", "1", "2"])  # the fourth request is not read
-            released[release].set()
-        await asyncio.wait_for(task, 5)
-        return snapshots, written, sorted(running), pulled
+        async def settle() -> None:
+            for _ in range(50):  # one loop, no I/O: every task that can move has moved
+                await asyncio.sleep(0)
 
-    snapshots, written, still_running, pulled = asyncio.run(scenario())
-    assert max(snapshots) == 3 and still_running == [] and pulled == 7
-    # 6 is released before it is read (only once 1 has been answered and then 5), so it is answered at once
-    assert written == ["2", "0", "1", "failed 5: boom", "6", "3", "4"]
+        task = asyncio.create_task(answer_stream(requests(), infer, write, fail, in_flight=3))
+        steps = []
+        for release in ("", "2", "0", "1", "5", "3", "6", "4"):
+            if release:
+                released[release].set()
+            await settle()
+            steps.append((release, len(pulled), sorted(running), list(written)))
+        await asyncio.wait_for(task, 5)
+        return steps
+
+    assert asyncio.run(scenario()) == [
+        ("", 3, ["0", "1", "2"], []),
+        ("2", 3, ["0", "1"], []),  # 2 is done but waits for 0 and 1; its slot is still taken
+        ("0", 4, ["1", "3"], ["0"]),
+        ("1", 6, ["3", "4", "5"], ["0", "1", "2"]),
+        ("5", 6, ["3", "4"], ["0", "1", "2"]),
+        ("3", 7, ["4", "6"], ["0", "1", "2", "3"]),
+        ("6", 7, ["4"], ["0", "1", "2", "3"]),
+        ("4", 7, [], ["0", "1", "2", "3", "4", "failed 5: boom", "6"]),
+    ]
