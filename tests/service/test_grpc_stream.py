@@ -305,3 +305,30 @@ def test_a_stream_keeps_at_most_in_flight_requests_and_answers_in_order() -> Non
         ("6", 7, ["4"], ["0", "1", "2", "3"]),
         ("4", 7, [], ["0", "1", "2", "3", "4", "failed 5: boom", "6"]),
     ]
+
+
+def test_a_request_cancelled_under_the_stream_is_answered_with_an_error() -> None:
+    """A run cancelled by the server (its batcher stopped while the request waited) is that request's error
+    answer; the stream, not cancelled itself, goes on."""
+    from bnfold.service.grpc_v2 import inference_pb2 as ours
+    from bnfold.service.grpc_v2.streaming import CANCELLED, answer_stream
+
+    async def scenario() -> list[tuple[str, str]]:
+        written: list[tuple[str, str]] = []
+
+        async def requests() -> AsyncIterator[ours.ModelInferRequest]:
+            for request_id in ("a", "b", "c"):
+                yield ours.ModelInferRequest(id=request_id)
+
+        async def infer(request: ours.ModelInferRequest) -> ours.ModelInferResponse:
+            if request.id == "b":
+                raise asyncio.CancelledError  # what a stopped batcher delivers to its waiting callers
+            return ours.ModelInferResponse(id=request.id)
+
+        async def write(response: ours.ModelStreamInferResponse) -> None:
+            written.append((response.infer_response.id, response.error_message))
+
+        await answer_stream(requests(), infer, write, lambda request, error: "unexpected", in_flight=4)
+        return written
+
+    assert asyncio.run(scenario()) == [("a", ""), ("b", CANCELLED), ("c", "")]
