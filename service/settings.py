@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         description="Requests of one gRPC ModelStreamInfer stream run at once; its next request is read once one "
         "is answered.",
     )
+    grpc_max_concurrent_rpcs: int = Field(
+        1000,
+        ge=1,
+        description="gRPC calls and streams served at once; one more is refused with RESOURCE_EXHAUSTED.",
+    )
     api_key: SecretStr | None = Field(
         None, description="Bearer token; when set, every endpoint except health and /metrics requires it."
     )

@@ -2,7 +2,8 @@
 
 The gRPC server shares the app's data plane — registry, batchers, equivalence policy, metrics, limits — so a
 request is batched with HTTP requests for the same model and counted in the same metrics. Messages larger
-than BNFOLD_MAX_BODY_BYTES are refused by grpc itself (RESOURCE_EXHAUSTED) before they are read.
+than BNFOLD_MAX_BODY_BYTES, and calls or streams beyond BNFOLD_GRPC_MAX_CONCURRENT_RPCS in progress, are
+refused by grpc itself (RESOURCE_EXHAUSTED) before they are read.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ def create_grpc_server(plane: DataPlane, control: RepositoryControl, share_port:
     kernel spreads connections; otherwise a port in use is an error, never two servers sharing it."""
     settings = plane.settings
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", int(share_port)),
-        ]
+        ],
     )
     add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, control), server)
     address = grpc_address(settings.host, settings.grpc_port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,42 @@ def test_a_stream_needs_the_token(
     np.testing.assert_allclose(
         answered.as_numpy("logits"), run_directly(repository / "digits", "folded", x), 1e-5, 1e-6
     )
+
+
+def test_calls_beyond_the_concurrent_rpc_limit_are_refused(repository: Path, rng: np.random.Generator) -> None:
+    """With BNFOLD_GRPC_MAX_CONCURRENT_RPCS=1, an open stream is the one RPC in progress: another call is
+    refused by grpc (RESOURCE_EXHAUSTED, its own wording) without touching the stream, which is answered once
+    it goes on; after it the call is served."""
+    x = rng.uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32)
+    request = service_pb2.ModelInferRequest.FromString(_infer_message(x))
+    go_on = threading.Event()
+
+    def held_open() -> Iterator[service_pb2.ModelInferRequest]:
+        yield request
+        go_on.wait(30)
+        yield request
+
+    with (
+        running_grpc_server(Settings(repository=repository, grpc_max_concurrent_rpcs=1)) as served,
+        grpc.insecure_channel(served.grpc_address) as channel,
+    ):
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answers = stub.ModelStreamInfer(held_open())
+        first = next(answers)  # the stream is in progress
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request)
+        assert (caught.value.code(), caught.value.details()) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "Concurrent RPC limit exceeded!",
+        )
+        go_on.set()
+        rest = list(answers)
+        expected = run_directly(repository / "digits", "folded", x)
+        for answer in (first, *rest):
+            np.testing.assert_allclose(_logits(answer.infer_response), expected, rtol=1e-5, atol=1e-6)
+        assert len(rest) == 1
+        np.testing.assert_allclose(_logits(stub.ModelInfer(request)), expected, rtol=1e-5, atol=1e-6)
+
+
+def _logits(response: service_pb2.ModelInferResponse) -> np.ndarray:
+    return np.frombuffer(response.raw_output_contents[0], "<f4").reshape(list(response.outputs[0].shape))
