@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 import uvloop
+from tritonclient.grpc import service_pb2
 
-from bench.peer_servers.floor_cli import floor_arguments, stream_answer
+from bench.peer_servers.floor_cli import floor_arguments
 
 
 async def serve(port: int, answer: bytes) -> None:
-    streamed = stream_answer(answer)
+    streamed = service_pb2.ModelStreamInferResponse(
+        infer_response=service_pb2.ModelInferResponse.FromString(answer)
+    ).SerializeToString()
 
     async def model_infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return answer

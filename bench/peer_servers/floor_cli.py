@@ -14,14 +14,3 @@ def floor_arguments(description: str | None) -> tuple[int, bytes]:
     parser.add_argument("--response", type=Path, required=True, help="serialised ModelInferResponse to answer")
     arguments = parser.parse_args()
     return arguments.port, arguments.response.read_bytes()
-
-
-def stream_answer(answer: bytes) -> bytes:
-    """The ModelStreamInferResponse carrying `answer` (a serialised ModelInferResponse) as its infer_response:
-    field 2, length-delimited (tag byte 0x12, the length as a varint, the bytes)."""
-    length, varint = len(answer), bytearray()
-    while length > 0x7F:
-        varint.append(length & 0x7F | 0x80)
-        length >>= 7
-    varint.append(length)
-    return b"\x12" + bytes(varint) + answer

@@ -61,8 +61,13 @@ def rpc(public: bool = False) -> Callable[[Method[Request, Response]], Method[Re
 
 
 def _unexpected(request: pb.ModelInferRequest, error: Exception) -> str:
-    """Log an unexpected error of one streamed request; the message its answer carries."""
-    log.error("unexpected error in gRPC ModelStreamInfer", exc_info=error)
+    """Log an unexpected error of one streamed request (with its model and id); the message its answer carries."""
+    log.error(
+        "unexpected error in gRPC ModelStreamInfer (model %r, request id %r)",
+        request.model_name,
+        request.id,
+        exc_info=error,
+    )
     return _internal_message(error)
 
 

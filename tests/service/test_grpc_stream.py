@@ -21,6 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from bnfold.service.settings import Settings
+from tests.prometheus_text import metric_sum
 from tests.service.builders import Weights
 from tests.service.grpc_server import RunningGrpcServer, running_grpc_server
 from tests.service.oracle import run_directly
@@ -156,11 +157,7 @@ def test_a_failed_request_is_answered_on_the_stream_which_goes_on(
 
 def test_stream_requests_share_the_http_metrics(served: RunningGrpcServer, rng: np.random.Generator) -> None:
     def count(status: str) -> float:
-        prefix = f'bnfold_requests_total{{model="digits",status="{status}",variant="unfolded"}}'
-        for line in served.client.get("/metrics").text.splitlines():
-            if line.startswith(prefix):
-                return float(line.split()[-1])
-        return 0.0
+        return requests_total(served, "unfolded", status=status)
 
     before = count("200"), count("400")
     x = rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32)
@@ -204,11 +201,10 @@ def test_a_cancelled_stream_stops_its_runs_quietly(
     np.testing.assert_allclose(after[0].as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
 
 
-def requests_total(served: RunningGrpcServer) -> float:
-    """Requests answered for digits' folded variant, any status."""
-    prefix = 'bnfold_requests_total{model="digits",'
-    lines = served.client.get("/metrics").text.splitlines()
-    return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix) and 'variant="folded"' in line)
+def requests_total(served: RunningGrpcServer, variant: str = "folded", **labels: str) -> float:
+    """Requests answered for digits' `variant` (of any status, unless `status` is given)."""
+    text = served.client.get("/metrics").text
+    return metric_sum(text, "bnfold_requests_total", model="digits", variant=variant, **labels)
 
 
 def settled_requests_total(served: RunningGrpcServer) -> float:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -15,6 +14,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from sklearn.datasets import load_digits
 
 from bench.browser import draw_on_grid
+from tests.prometheus_text import metric_sum
 from tests.service.oracle import json_request
 from tests.service.server import RunningServer
 from tests.ui.conftest import DEFECTIVE, TAMPERED
@@ -36,12 +36,7 @@ def cell(row: WebElement, name: str) -> str:
 
 def metric(server: RunningServer, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`, read from /metrics."""
-    total = 0.0
-    for family in text_string_to_metric_families(server.client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return metric_sum(server.client.get("/metrics").text, name, **labels)
 
 
 def test_every_model_is_listed_with_its_state_and_batchnorm_counts(
