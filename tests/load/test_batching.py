@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bnfold.service.runtime import SessionConfig, session_options
 from bnfold.service.settings import Settings
 from tests.load.concurrent import post_concurrently
 from tests.load.lookup_model import VOCABULARY, WIDTH, reference, write_lookup_entry
+from tests.prometheus_text import metric_sum
 from tests.service.builders import reference_logits, write_entry
 from tests.service.oracle import json_request
 from tests.service.server import RunningServer, running_server
@@ -38,16 +38,8 @@ def server(repository: tuple[Path, dict]) -> Iterator[RunningServer]:
         yield running
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
 def delta(before: str, after: str, name: str, **labels: str) -> float:
-    return metric(after, name, **labels) - metric(before, name, **labels)
+    return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
 
 
 def unbatched(entry: Path, x: np.ndarray) -> np.ndarray:
@@ -119,5 +111,5 @@ def test_batching_off_runs_every_request_alone(repository: tuple[Path, dict], rn
     for x, response in zip(inputs, responses, strict=True):
         got = np.asarray(response.json()["outputs"][0]["data"], np.float32).reshape(1, 3)
         np.testing.assert_array_equal(got, unbatched(root / "digits", x))
-    assert metric(text, "bnfold_batch_requests_count", model="digits", variant="folded") == 0
-    assert metric(text, "bnfold_requests_total", model="digits", variant="folded", status="200") == len(inputs)
+    assert metric_sum(text, "bnfold_batch_requests_count", model="digits", variant="folded") == 0
+    assert metric_sum(text, "bnfold_requests_total", model="digits", variant="folded", status="200") == len(inputs)

@@ -21,6 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from bnfold.service.settings import Settings
+from tests.prometheus_text import metric_sum
 from tests.service.builders import Weights
 from tests.service.grpc_server import RunningGrpcServer, running_grpc_server
 from tests.service.oracle import json_request, run_directly
@@ -274,10 +275,8 @@ def _wrong_contents(x: np.ndarray) -> pb.ModelInferRequest:
 
 def test_grpc_requests_share_the_http_metrics(client: triton.InferenceServerClient, served: RunningGrpcServer) -> None:
     def count() -> float:
-        for line in served.client.get("/metrics").text.splitlines():
-            if line.startswith('bnfold_requests_total{model="digits",status="200",variant="unfolded"}'):
-                return float(line.split()[-1])
-        return 0.0
+        text = served.client.get("/metrics").text
+        return metric_sum(text, "bnfold_requests_total", model="digits", status="200", variant="unfolded")
 
     before = count()
     x = np.zeros((1, 1, 8, 8), np.float32)
