@@ -15,6 +15,7 @@ from bnfold.contract.npz_limits import CalibrationLimits
 EquivalencePolicy = Literal["off", "sample", "always"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 HttpProtocol = Literal["auto", "h11", "httptools"]
+GrpcTransport = Literal["http2", "grpcio"]
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on (0: any free port).")
     grpc_port: int = Field(
         8001, ge=0, le=65535, description="TCP port of the V2 gRPC server, beside HTTP (0: no gRPC server)."
+    )
+    grpc_transport: GrpcTransport = Field(
+        "http2",
+        description="What serves the gRPC port: http2 (uvicorn's own HTTP/2 on the event loop, via zttp; about a "
+        "quarter of grpcio's CPU per call) or grpcio (grpc's asyncio server, with its own poller thread).",
     )
     grpc_stream_in_flight: int = Field(
         64,

@@ -1,16 +1,18 @@
-"""The grpc.aio server of a data plane, and `serve`: HTTP (uvicorn) and gRPC in one process and event loop.
+"""The gRPC server of a data plane, and `serve`: HTTP (uvicorn) and gRPC in one process and event loop.
 
 The gRPC server shares the app's data plane — registry, batchers, equivalence policy, metrics, limits — so a
-request is batched with HTTP requests for the same model and counted in the same metrics. Messages larger
-than BNFOLD_MAX_BODY_BYTES, and calls or streams beyond BNFOLD_GRPC_MAX_CONCURRENT_RPCS in progress, are
-refused by grpc itself (RESOURCE_EXHAUSTED) before they are read.
+request is batched with HTTP requests for the same model and counted in the same metrics. It is, as
+BNFOLD_GRPC_TRANSPORT says, a second uvicorn server speaking HTTP/2 (`http2.Http2GrpcServer`, the default) or
+grpc's own grpc.aio server (`grpcio`). Either refuses messages larger than BNFOLD_MAX_BODY_BYTES, and calls
+or streams beyond BNFOLD_GRPC_MAX_CONCURRENT_RPCS in progress, with RESOURCE_EXHAUSTED before they are parsed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import uvicorn
@@ -37,12 +39,24 @@ def grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def create_grpc_server(plane: DataPlane, control: RepositoryControl, share_port: bool = False) -> grpc.aio.Server:
-    """A grpc.aio server with `inference.GRPCInferenceService` bound to settings.host:settings.grpc_port.
+class GrpcServer(Protocol):
+    """What `serve` needs of a gRPC server (grpc.aio.Server has it, and so has Http2GrpcServer)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None) -> Any: ...
+
+
+def create_grpc_server(plane: DataPlane, control: RepositoryControl, share_port: bool = False) -> GrpcServer:
+    """The gRPC server of settings.grpc_transport with `inference.GRPCInferenceService`, bound to
+    settings.host:settings.grpc_port.
 
     `share_port` (the workers of `--workers N`): SO_REUSEPORT, so every worker binds the same port and the
     kernel spreads connections; otherwise a port in use is an error, never two servers sharing it."""
     settings = plane.settings
+    address = grpc_address(settings.host, settings.grpc_port)
+    if settings.grpc_transport == "http2":
+        return _http2_server(plane, control, share_port, address)
     server = grpc.aio.server(
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         options=[
@@ -52,14 +66,29 @@ def create_grpc_server(plane: DataPlane, control: RepositoryControl, share_port:
         ],
     )
     add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, control), server)
-    address = grpc_address(settings.host, settings.grpc_port)
     try:
         server.add_insecure_port(address)
     except RuntimeError:
-        raise GrpcPortError(
-            f"cannot listen for gRPC on {address} (in use?); choose another --grpc-port, or 0 for no gRPC"
-        ) from None
+        raise GrpcPortError(_port_error(address)) from None
     return server
+
+
+def _port_error(address: str) -> str:
+    return f"cannot listen for gRPC on {address} (in use?); choose another --grpc-port, or 0 for no gRPC"
+
+
+def _http2_server(plane: DataPlane, control: RepositoryControl, share_port: bool, address: str) -> GrpcServer:
+    if importlib.util.find_spec("zttp") is None:
+        raise GrpcPortError("BNFOLD_GRPC_TRANSPORT=http2 needs zttp (pip install zttp), or set it to grpcio")
+    from bnfold.service.grpc_v2.http2 import GrpcOverHttp2, Http2GrpcServer, bind_grpc_socket
+
+    settings = plane.settings
+    try:
+        listener = bind_grpc_socket(settings.host, settings.grpc_port, share_port)
+    except OSError:
+        raise GrpcPortError(_port_error(address)) from None
+    app = GrpcOverHttp2(InferenceServicer(plane, control), settings.max_body_bytes, settings.grpc_max_concurrent_rpcs)
+    return Http2GrpcServer(app, listener, settings.graceful_shutdown_s)
 
 
 class HttpAndGrpcServer(GuardedServer):
@@ -83,7 +112,11 @@ class HttpAndGrpcServer(GuardedServer):
         grpc_server = create_grpc_server(self.plane, self.control) if settings.grpc_port else None
         if grpc_server is not None:
             await grpc_server.start()
-            log.info("gRPC (inference.GRPCInferenceService) on %s", grpc_address(settings.host, settings.grpc_port))
+            log.info(
+                "gRPC (inference.GRPCInferenceService) on %s, served by %s",
+                grpc_address(settings.host, settings.grpc_port),
+                "uvicorn's HTTP/2 (zttp)" if settings.grpc_transport == "http2" else "grpcio",
+            )
         try:
             await super().serve(sockets)
         finally:

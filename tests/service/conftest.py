@@ -15,6 +15,12 @@ from tests.service.builders import Weights, build_graph, write_entry
 from tests.service.server import RunningServer, running_server
 
 
+@pytest.fixture(scope="module", params=["http2", "grpcio"])
+def grpc_transport(request: pytest.FixtureRequest) -> str:
+    """Each gRPC test module runs against both servers of the gRPC port (BNFOLD_GRPC_TRANSPORT)."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def rng() -> np.random.Generator:
     """A fresh random generator per module; the seed is printed so a failure can be replayed."""

@@ -30,9 +30,10 @@ Repository = tuple[Path, dict[str, Weights]]
 
 
 @pytest.fixture(scope="module")
-def served(mixed_repository: Repository) -> Iterator[RunningGrpcServer]:
+def served(mixed_repository: Repository, grpc_transport: str) -> Iterator[RunningGrpcServer]:
     """The mixed repository (good and broken models), every default request checked."""
-    with running_grpc_server(Settings(repository=mixed_repository[0], equivalence_policy="always")) as running:
+    settings = Settings(repository=mixed_repository[0], equivalence_policy="always", grpc_transport=grpc_transport)
+    with running_grpc_server(settings) as running:
         yield running
 
 

@@ -31,15 +31,22 @@ GOOD = {"authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory, rng: np.random.Generator) -> Path:
-    root = tmp_path_factory.mktemp("grpc_single")
+def repository(tmp_path_factory: pytest.TempPathFactory, rng: np.random.Generator, grpc_transport: str) -> Path:
+    """One per transport: a test writes a model into it."""
+    root = tmp_path_factory.mktemp(f"grpc_single_{grpc_transport}")
     write_entry(root, "digits", rng)
     return root
 
 
 @pytest.fixture(scope="module")
-def locked(repository: Path) -> Iterator[RunningGrpcServer]:
-    settings = Settings(repository=repository, api_key=SecretStr(TOKEN), max_body_bytes=4096, max_batch_size=4)
+def locked(repository: Path, grpc_transport: str) -> Iterator[RunningGrpcServer]:
+    settings = Settings(
+        repository=repository,
+        api_key=SecretStr(TOKEN),
+        max_body_bytes=4096,
+        max_batch_size=4,
+        grpc_transport=grpc_transport,
+    )
     with running_grpc_server(settings) as running:
         yield running
 
@@ -165,16 +172,27 @@ def _infer_message(x: np.ndarray) -> bytes:
     return bytes(request.SerializeToString())
 
 
-def test_message_over_the_body_limit(client: triton.InferenceServerClient) -> None:
-    """grpc refuses a message over BNFOLD_MAX_BODY_BYTES (4096 here) before it is read, with its own wording."""
+def test_message_over_the_body_limit(client: triton.InferenceServerClient, grpc_transport: str) -> None:
+    """A message over BNFOLD_MAX_BODY_BYTES (4096 here) is refused before it is parsed: by the HTTP/2 transport
+    with the limit and the fix, by grpcio with its own wording."""
     x = np.zeros((20, 1, 8, 8), np.float32)  # 5120 bytes of tensor data
+    size = len(_infer_message(x))
     status, message = status_and_message(lambda: client.infer("digits", [tensor_of(x)], headers=GOOD))
     assert status == "StatusCode.RESOURCE_EXHAUSTED"
-    assert message == f"SERVER: Received message larger than max ({len(_infer_message(x))} vs. 4096)"
+    assert (
+        message
+        == {
+            "http2": f"a message of {size} bytes is over the limit of 4096 bytes; send a smaller batch or raise "
+            "BNFOLD_MAX_BODY_BYTES",
+            "grpcio": f"SERVER: Received message larger than max ({size} vs. 4096)",
+        }[grpc_transport]
+    )
     assert client.is_server_live()  # the connection survives
 
 
-def test_onnxruntime_failure_is_internal_with_the_http_message(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_onnxruntime_failure_is_internal_with_the_http_message(
+    tmp_path: Path, rng: np.random.Generator, grpc_transport: str
+) -> None:
     """Input that passes every check but makes onnxruntime fail: INTERNAL, the HTTP 500's message; the server
     keeps serving."""
     entry = tmp_path / "fragile"
@@ -184,7 +202,9 @@ def test_onnxruntime_failure_is_internal_with_the_http_message(tmp_path: Path, r
     onnx.save(model, entry / "folded.onnx")
     np.savez(entry / "calibration.npz", input=rng.uniform(-1, 1, (8, 1, 8, 8)).astype(np.float32))
     (entry / "model.json").write_text(json.dumps(manifest_for("fragile", "regression", entry)))
-    with running_grpc_server(Settings(repository=tmp_path, equivalence_policy="off")) as running:
+    with running_grpc_server(
+        Settings(repository=tmp_path, equivalence_policy="off", grpc_transport=grpc_transport)
+    ) as running:
         client = triton.InferenceServerClient(running.grpc_address)
         client.infer("fragile", [tensor_of(np.ones((8, 1, 8, 8), np.float32))])
         x = np.ones((2, 1, 8, 8), np.float32)
@@ -241,9 +261,11 @@ def test_a_stream_needs_the_token(
     )
 
 
-def test_calls_beyond_the_concurrent_rpc_limit_are_refused(repository: Path, rng: np.random.Generator) -> None:
+def test_calls_beyond_the_concurrent_rpc_limit_are_refused(
+    repository: Path, rng: np.random.Generator, grpc_transport: str
+) -> None:
     """With BNFOLD_GRPC_MAX_CONCURRENT_RPCS=1, an open stream is the one RPC in progress: another call is
-    refused by grpc (RESOURCE_EXHAUSTED, its own wording) without touching the stream, which is answered once
+    refused (RESOURCE_EXHAUSTED) without touching the stream, which is answered once
     it goes on; after it the call is served."""
     x = rng.uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32)
     request = service_pb2.ModelInferRequest.FromString(_infer_message(x))
@@ -255,7 +277,9 @@ def test_calls_beyond_the_concurrent_rpc_limit_are_refused(repository: Path, rng
         yield request
 
     with (
-        running_grpc_server(Settings(repository=repository, grpc_max_concurrent_rpcs=1)) as served,
+        running_grpc_server(
+            Settings(repository=repository, grpc_max_concurrent_rpcs=1, grpc_transport=grpc_transport)
+        ) as served,
         grpc.insecure_channel(served.grpc_address) as channel,
     ):
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -265,7 +289,11 @@ def test_calls_beyond_the_concurrent_rpc_limit_are_refused(repository: Path, rng
             stub.ModelInfer(request)
         assert (caught.value.code(), caught.value.details()) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "Concurrent RPC limit exceeded!",
+            {
+                "http2": "1 gRPC calls and streams are in progress, the most BNFOLD_GRPC_MAX_CONCURRENT_RPCS allows; "
+                "retry later",
+                "grpcio": "Concurrent RPC limit exceeded!",
+            }[grpc_transport],
         )
         go_on.set()
         rest = list(answers)

@@ -31,8 +31,9 @@ VERSIONS = ("", "folded", "unfolded")
 
 
 @pytest.fixture(scope="module")
-def served(mixed_repository: Repository) -> Iterator[RunningGrpcServer]:
-    with running_grpc_server(Settings(repository=mixed_repository[0], equivalence_policy="always")) as running:
+def served(mixed_repository: Repository, grpc_transport: str) -> Iterator[RunningGrpcServer]:
+    settings = Settings(repository=mixed_repository[0], equivalence_policy="always", grpc_transport=grpc_transport)
+    with running_grpc_server(settings) as running:
         yield running
 
 

@@ -1,0 +1,379 @@
+"""gRPC on uvicorn's own HTTP/2 (zttp), on the event loop: `inference.GRPCInferenceService` as an ASGI app.
+
+gRPC is HTTP/2 of a fixed shape: a POST to `/inference.GRPCInferenceService/<Method>` with
+`content-type: application/grpc`; a body of length-prefixed messages (one byte "compressed" flag, four bytes
+big-endian length, the protobuf bytes); an answer of 200, the same framing, and the trailers `grpc-status` (the
+status code's number) and `grpc-message` (its message, percent-encoded). `GrpcOverHttp2` speaks that shape and
+hands each call to the `InferenceServicer` the grpcio server runs — same bearer check, same status mapping, same
+stream semantics (`streaming.answer_stream`) — through a `CallContext` with the three things the servicer asks
+of grpc's context (`invocation_metadata`, `abort`, `write`).
+
+Why: grpcio's server runs its own poller thread and hands every call across threads to the event loop, where it
+contends for the GIL with everything else; a call on this path costs about a quarter of the CPU (bench/peers.py).
+
+The rules grpc enforces itself are kept here:
+- a message over BNFOLD_MAX_BODY_BYTES (compressed or, after decompression, uncompressed) ends the call with
+  RESOURCE_EXHAUSTED before it is parsed; more than BNFOLD_GRPC_MAX_CONCURRENT_RPCS calls and streams in progress
+  refuse the next with RESOURCE_EXHAUSTED;
+- `grpc-encoding` identity, gzip and deflate are read (answers are never compressed); another is UNIMPLEMENTED;
+- `grpc-timeout` ends the call with DEADLINE_EXCEEDED when it passes;
+- an unknown method is UNIMPLEMENTED; a request that is not gRPC (not a POST of application/grpc) gets HTTP 415.
+Memory per call stays bounded: a stream's messages are read only while it has a free in-flight slot, and
+uvicorn stops reading a connection once a stream has 64 KiB unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import socket
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+import uvicorn
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
+
+from bnfold.service.errors import BadRequestError, PayloadTooLargeError
+from bnfold.service.grpc_v2 import inference_pb2 as pb
+from bnfold.service.grpc_v2.servicer import InferenceServicer
+
+log = logging.getLogger("bnfold.service")
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+SERVICE_PREFIX = "/inference.GRPCInferenceService/"
+FRAME_HEADER = 5
+IDLE_SECONDS = 300  # an idle gRPC connection is closed (GOAWAY) after this; clients reconnect when they need to
+ACCEPTED_ENCODINGS = b"identity,deflate,gzip"
+RESPONSE_HEADERS = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", ACCEPTED_ENCODINGS)]
+OK_TRAILERS = [(b"grpc-status", b"0")]
+ZLIB_WINDOW = {"gzip": 31, "deflate": 15}  # zlib's wbits: gzip wrapper, zlib wrapper
+TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+TIMEOUT_UNIT = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+NOT_GRPC = (
+    b"this port serves gRPC (inference.GRPCInferenceService over HTTP/2); send gRPC calls here, or V2 HTTP/REST "
+    b"requests to the HTTP port\n"
+)
+GRPC_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """One method of the service: its request message class and whether the client streams."""
+
+    request: type[ProtoMessage]
+    client_streaming: bool
+
+
+def service_methods() -> dict[str, Rpc]:
+    """Every method of inference.GRPCInferenceService, from the compiled protocol."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return {m.name: Rpc(getattr(pb, m.input_type.name), m.client_streaming) for m in service.methods}
+
+
+class CallEnded(Exception):
+    """The call ends with this status (raised by the transport: size, encoding, framing, deadline)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class ClientGone(Exception):
+    """The client reset the stream or closed the connection: nothing more can be sent."""
+
+
+def grpc_timeout(value: str) -> float:
+    """Seconds of a `grpc-timeout` header (an integer of at most 8 digits and a unit, e.g. `100m`)."""
+    match = TIMEOUT.fullmatch(value)
+    if match is None:
+        raise CallEnded(grpc.StatusCode.INVALID_ARGUMENT, f"grpc-timeout {value!r} is not <digits><H|M|S|m|u|n>")
+    return int(match[1]) * TIMEOUT_UNIT[match[2]]
+
+
+def trailers(code: grpc.StatusCode, details: str) -> list[tuple[bytes, bytes]]:
+    """`grpc-status` and, when there is one, the percent-encoded `grpc-message`."""
+    status = [(b"grpc-status", str(code.value[0]).encode())]
+    if details:
+        status.append((b"grpc-message", quote(details, safe=GRPC_MESSAGE_SAFE).encode("ascii")))
+    return status
+
+
+def frame(message: ProtoMessage) -> bytes:
+    """One uncompressed length-prefixed message."""
+    payload = message.SerializeToString()
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+class MessageReader:
+    """The messages of a request body, one at a time, as its chunks arrive (the framing of gRPC over HTTP/2)."""
+
+    def __init__(self, receive: Receive, limit: int, encoding: str) -> None:
+        self.receive, self.limit, self.encoding = receive, limit, encoding
+        self.buffer = bytearray()
+        self.more = True
+
+    async def next(self) -> bytes | None:
+        """The next message's (decompressed) bytes, or None once the client has closed its side."""
+        while True:
+            if len(self.buffer) >= FRAME_HEADER:
+                length = int.from_bytes(self.buffer[1:FRAME_HEADER], "big")
+                if length > self.limit:
+                    raise PayloadTooLargeError(self._too_large(f"{length} bytes"))
+                end = FRAME_HEADER + length
+                if len(self.buffer) >= end:
+                    compressed, payload = self.buffer[0], bytes(self.buffer[FRAME_HEADER:end])
+                    del self.buffer[:end]
+                    return self._decompress(payload) if compressed else payload
+            if not self.more:
+                if self.buffer:
+                    raise BadRequestError(f"the request body ends inside a message ({len(self.buffer)} bytes left)")
+                return None
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            self.buffer += message.get("body", b"")
+            self.more = message.get("more_body", False)
+
+    def _decompress(self, payload: bytes) -> bytes:
+        window = ZLIB_WINDOW.get(self.encoding)
+        if window is None:
+            raise CallEnded(
+                grpc.StatusCode.INTERNAL, "a message is flagged compressed but the call's grpc-encoding is identity"
+            )
+        inflater = zlib.decompressobj(window)
+        try:
+            data = inflater.decompress(payload, self.limit + 1)
+        except zlib.error as error:
+            raise BadRequestError(f"a {self.encoding} message does not decompress ({error})") from None
+        if len(data) > self.limit:
+            raise PayloadTooLargeError(self._too_large(f"more than {self.limit} bytes decompressed"))
+        return data
+
+    def _too_large(self, size: str) -> str:
+        return (
+            f"a message of {size} is over the limit of {self.limit} bytes; send a smaller batch or raise "
+            "BNFOLD_MAX_BODY_BYTES"
+        )
+
+
+class CallContext:
+    """What the servicer uses of grpc's ServicerContext, for one call: its metadata, `abort` and `write`."""
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], write: Callable[[ProtoMessage], Awaitable[None]]) -> None:
+        self.headers = headers
+        self.code, self.details = grpc.StatusCode.OK, ""
+        self._write = write
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The call's custom metadata (as grpcio gives it: `-bin` values base64-decoded, pseudo-headers left out)."""
+        pairs: list[tuple[str, str | bytes]] = []
+        for raw_name, raw_value in self.headers:
+            name = raw_name.decode("latin-1")
+            if name.startswith(":"):
+                continue
+            value: str | bytes = raw_value.decode("latin-1")
+            if name.endswith("-bin"):
+                value = base64.b64decode(raw_value + b"=" * (-len(raw_value) % 4))
+            pairs.append((name, value))
+        return tuple(pairs)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        self.code, self.details = code, details
+        raise grpc.aio.AbortError()
+
+    async def write(self, message: ProtoMessage) -> None:
+        await self._write(message)
+
+
+class Call:
+    """One gRPC call's response: headers once, messages, then the status trailers."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+        self.gone = False
+
+    async def write(self, message: ProtoMessage) -> None:
+        if self.gone:
+            raise ClientGone
+        await self._start()
+        await self.send({"type": "http.response.body", "body": frame(message), "more_body": True})
+
+    async def answer(self, message: ProtoMessage) -> None:
+        """A unary call's whole answer: headers, the message, status OK."""
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": RESPONSE_HEADERS, "trailers": True})
+        await self.send({"type": "http.response.body", "body": frame(message)})
+        await self.send({"type": "http.response.trailers", "headers": OK_TRAILERS})
+
+    async def finish(self, code: grpc.StatusCode, details: str = "") -> None:
+        if self.gone:
+            return
+        await self._start()
+        await self.send({"type": "http.response.body", "body": b""})
+        await self.send({"type": "http.response.trailers", "headers": trailers(code, details)})
+
+    async def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            start = {"type": "http.response.start", "status": 200, "headers": RESPONSE_HEADERS, "trailers": True}
+            await self.send(start)
+
+
+class GrpcOverHttp2:
+    """The ASGI app of the gRPC port: every call of inference.GRPCInferenceService answered by `servicer`."""
+
+    def __init__(self, servicer: InferenceServicer, max_message_bytes: int, max_calls: int) -> None:
+        self.methods = {name: (rpc, getattr(servicer, name)) for name, rpc in service_methods().items()}
+        self.max_message_bytes, self.max_calls = max_message_bytes, max_calls
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        content_type = next((value for name, value in headers if name == b"content-type"), b"")
+        if scope["method"] != "POST" or not content_type.startswith(b"application/grpc"):
+            await _not_grpc(send)
+            return
+        call = Call(send)
+        path: str = scope["path"]
+        found = self.methods.get(path[len(SERVICE_PREFIX) :]) if path.startswith(SERVICE_PREFIX) else None
+        if found is None:
+            message = f"{path} is not a method of inference.GRPCInferenceService, the service on this port"
+            await call.finish(grpc.StatusCode.UNIMPLEMENTED, message)
+            return
+        if self.calls >= self.max_calls:
+            message = (
+                f"{self.calls} gRPC calls and streams are in progress, the most BNFOLD_GRPC_MAX_CONCURRENT_RPCS "
+                "allows; retry later"
+            )
+            await call.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            return
+        self.calls += 1
+        try:
+            await self._serve(found, headers, receive, call)
+        finally:
+            self.calls -= 1
+
+    async def _serve(
+        self,
+        found: tuple[Rpc, Callable[..., Awaitable[Any]]],
+        headers: list[tuple[bytes, bytes]],
+        receive: Receive,
+        call: Call,
+    ) -> None:
+        rpc, method = found
+        context = CallContext(headers, call.write)
+        try:
+            encoding, timeout = _call_options(headers)
+            reader = MessageReader(receive, self.max_message_bytes, encoding)
+            async with asyncio.timeout(timeout):
+                if rpc.client_streaming:
+                    await method(_requests(reader, rpc.request, call), context)
+                    await call.finish(grpc.StatusCode.OK)
+                else:
+                    request = await _only_message(reader, rpc.request)
+                    await call.answer(await method(request, context))
+        except grpc.aio.AbortError:
+            await call.finish(context.code, context.details)
+        except CallEnded as ended:
+            await call.finish(ended.code, ended.details)
+        except (BadRequestError, PayloadTooLargeError) as error:
+            await call.finish(grpc.StatusCode[error.grpc_code], error.message)
+        except TimeoutError:
+            await call.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        except ClientGone:
+            call.gone = True
+
+
+def _call_options(headers: list[tuple[bytes, bytes]]) -> tuple[str, float | None]:
+    """The call's message encoding (identity, gzip or deflate) and its deadline in seconds (None: none)."""
+    encoding, timeout = "identity", None
+    for name, value in headers:
+        if name == b"grpc-encoding":
+            encoding = value.decode("latin-1").strip()
+            if encoding != "identity" and encoding not in ZLIB_WINDOW:
+                message = f"grpc-encoding {encoding!r} is not supported; send identity, gzip or deflate"
+                raise CallEnded(grpc.StatusCode.UNIMPLEMENTED, message)
+        elif name == b"grpc-timeout":
+            timeout = grpc_timeout(value.decode("latin-1"))
+    return encoding, timeout
+
+
+async def _only_message(reader: MessageReader, request: type[ProtoMessage]) -> ProtoMessage:
+    data = await reader.next()
+    if data is None or await reader.next() is not None:
+        name = request.DESCRIPTOR.name
+        raise BadRequestError(f"a unary call carries exactly one {name}; send one message")
+    return _parse(request, data)
+
+
+def _parse(request: type[ProtoMessage], data: bytes) -> ProtoMessage:
+    try:
+        return request.FromString(data)
+    except DecodeError as error:
+        raise BadRequestError(f"the message is not a {request.DESCRIPTOR.name} ({error})") from None
+
+
+async def _requests(reader: MessageReader, request: type[ProtoMessage], call: Call) -> AsyncIterator[ProtoMessage]:
+    """A stream's requests as they arrive; DecodeError for a message that is not one (answer_stream's rule);
+    the client's going away ends the call (grpc's CANCELLED, which nobody receives)."""
+    while True:
+        try:
+            data = await reader.next()
+        except ClientGone:
+            call.gone = True
+            raise grpc.aio.AbortError() from None
+        if data is None:
+            return
+        yield request.FromString(data)
+
+
+async def _not_grpc(send: Send) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(NOT_GRPC)).encode())]
+    await send({"type": "http.response.start", "status": 415, "headers": headers})
+    await send({"type": "http.response.body", "body": NOT_GRPC})
+
+
+def bind_grpc_socket(host: str, port: int, share_port: bool) -> socket.socket:
+    """A listening TCP socket on host:port; `share_port` sets SO_REUSEPORT (the workers of `--workers N`)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family, reuse_port=share_port, backlog=2048)
+
+
+class Http2GrpcServer:
+    """The gRPC port as a uvicorn server of its own (HTTP/2, zttp) on the running event loop; `start()` and
+    `stop(grace)` as on grpc.aio.Server."""
+
+    def __init__(self, app: GrpcOverHttp2, listener: socket.socket, graceful_shutdown_s: int) -> None:
+        config = uvicorn.Config(
+            app,
+            http="zttp",
+            http2=True,
+            lifespan="off",
+            access_log=False,
+            log_config=None,  # leave the process's logging as `bnfold serve` set it up
+            timeout_keep_alive=IDLE_SECONDS,
+            timeout_graceful_shutdown=graceful_shutdown_s,
+        )
+        self.listener = listener
+        self.server = uvicorn.Server(config)
+
+    async def start(self) -> None:
+        config = self.server.config
+        config.load()
+        self.server.lifespan = config.lifespan_class(config)
+        await self.server.startup(sockets=[self.listener])
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.server.shutdown(sockets=[self.listener])

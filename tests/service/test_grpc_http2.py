@@ -1,0 +1,184 @@
+"""The gRPC port on uvicorn's HTTP/2 (BNFOLD_GRPC_TRANSPORT=http2): the rules grpc's own server would enforce —
+message size before and after decompression, compressed messages, deadlines, unknown methods and encodings,
+framing — with their exact statuses and messages, and a long stream from tritonclient answered in order."""
+
+from __future__ import annotations
+
+import gzip
+import queue
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from bnfold.service.grpc_v2 import inference_pb2 as pb
+from bnfold.service.settings import Settings
+from tests.service.builders import write_entry
+from tests.service.grpc_server import RunningGrpcServer, running_grpc_server
+from tests.service.oracle import run_directly
+from tests.service.raw_grpc import framed, raw_call
+
+LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory, rng: np.random.Generator) -> Path:
+    root = tmp_path_factory.mktemp("grpc_http2")
+    write_entry(root, "digits", rng)
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(repository: Path) -> Iterator[RunningGrpcServer]:
+    settings = Settings(repository=repository, max_body_bytes=LIMIT, grpc_transport="http2", equivalence_policy="off")
+    with running_grpc_server(settings) as running:
+        yield running
+
+
+def infer_request(x: np.ndarray, request_id: str = "") -> bytes:
+    request = pb.ModelInferRequest(model_name="digits", id=request_id)
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    return request.SerializeToString()
+
+
+def logits_of(message: bytes) -> np.ndarray:
+    response = pb.ModelInferResponse.FromString(message)
+    return np.frombuffer(response.raw_output_contents[0], "<f4").reshape(list(response.outputs[0].shape))
+
+
+def test_compressed_requests_are_read(served: RunningGrpcServer, repository: Path, rng: np.random.Generator) -> None:
+    """tritonclient's gzip and deflate requests are decompressed and answered as uncompressed ones."""
+    x = rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32)
+    expected = run_directly(repository / "digits", "folded", x)
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    with triton.InferenceServerClient(served.grpc_address) as client:
+        for algorithm in ("gzip", "deflate"):
+            result = client.infer("digits", [tensor], compression_algorithm=algorithm)
+            np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_raw_gzip_and_deflate_frames(served: RunningGrpcServer, repository: Path, rng: np.random.Generator) -> None:
+    x = rng.uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32)
+    expected = run_directly(repository / "digits", "folded", x)
+    for encoding, compress in (("gzip", gzip.compress), ("deflate", zlib.compress)):
+        body = framed(compress(infer_request(x)), compressed=True)
+        answer = raw_call(served.grpc_address, "ModelInfer", body, [(b"grpc-encoding", encoding.encode())])
+        assert (answer.status, answer.grpc_status, answer.grpc_message) == (200, 0, "")
+        (message,) = answer.messages()
+        np.testing.assert_allclose(logits_of(message), expected, rtol=1e-5, atol=1e-6)
+
+
+OVER = f"a message of {{}} is over the limit of {LIMIT} bytes; send a smaller batch or raise BNFOLD_MAX_BODY_BYTES"
+CASES: dict[str, tuple[str, bytes, list[tuple[bytes, bytes]], int, str]] = {
+    "unknown method": (
+        "ModelTrain", framed(b""), [], 12,
+        "/inference.GRPCInferenceService/ModelTrain is not a method of inference.GRPCInferenceService, the "
+        "service on this port",
+    ),
+    "unknown encoding": (
+        "ServerLive", framed(b""), [(b"grpc-encoding", b"br")], 12,
+        "grpc-encoding 'br' is not supported; send identity, gzip or deflate",
+    ),
+    "compressed without an encoding": (
+        "ServerLive", framed(gzip.compress(b""), compressed=True), [], 13,
+        "a message is flagged compressed but the call's grpc-encoding is identity",
+    ),
+    "a gzip message that is not gzip": (
+        "ServerLive", framed(b"not gzip", compressed=True), [(b"grpc-encoding", b"gzip")], 3,
+        "a gzip message does not decompress (Error -3 while decompressing data: incorrect header check)",
+    ),
+    "a message over the limit": ("ServerLive", framed(bytes(LIMIT + 1)), [], 8, OVER.format(f"{LIMIT + 1} bytes")),
+    "a decompression bomb": (
+        "ServerLive", framed(gzip.compress(bytes(1 << 20)), compressed=True), [(b"grpc-encoding", b"gzip")], 8,
+        OVER.format(f"more than {LIMIT} bytes decompressed"),
+    ),
+    "no message": ("ServerLive", b"", [], 3, "a unary call carries exactly one ServerLiveRequest; send one message"),
+    "two messages": (
+        "ServerLive", framed(b"") + framed(b""), [], 3,
+        "a unary call carries exactly one ServerLiveRequest; send one message",
+    ),
+    "a body that ends inside a message": (
+        "ServerLive", framed(b"abc")[:-1], [], 3, "the request body ends inside a message (7 bytes left)",
+    ),
+    "not the message": (
+        "ModelReady", framed(b"\xff\xff\xff"), [], 3,
+        "the message is not a ModelReadyRequest (Error parsing message with type 'inference.ModelReadyRequest')",
+    ),
+    "a malformed deadline": (
+        "ServerLive", framed(b""), [(b"grpc-timeout", b"soon")], 3,
+        "grpc-timeout 'soon' is not <digits><H|M|S|m|u|n>",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_what_grpc_clients_never_send_gets_a_status_and_a_message(served: RunningGrpcServer, case: str) -> None:
+    method, body, headers, status, message = CASES[case]
+    answer = raw_call(served.grpc_address, method, body, headers)
+    assert (answer.status, answer.grpc_status, answer.grpc_message, answer.body) == (200, status, message, b"")
+    assert answer.headers[b"grpc-accept-encoding"] == b"identity,deflate,gzip"
+
+
+def test_a_stream_that_goes_quiet_past_its_deadline(
+    served: RunningGrpcServer, repository: Path, rng: np.random.Generator
+) -> None:
+    """The request sent before the client went quiet is answered; then DEADLINE_EXCEEDED (grpc-timeout 300m)."""
+    x = rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32)
+    body = framed(infer_request(x, "only"))
+    headers = [(b"grpc-timeout", b"300m")]
+    answer = raw_call(served.grpc_address, "ModelStreamInfer", body, headers, close_request=False)
+    assert (answer.grpc_status, answer.grpc_message) == (4, "Deadline Exceeded")
+    (message,) = answer.messages()
+    response = pb.ModelStreamInferResponse.FromString(message)
+    assert (response.error_message, response.infer_response.id) == ("", "only")
+    expected = run_directly(repository / "digits", "folded", x)
+    np.testing.assert_allclose(logits_of(response.infer_response.SerializeToString()), expected, 1e-5, 1e-6)
+
+
+def test_a_call_with_a_grpcio_deadline_is_answered(served: RunningGrpcServer) -> None:
+    with grpc.insecure_channel(served.grpc_address) as channel:
+        live = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerLive",
+            request_serializer=pb.ServerLiveRequest.SerializeToString,
+            response_deserializer=pb.ServerLiveResponse.FromString,
+        )
+        assert live(pb.ServerLiveRequest(), timeout=5).live is True
+
+
+def test_a_long_stream_is_answered_in_order(
+    served: RunningGrpcServer, repository: Path, rng: np.random.Generator
+) -> None:
+    """600 requests written as fast as tritonclient can (more than the 64 in flight and HTTP/2's first
+    windows hold): every one answered, in order, each with its own input's output."""
+    inputs = [rng.uniform(-1, 1, (int(rng.integers(1, 4)), 1, 8, 8)).astype(np.float32) for _ in range(600)]
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    with triton.InferenceServerClient(served.grpc_address) as client:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for index, x in enumerate(inputs):
+            tensor = triton.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            client.async_stream_infer("digits", [tensor], request_id=str(index))
+        received = [answers.get(timeout=60) for _ in inputs]
+        client.stop_stream()
+    assert [error for _, error in received] == [None] * len(inputs)
+    assert [result.get_response().id for result, _ in received] == [str(i) for i in range(len(inputs))]
+    entry = repository / "digits"
+    for x, (result, _) in zip(inputs, received, strict=True):
+        np.testing.assert_allclose(result.as_numpy("logits"), run_directly(entry, "folded", x), 1e-5, 1e-6)
+
+
+def test_a_request_that_is_not_grpc_gets_415(served: RunningGrpcServer) -> None:
+    answer = httpx.get(f"http://{served.grpc_address}/v2/health/ready")
+    assert answer.status_code == 415
+    assert answer.text == (
+        "this port serves gRPC (inference.GRPCInferenceService over HTTP/2); send gRPC calls here, or V2 "
+        "HTTP/REST requests to the HTTP port\n"
+    )
