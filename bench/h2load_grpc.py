@@ -11,6 +11,9 @@ still in flight when the run ended (their message arrived, their trailers did no
 A stream (ModelStreamInfer, `stream_messages` set) is the same with that many request frames in one body, sent at once
 (that many requests in flight on the stream; h2load closes it and opens the next when all are answered), and as
 many answers per stream; latency is then the whole stream's.
+h2load never reconnects, and bnfold's HTTP/2 transport ends every connection (GOAWAY) after 4000 streams, so a
+ModelInfer run is a series of h2load runs of CALLS_PER_CONNECTION calls per connection each, until `seconds` have
+passed; throughput is the calls over the sum of those runs' own durations (the same for every server measured).
 Latency percentiles come from h2load's per-request log; server CPU per request is the /proc utime+stime delta
 of the server's process tree over the run.
 """
@@ -22,11 +25,14 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.http_load import server_cpu_seconds
 from bench.wrk_load import WrkRun
 
+CALLS_PER_CONNECTION = 3500  # below the 4000 streams after which bnfold's HTTP/2 transport ends a connection
+FIRST_CALLS_PER_CONNECTION = 100
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
 
@@ -55,31 +61,39 @@ def run_h2load_grpc(
     """h2load for `seconds` at `concurrency` connections, each call ModelInfer or (`stream_messages` set) a
     ModelStreamInfer stream of that many requests; RuntimeError unless every request succeeded with a response
     message of `response_length` bytes. Throughput is requests (stream messages) per second."""
+    messages = stream_messages or 1
+    path = INFER_PATH if stream_messages is None else STREAM_PATH
+    cpu_before = server_cpu_seconds(server_pid)
+    runs: list[_Run] = []
     with tempfile.TemporaryDirectory(prefix="bnfold-h2load-") as temporary:
         work = Path(temporary)
-        messages = stream_messages or 1
         (work / "frame").write_bytes(grpc_frame(request) * messages)
-        path = INFER_PATH if stream_messages is None else STREAM_PATH
-        command = [h2load_binary(), "-t1", f"-c{concurrency}", "-m1", f"-D{max(1, round(seconds))}"]
+        command = [h2load_binary(), "-t1", f"-c{concurrency}", "-m1"]
         command += ["-d", str(work / "frame"), "-H", "content-type: application/grpc", "-H", "te: trailers"]
         command += [f"--log-file={work / 'requests.log'}", f"http://127.0.0.1:{port}{path}"]
-        cpu_before = server_cpu_seconds(server_pid)
-        result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-        cpu_after = server_cpu_seconds(server_pid)
-        rows = [line.split("\t") for line in (work / "requests.log").read_text().splitlines() if line]
-    summary = re.search(r"requests: (\d+) total, (\d+) started, \d+ done, (\d+) succeeded", result.stdout)
-    finished = re.search(r"finished in ([\d.]+)s", result.stdout)
-    data = re.search(r"\((\d+)\) data", result.stdout)
-    if result.returncode != 0 or summary is None or finished is None or data is None:
-        raise RuntimeError(f"h2load failed ({result.returncode}): {result.stderr[-500:]} {result.stdout[-500:]}")
-    total, started, succeeded = int(summary[1]), int(summary[2]), int(summary[3])
+        if stream_messages is not None:
+            runs.append(_h2load(command + [f"-D{max(1, round(seconds))}"], work, seconds))
+        else:
+            calls = (
+                FIRST_CALLS_PER_CONNECTION * concurrency
+            )  # then as many as the remaining time holds, at the rate seen
+            while (elapsed := sum(run.seconds for run in runs)) < seconds:
+                if runs:
+                    rate = sum(run.succeeded for run in runs) / elapsed
+                    calls = min(CALLS_PER_CONNECTION * concurrency, max(concurrency, int(rate * (seconds - elapsed))))
+                runs.append(_h2load(command + [f"-n{calls}"], work, seconds))
+    cpu_after = server_cpu_seconds(server_pid)
+    total, started, succeeded = (sum(getattr(run, key) for run in runs) for key in ("total", "started", "succeeded"))
+    received = sum(run.data_bytes for run in runs)
     expected = succeeded * messages * (5 + response_length)
-    unfinished, partial = divmod(int(data[1]) - expected, 5 + response_length)
+    unfinished, partial = divmod(received - expected, 5 + response_length)
     if not succeeded or total != succeeded or partial or not 0 <= unfinished <= (started - succeeded) * messages:
         raise RuntimeError(
-            f"h2load at {concurrency} connections: {summary[0]}, {data[1]} response bytes where every request "
-            f"answered would give {expected}"
+            f"h2load at {concurrency} connections: {total} total, {started} started, {succeeded} succeeded, "
+            f"{received} response bytes where every request answered would give {expected}"
         )
+    rows = [row for run in runs for row in run.rows]
+    finished_seconds = sum(run.seconds for run in runs)
     latencies_ms = sorted(int(row[2]) / 1000 for row in rows if row[1] == "200")
     quantiles = statistics.quantiles(latencies_ms, n=100, method="inclusive")
     server_cpu = None
@@ -87,10 +101,37 @@ def run_h2load_grpc(
         server_cpu = (cpu_after - cpu_before) / (succeeded * messages) * 1e6
     return WrkRun(
         concurrency=concurrency * messages,
-        throughput_rps=succeeded * messages / float(finished[1]),
+        throughput_rps=succeeded * messages / finished_seconds,
         p50_ms=quantiles[49],
         p90_ms=quantiles[89],
         p99_ms=quantiles[98],
         requests=succeeded * messages,
         server_cpu_us=server_cpu,
     )
+
+
+@dataclass
+class _Run:
+    """One h2load invocation's counts, response DATA bytes, duration and per-request log rows."""
+
+    total: int
+    started: int
+    succeeded: int
+    data_bytes: int
+    seconds: float
+    rows: list[list[str]]
+
+
+def _h2load(command: list[str], work: Path, seconds: float) -> _Run:
+    log = work / "requests.log"
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    summary = re.search(r"requests: (\d+) total, (\d+) started, \d+ done, (\d+) succeeded", result.stdout)
+    finished = re.search(r"finished in ([\d.]+)(m?s),", result.stdout)
+    data = re.search(r"\((\d+)\) data", result.stdout)
+    if result.returncode != 0 or summary is None or finished is None or data is None:
+        raise RuntimeError(f"h2load failed ({result.returncode}): {result.stderr[-500:]} {result.stdout[-500:]}")
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line]
+    log.unlink()
+    counts = (int(summary[1]), int(summary[2]), int(summary[3]))
+    duration = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
+    return _Run(*counts, int(data[1]), duration, rows)

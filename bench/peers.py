@@ -14,8 +14,10 @@ V2 binary) from the same load generator (wrk, one thread, keep-alive; bench.wrk_
     bnfold             `bnfold serve` on the whole repository: as shipped (log level info, so an access log line
                        per request; equivalence policy sample 1 %), and with log level warning and policy off
                        over V2 JSON, V2 binary and V2 gRPC
-    gRPC floor         bench.grpc_floor: grpcio's asyncio server on uvloop (what bnfold's gRPC port runs on),
-                       answering fixed bytes as long as bnfold's answer; the same on grpclib, the other Python
+                       (gRPC on its default transport, uvicorn's HTTP/2, and on BNFOLD_GRPC_TRANSPORT=grpcio)
+    gRPC floor         bench.http2_grpc_floor: an ASGI app on uvicorn's HTTP/2 (zttp) and uvloop, what bnfold's
+                       gRPC port runs on, answering fixed bytes as long as bnfold's answer; the same on
+                       grpcio's asyncio server on uvloop (bench.grpc_floor) and on grpclib, the other Python
                        gRPC server (pure-Python HTTP/2; bench.peer_servers.grpclib_floor, own virtualenv)
 
 The gRPC rows get the same tensor as raw_input_contents from h2load (Debian package nghttp2-client; a C client
@@ -154,6 +156,11 @@ def expected_output(setup: Setup) -> np.ndarray:
     return folded_session(setup.requests.entry, 1).run(None, setup.requests.inputs)[0]
 
 
+def _http2_grpc_floor(setup: Setup) -> AbstractContextManager[Server]:
+    """bench.http2_grpc_floor (uvicorn HTTP/2 on zttp) answering what bnfold answers."""
+    return grpc_floor(_bnfold_like_answer(setup), (sys.executable, "-m", "bench.http2_grpc_floor"))
+
+
 def _grpc_floor(setup: Setup) -> AbstractContextManager[Server]:
     """bench.grpc_floor (grpcio) answering what bnfold answers."""
     return grpc_floor(_bnfold_like_answer(setup))
@@ -222,6 +229,10 @@ def _bnfold(setup: Setup) -> AbstractContextManager[Server]:
     return bnfold_serve(setup.repository, equivalence_policy="off", log_level="warning")
 
 
+def _bnfold_on_grpcio(setup: Setup) -> AbstractContextManager[Server]:
+    return bnfold_serve(setup.repository, equivalence_policy="off", log_level="warning", grpc_transport="grpcio")
+
+
 def _bnfold_as_shipped(setup: Setup) -> AbstractContextManager[Server]:
     return bnfold_serve(setup.repository, log_level="info")  # defaults: access log on, policy sample 1 %
 
@@ -235,9 +246,12 @@ PEERS: tuple[Peer, ...] = (
     Peer("bnfold serve as shipped (access log, policy sample 1 %), V2 JSON", _bnfold_as_shipped, "json"),
     Peer("bnfold serve, no access log, policy off, V2 JSON", _bnfold, "json"),
     Peer("bnfold serve, no access log, policy off, V2 binary", _bnfold, "binary"),
+    GrpcPeer("bare gRPC floor (uvicorn HTTP/2 via zttp, uvloop, fixed answer), gRPC", _http2_grpc_floor),
     GrpcPeer("bare gRPC floor (grpcio asyncio server on uvloop, fixed answer), gRPC", _grpc_floor),
     GrpcPeer(f"bare gRPC floor on grpclib {GRPCLIB} (pure-Python HTTP/2, uvloop, fixed answer), gRPC", _grpclib_floor),
     GrpcPeer("bnfold serve, no access log, policy off, V2 gRPC", _bnfold),
+    GrpcPeer("bnfold serve, no access log, policy off, V2 gRPC on grpcio", _bnfold_on_grpcio),
+    GrpcStreamPeer("bare gRPC floor (uvicorn HTTP/2 via zttp, as above), gRPC ModelStreamInfer", _http2_grpc_floor),
     GrpcStreamPeer("bare gRPC floor (grpcio, as above), gRPC ModelStreamInfer", _grpc_floor),
     GrpcStreamPeer("bnfold serve, no access log, policy off, V2 gRPC ModelStreamInfer", _bnfold),
 )
@@ -303,7 +317,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s (smoke run; results not saved)")
-    parser.add_argument("--only", help="only the servers whose name contains this (smoke run; results not saved)")
+    parser.add_argument(
+        "--only", help="only the servers whose name contains one of these comma-separated words (results not saved)"
+    )
     arguments = parser.parse_args()
     rounds, seconds = (1, 2.0) if arguments.quick else (arguments.rounds, arguments.seconds)
     wrk_binary()
@@ -328,7 +344,8 @@ def main() -> None:
             request_binary_body_bytes=len(HttpBody.from_request(setup.requests.binary).body),
         )
         log(f"machine: {machine['cpu']}, {machine['logical_cores']} cores, load average {load_before}")
-        peers = tuple(p for p in PEERS if not arguments.only or arguments.only in p.name or p is PEERS[0])
+        wanted = arguments.only.split(",") if arguments.only else []
+        peers = tuple(p for p in PEERS if not wanted or any(w in p.name for w in wanted) or p is PEERS[0])
         results = compare(peers, setup, rounds, seconds, warmup=1.0)
     machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     loads = [run["load_average_1m"] for by_c in results.values() for run in by_c.values()]

@@ -37,8 +37,10 @@ from urllib.parse import quote
 
 import grpc
 import uvicorn
+import zttp
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
+from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 
 from bnfold.service.errors import BadRequestError, PayloadTooLargeError
 from bnfold.service.grpc_v2 import inference_pb2 as pb
@@ -51,9 +53,12 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 SERVICE_PREFIX = "/inference.GRPCInferenceService/"
 FRAME_HEADER = 5
+STREAMS_PER_CONNECTION = 4000  # zttp 0.0.35 drops a connection at its 4096th stream (ENHANCE_YOUR_CALM)
+REFUSED_STREAM = 0x7
 IDLE_SECONDS = 300  # an idle gRPC connection is closed (GOAWAY) after this; clients reconnect when they need to
 ACCEPTED_ENCODINGS = b"identity,deflate,gzip"
-RESPONSE_HEADERS = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", ACCEPTED_ENCODINGS)]
+RESPONSE_HEADERS = [(b"content-type", b"application/grpc")]
+ERROR_HEADERS = [*RESPONSE_HEADERS, (b"grpc-accept-encoding", ACCEPTED_ENCODINGS)]  # on a call that did not end OK
 OK_TRAILERS = [(b"grpc-status", b"0")]
 ZLIB_WINDOW = {"gzip": 31, "deflate": 15}  # zlib's wbits: gzip wrapper, zlib wrapper
 TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
@@ -218,15 +223,14 @@ class Call:
     async def finish(self, code: grpc.StatusCode, details: str = "") -> None:
         if self.gone:
             return
-        await self._start()
+        await self._start(RESPONSE_HEADERS if code == grpc.StatusCode.OK else ERROR_HEADERS)
         await self.send({"type": "http.response.body", "body": b""})
         await self.send({"type": "http.response.trailers", "headers": trailers(code, details)})
 
-    async def _start(self) -> None:
+    async def _start(self, headers: list[tuple[bytes, bytes]] = RESPONSE_HEADERS) -> None:
         if not self.started:
             self.started = True
-            start = {"type": "http.response.start", "status": 200, "headers": RESPONSE_HEADERS, "trailers": True}
-            await self.send(start)
+            await self.send({"type": "http.response.start", "status": 200, "headers": headers, "trailers": True})
 
 
 class GrpcOverHttp2:
@@ -351,6 +355,37 @@ def bind_grpc_socket(host: str, port: int, share_port: bool) -> socket.socket:
     return socket.create_server((host.strip("[]"), port), family=family, reuse_port=share_port, backlog=2048)
 
 
+class GrpcH2Protocol(ZttpH2Protocol):
+    """uvicorn's HTTP/2 protocol (prior knowledge only: gRPC clients never speak HTTP/1.1 to this port) that ends a
+    connection gracefully before zttp's per-connection stream cap: after STREAMS_PER_CONNECTION streams it sends
+    GOAWAY (NO_ERROR, last stream = that one), answers the streams already open, then closes. A stream the client
+    opened before it read the GOAWAY is refused with REFUSED_STREAM, which grpc clients retry on a new connection
+    (as they open one for the calls that follow)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.streams_opened = 0
+        self.goaway_sent = False
+
+    def handle_request(self, event: zttp.Request) -> None:
+        if self.goaway_sent:
+            self.conn.stream(event.stream_id).reset(REFUSED_STREAM)
+            return
+        super().handle_request(event)
+        self.streams_opened += 1
+        if self.streams_opened >= STREAMS_PER_CONNECTION:
+            self.conn.close(0, event.stream_id)
+            self.goaway_sent = True
+            self.shutdown_requested = True  # uvicorn closes the connection once its last stream is answered
+
+    def _close_connection(self) -> None:
+        if self.goaway_sent and not self.transport.is_closing():
+            self.flush()
+            self.transport.close()
+            return
+        super()._close_connection()
+
+
 class Http2GrpcServer:
     """The gRPC port as a uvicorn server of its own (HTTP/2, zttp) on the running event loop; `start()` and
     `stop(grace)` as on grpc.aio.Server."""
@@ -358,9 +393,9 @@ class Http2GrpcServer:
     def __init__(self, app: GrpcOverHttp2, listener: socket.socket, graceful_shutdown_s: int) -> None:
         config = uvicorn.Config(
             app,
-            http="zttp",
-            http2=True,
+            http=GrpcH2Protocol,
             lifespan="off",
+            proxy_headers=False,  # gRPC clients connect directly; uvicorn's X-Forwarded-* middleware costs per call
             access_log=False,
             log_config=None,  # leave the process's logging as `bnfold serve` set it up
             timeout_keep_alive=IDLE_SECONDS,

@@ -9,8 +9,6 @@ from urllib.parse import unquote
 
 import zttp
 
-PREFACE_HEADERS = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
-
 
 @dataclass
 class RawAnswer:
@@ -49,6 +47,7 @@ def raw_call(
     body: bytes,
     headers: list[tuple[bytes, bytes]] | None = None,
     close_request: bool = True,
+    content_type: bytes = b"application/grpc",
     timeout: float = 10,
 ) -> RawAnswer:
     """POST `body` (already framed) to /inference.GRPCInferenceService/<method>; the whole answer.
@@ -58,7 +57,12 @@ def raw_call(
     connection.initiate_connection()
     answer = RawAnswer()
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-        request_headers = [(b"host", address.encode()), *PREFACE_HEADERS, *(headers or [])]
+        request_headers = [
+            (b"host", address.encode()),
+            (b"content-type", content_type),
+            (b"te", b"trailers"),
+            *(headers or []),
+        ]
         stream = connection.send_request(
             b"POST", f"/inference.GRPCInferenceService/{method}".encode(), b"HTTP/2", request_headers
         )

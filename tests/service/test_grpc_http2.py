@@ -8,16 +8,17 @@ import gzip
 import queue
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
 from bnfold.service.grpc_v2 import inference_pb2 as pb
+from bnfold.service.grpc_v2.http2 import STREAMS_PER_CONNECTION
 from bnfold.service.settings import Settings
 from tests.service.builders import write_entry
 from tests.service.grpc_server import RunningGrpcServer, running_grpc_server
@@ -176,9 +177,29 @@ def test_a_long_stream_is_answered_in_order(
 
 
 def test_a_request_that_is_not_grpc_gets_415(served: RunningGrpcServer) -> None:
-    answer = httpx.get(f"http://{served.grpc_address}/v2/health/ready")
-    assert answer.status_code == 415
-    assert answer.text == (
+    answer = raw_call(served.grpc_address, "ServerLive", b"{}", content_type=b"application/json")
+    assert (answer.status, answer.body.decode()) == (
+        415,
         "this port serves gRPC (inference.GRPCInferenceService over HTTP/2); send gRPC calls here, or V2 "
-        "HTTP/REST requests to the HTTP port\n"
+        "HTTP/REST requests to the HTTP port\n",
     )
+
+
+def test_a_connection_ends_gracefully_before_the_stream_cap(
+    served: RunningGrpcServer, rng: np.random.Generator
+) -> None:
+    """More calls on one channel than STREAMS_PER_CONNECTION, 16 in flight at once: the server ends the
+    connection with GOAWAY before zttp's cap (which would drop the calls in flight) and grpc carries on over a
+    new one; every call is answered."""
+    x = rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32)
+    request = pb.ModelInferRequest.FromString(infer_request(x))
+    calls = STREAMS_PER_CONNECTION + 500
+    with grpc.insecure_channel(served.grpc_address) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _: infer(request, timeout=30).model_name, range(calls)))
+    assert answers == ["digits"] * calls
