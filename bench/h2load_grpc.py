@@ -72,7 +72,7 @@ def run_h2load_grpc(
         command += ["-d", str(work / "frame"), "-H", "content-type: application/grpc", "-H", "te: trailers"]
         command += [f"--log-file={work / 'requests.log'}", f"http://127.0.0.1:{port}{path}"]
         if stream_messages is not None:
-            runs.append(_h2load(command + [f"-D{max(1, round(seconds))}"], work, seconds))
+            runs.append(_h2load([*command, f"-D{max(1, round(seconds))}"], work, seconds))
         else:
             calls = (
                 FIRST_CALLS_PER_CONNECTION * concurrency
@@ -81,7 +81,7 @@ def run_h2load_grpc(
                 if runs:
                     rate = sum(run.succeeded for run in runs) / elapsed
                     calls = min(CALLS_PER_CONNECTION * concurrency, max(concurrency, int(rate * (seconds - elapsed))))
-                runs.append(_h2load(command + [f"-n{calls}"], work, seconds))
+                runs.append(_h2load([*command, f"-n{calls}"], work, seconds))
     cpu_after = server_cpu_seconds(server_pid)
     total, started, succeeded = (sum(getattr(run, key) for run in runs) for key in ("total", "started", "succeeded"))
     received = sum(run.data_bytes for run in runs)
