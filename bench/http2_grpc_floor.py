@@ -1,5 +1,5 @@
 """The gRPC floor of the HTTP/2 transport: the cheapest possible ModelInfer on the server `bnfold serve` runs its
-gRPC port on by default (uvicorn's HTTP/2 protocol on zttp, uvloop, an ASGI app).
+gRPC port on by default (uvicorn's HTTP/2 protocol on zttp as bnfold wraps it, uvloop, an ASGI app).
 
     python -m bench.http2_grpc_floor --port 8001 --response FILE
 
@@ -16,7 +16,7 @@ import uvicorn
 from tritonclient.grpc import service_pb2
 
 from bench.peer_servers.floor_cli import floor_arguments
-from bnfold.service.grpc_v2.http2 import GrpcH2Protocol
+from bnfold.service.grpc_v2.http2 import GRPC_PROTOCOL
 
 START = {
     "type": "http.response.start",
@@ -70,7 +70,7 @@ def main() -> None:
         floor_app(answer),
         host="127.0.0.1",
         port=port,
-        http=GrpcH2Protocol,  # bnfold's: uvicorn's HTTP/2 protocol, ending each connection before zttp's stream cap
+        http=GRPC_PROTOCOL,  # bnfold's: uvicorn's HTTP/2, one write per step, GOAWAY before zttp's stream cap
         loop="uvloop",
         lifespan="off",
         access_log=False,

@@ -1,11 +1,12 @@
-"""Where a small request's server CPU goes: `bnfold serve` under wrk at 32 connections, sampled by py-spy.
+"""Where a small request's server CPU goes: `bnfold serve` under load at 32 connections, sampled by py-spy.
 
-    .venv/bin/python -m bench.profile_request [--repository model_repository] [--kind json] [--seconds 20]
+    .venv/bin/python -m bench.profile_request [--repository model_repository] [--kind json|binary|grpc] [--seconds 20]
         [--setting log_level=warning ...] [--svg profile.svg]
 
 1. Starts `bnfold serve` on the repository (settings as shipped unless --setting overrides one) and measures the
-   server CPU per request without the profiler (bench.wrk_load: /proc utime+stime over a wrk run).
-2. Runs wrk again while `py-spy record --native --format raw` samples the server (on-CPU stacks of every
+   server CPU per request without the profiler (/proc utime+stime over a run of wrk, or of h2load for --kind grpc:
+   ModelInfer with raw_input_contents, bench.h2load_grpc).
+2. Runs the load again while `py-spy record --native --format raw` samples the server (on-CPU stacks of every
    thread; idle threads excluded), and sorts every sample into one stage of the request path by the innermost
    frame that matches a stage's pattern (STAGES, first match from the leaf up).
 3. Prints each stage's share of the on-CPU samples and, as µs per request, that share of the unprofiled server CPU.
@@ -21,12 +22,15 @@ import subprocess
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import markdown_table
-from bench.processes import BIN, bnfold_serve
+from bench.grpc_load import infer_once
+from bench.h2load_grpc import run_h2load_grpc
+from bench.processes import BIN, Server, bnfold_serve
 from bench.serving_inputs import model_requests
-from bench.wrk_load import HttpBody, run_wrk
+from bench.wrk_load import HttpBody, WrkRun, run_wrk
 
 # (stage, frame pattern): a stack belongs to the stage of its innermost frame that matches a pattern (frames are
 # tried leaf first; within one frame, in this order), except for SUBTREES. Patterns name modules and functions as
@@ -42,9 +46,14 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("access log + logging", r"logging/__init__|\(logging/|access_log|AccessFormatter"),
     ("request id (uuid4)", r"^uuid4|uuid\.py|os_urandom|getrandom"),
     ("batcher: queue, futures, thread hop", r"batching\.py|anyio/|to_thread|threading\.py|concurrent/futures"),
+    ("gRPC messages (protobuf parse and build)", r"grpc_v2/tensors\.py|google/protobuf|_upb|upb_"),
+    ("gRPC call handling (bnfold framing, servicer)", r"grpc_v2/http2\.py|grpc_v2/servicer\.py|grpc_v2/streaming"),
     ("data plane + handler glue", r"dataplane\.py|handlers\.py|service/model\.py|fast_infer\.py|service/edge\.py"),
     ("ASGI layers (Starlette / FastAPI / uvicorn middleware)", r"starlette/|fastapi/|uvicorn/middleware"),
-    ("HTTP protocol (uvicorn + httptools)", r"uvicorn/protocols|httptools|HttpParser|HttpToolsProtocol|h11"),
+    (
+        "HTTP protocol (uvicorn + httptools / zttp)",
+        r"uvicorn/protocols|httptools|HttpParser|HttpToolsProtocol|h11|zttp",
+    ),
     ("event loop (uvloop / asyncio)", r"uvloop|loop\.c|asyncio|_asynciomodule|uv_|uv__"),
 )
 # Stages whose frames claim the whole stack below them (a log line's write(2) is the access log's, not the socket's).
@@ -89,16 +98,30 @@ def profile(pid: int, seconds: float, raw: Path, svg: Path | None) -> None:
         subprocess.run([*spy, "--output", str(svg)], check=True, capture_output=True)
 
 
+def load_of(arguments: argparse.Namespace, server: Server) -> Callable[[float], WrkRun]:
+    """A run of the load `arguments.kind` names for some seconds: wrk over HTTP, or h2load over gRPC."""
+    requests = model_requests(arguments.repository, arguments.model)
+    if arguments.kind == "grpc":
+        if server.grpc_port is None:
+            raise SystemExit("--kind grpc needs the gRPC port; do not set grpc_port=0")
+        port = server.grpc_port
+        answer_length = len(infer_once(port, requests.grpc).SerializeToString())
+        return lambda seconds: run_h2load_grpc(
+            port, requests.grpc, answer_length, arguments.concurrency, seconds, server.pid
+        )
+    post = HttpBody.from_request(getattr(requests, arguments.kind))
+    return lambda seconds: run_wrk(server.port, post, arguments.concurrency, seconds, server.pid)
+
+
 def sample_server(arguments: argparse.Namespace, settings: dict[str, str], raw: Path) -> tuple[float, str]:
     """Unprofiled server CPU per request, then py-spy's stacks into `raw` under the same load; and a summary."""
-    post = HttpBody.from_request(getattr(model_requests(arguments.repository, arguments.model), arguments.kind))
     with bnfold_serve(arguments.repository, **settings) as server:
-        run_wrk(server.port, post, arguments.concurrency, 2.0, server.pid)  # warm-up
-        plain = run_wrk(server.port, post, arguments.concurrency, 10.0, server.pid)
+        load = load_of(arguments, server)
+        load(2.0)  # warm-up
+        plain = load(10.0)
         sampler = threading.Thread(target=profile, args=(server.pid, arguments.seconds, raw, arguments.svg))
         sampler.start()
-        load_seconds = arguments.seconds * (2 if arguments.svg else 1) + 2
-        profiled = run_wrk(server.port, post, arguments.concurrency, load_seconds, server.pid)
+        profiled = load(arguments.seconds * (2 if arguments.svg else 1) + 2)
         sampler.join()
     cpu = plain.server_cpu_us or 0.0
     summary = (
@@ -113,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, help="repository of `bnfold build-default`")
     parser.add_argument("--model", default="digits_resnet")
-    parser.add_argument("--kind", choices=("json", "binary"), default="json")
+    parser.add_argument("--kind", choices=("json", "binary", "grpc"), default="json")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--setting", action="append", default=[], help="NAME=VALUE for bnfold serve (repeatable)")

@@ -57,9 +57,11 @@ class DataPlane:
         self._random = random.Random()
         # What tells a request it is the only one in progress (then the batcher need not queue it): uvicorn's
         # set of HTTP request tasks — created as each request head is parsed, before any of them runs — set by
-        # the server that serves this plane, and the gRPC inference calls in progress. Without the set (an
-        # app not run by bnfold's server), no request counts as alone.
+        # the server that serves this plane; the same set of the HTTP/2 gRPC server (its calls are uvicorn
+        # tasks too); and the grpcio server's inference calls in progress. Without the HTTP set (an app not run
+        # by bnfold's server), no request counts as alone.
         self.http_requests: Sized | None = None
+        self.grpc_requests: Sized = ()
         self.grpc_calls = 0
 
     def wants_check(self) -> bool:
@@ -85,8 +87,10 @@ class DataPlane:
 
     def alone(self) -> bool:
         """Whether the request being run is the only one the server has in progress: HTTP requests and gRPC
-        inference calls together (the caller counts itself) are at most one."""
-        return self.http_requests is not None and len(self.http_requests) + self.grpc_calls <= 1
+        calls together (the caller counts itself) are at most one."""
+        if self.http_requests is None:
+            return False
+        return len(self.http_requests) + len(self.grpc_requests) + self.grpc_calls <= 1
 
     async def _run(self, model: ServedModel, variant: str, inputs: Tensors) -> Timed:
         start = time.perf_counter()

@@ -42,6 +42,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 
+from bnfold.service.coalesced_writes import step_coalescing_protocol
 from bnfold.service.errors import BadRequestError, PayloadTooLargeError
 from bnfold.service.grpc_v2 import inference_pb2 as pb
 from bnfold.service.grpc_v2.servicer import InferenceServicer
@@ -386,6 +387,9 @@ class GrpcH2Protocol(ZttpH2Protocol):
         super()._close_connection()
 
 
+GRPC_PROTOCOL = step_coalescing_protocol(GrpcH2Protocol)  # one socket write per connection and event-loop step
+
+
 class Http2GrpcServer:
     """The gRPC port as a uvicorn server of its own (HTTP/2, zttp) on the running event loop; `start()` and
     `stop(grace)` as on grpc.aio.Server."""
@@ -393,7 +397,7 @@ class Http2GrpcServer:
     def __init__(self, app: GrpcOverHttp2, listener: socket.socket, graceful_shutdown_s: int) -> None:
         config = uvicorn.Config(
             app,
-            http=GrpcH2Protocol,
+            http=GRPC_PROTOCOL,
             lifespan="off",
             proxy_headers=False,  # gRPC clients connect directly; uvicorn's X-Forwarded-* middleware costs per call
             access_log=False,

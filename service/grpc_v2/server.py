@@ -87,8 +87,11 @@ def _http2_server(plane: DataPlane, control: RepositoryControl, share_port: bool
         listener = bind_grpc_socket(settings.host, settings.grpc_port, share_port)
     except OSError:
         raise GrpcPortError(_port_error(address)) from None
-    app = GrpcOverHttp2(InferenceServicer(plane, control), settings.max_body_bytes, settings.grpc_max_concurrent_rpcs)
-    return Http2GrpcServer(app, listener, settings.graceful_shutdown_s)
+    servicer = InferenceServicer(plane, control, counts_calls=False)
+    app = GrpcOverHttp2(servicer, settings.max_body_bytes, settings.grpc_max_concurrent_rpcs)
+    server = Http2GrpcServer(app, listener, settings.graceful_shutdown_s)
+    plane.grpc_requests = server.server.server_state.tasks  # its calls, created as their headers arrive
+    return server
 
 
 class HttpAndGrpcServer(GuardedServer):

@@ -43,7 +43,7 @@ def rpc(public: bool = False) -> Callable[[Method[Request, Response]], Method[Re
         @functools.wraps(method)
         async def answer(self: InferenceServicer, request: Request, context: grpc.aio.ServicerContext) -> Response:
             try:
-                if not public:
+                if not public and self.token is not None:
                     check_bearer(_authorizations(context), self.token)
                 return await method(self, request, context)
             except ServiceError as error:
@@ -85,8 +85,11 @@ def _authorizations(context: grpc.aio.ServicerContext) -> list[str]:
 class InferenceServicer(GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService` on a data plane (the one the HTTP app serves)."""
 
-    def __init__(self, plane: DataPlane, control: RepositoryControl) -> None:
+    def __init__(self, plane: DataPlane, control: RepositoryControl, counts_calls: bool = True) -> None:
+        """`counts_calls`: count inference calls in `plane.grpc_calls` while they run (what tells a request it
+        is alone); off when the server's own set of call tasks is `plane.grpc_requests` (the HTTP/2 server)."""
         self.plane, self.control = plane, control
+        self.counts_calls = counts_calls
         self.token = expected_token(plane.settings.api_key)
 
     @rpc(public=True)
@@ -149,13 +152,14 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             return infer_response(header, outputs, wanted, raw)
 
         version = request.model_version or None
-        self.plane.grpc_calls += 1
+        counted = int(self.counts_calls)
+        self.plane.grpc_calls += counted
         try:
             return await run_v2(
                 self.plane, request.model_name, version, lambda: request_document(request), raw, respond
             )
         finally:
-            self.plane.grpc_calls -= 1
+            self.plane.grpc_calls -= counted
 
     def _model(self, name: str, version: str) -> ServedModel:
         model = self.plane.registry.get(name)

@@ -41,7 +41,7 @@ CONTENTS_FIELD = {
 
 def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], memoryview]:
     """The V2 document (id, parameters, inputs, outputs) and binary tail of a ModelInferRequest."""
-    raw = list(request.raw_input_contents)
+    raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise BadRequestError(
             f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; send one "
@@ -60,7 +60,7 @@ def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], mem
 
 def _input_item(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> dict[str, Any]:
     item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-    given = [field.name for field, _ in tensor.contents.ListFields()]
+    given = [field.name for field, _ in tensor.contents.ListFields()] if tensor.HasField("contents") else []
     if raw is not None:
         if given:
             raise BadRequestError(
@@ -83,6 +83,8 @@ def _input_item(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
 
 def parameter_values(parameters: Any) -> dict[str, Any]:
     """A protobuf map of InferParameter as plain values ({"binary_data_output": True, ...})."""
+    if not parameters:
+        return {}
     values = {}
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
