@@ -4,6 +4,7 @@ framing — with their exact statuses and messages, and a long stream from trito
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import queue
 import zlib
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
 
 from bnfold.service.grpc_v2 import inference_pb2 as pb
 from bnfold.service.grpc_v2.http2 import STREAMS_PER_CONNECTION
@@ -203,3 +205,28 @@ def test_a_connection_ends_gracefully_before_the_stream_cap(
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda _: infer(request, timeout=30).model_name, range(calls)))
     assert answers == ["digits"] * calls
+
+
+def test_more_calls_at_once_than_a_connection_carries(
+    served: RunningGrpcServer, repository: Path, rng: np.random.Generator
+) -> None:
+    """400 calls in flight on one tritonclient aio channel (HTTP/2 allows the server 128 streams at once per
+    connection; grpc queues the rest): every call is answered with its own output."""
+    inputs = [rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32) for _ in range(400)]
+
+    async def infer_all() -> list[Any]:
+        client = triton_aio.InferenceServerClient(served.grpc_address)
+        try:
+            tensors = []
+            for x in inputs:
+                tensor = triton.InferInput("input", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x)
+                tensors.append(tensor)
+            return await asyncio.gather(*(client.infer("digits", [tensor]) for tensor in tensors))
+        finally:
+            await client.close()
+
+    results = asyncio.run(infer_all())
+    stacked = np.concatenate(inputs)
+    expected = run_directly(repository / "digits", "folded", stacked)
+    np.testing.assert_allclose(np.concatenate([r.as_numpy("logits") for r in results]), expected, 1e-5, 1e-6)
