@@ -12,8 +12,9 @@ A stream (ModelStreamInfer, `stream_messages` set) is the same with that many re
 (that many requests in flight on the stream; h2load closes it and opens the next when all are answered), and as
 many answers per stream; latency is then the whole stream's.
 h2load never reconnects, and bnfold's HTTP/2 transport ends every connection (GOAWAY) after 4000 streams, so a
-ModelInfer run is a series of h2load runs of CALLS_PER_CONNECTION calls per connection each, until `seconds` have
-passed; throughput is the calls over the sum of those runs' own durations (the same for every server measured).
+run is a series of h2load runs of at most CALLS_PER_CONNECTION calls (or streams) per connection each, until
+`seconds` have passed; throughput is the requests over the sum of those runs' own durations (the same for every
+server measured).
 Latency percentiles come from h2load's per-request log; server CPU per request is the /proc utime+stime delta
 of the server's process tree over the run.
 """
@@ -71,17 +72,12 @@ def run_h2load_grpc(
         command = [h2load_binary(), "-t1", f"-c{concurrency}", "-m1"]
         command += ["-d", str(work / "frame"), "-H", "content-type: application/grpc", "-H", "te: trailers"]
         command += [f"--log-file={work / 'requests.log'}", f"http://127.0.0.1:{port}{path}"]
-        if stream_messages is not None:
-            runs.append(_h2load([*command, f"-D{max(1, round(seconds))}"], work, seconds))
-        else:
-            calls = (
-                FIRST_CALLS_PER_CONNECTION * concurrency
-            )  # then as many as the remaining time holds, at the rate seen
-            while (elapsed := sum(run.seconds for run in runs)) < seconds:
-                if runs:
-                    rate = sum(run.succeeded for run in runs) / elapsed
-                    calls = min(CALLS_PER_CONNECTION * concurrency, max(concurrency, int(rate * (seconds - elapsed))))
-                runs.append(_h2load([*command, f"-n{calls}"], work, seconds))
+        calls = FIRST_CALLS_PER_CONNECTION * concurrency  # then as many as the remaining time holds, at the rate seen
+        while (elapsed := sum(run.seconds for run in runs)) < seconds:
+            if runs:
+                rate = sum(run.succeeded for run in runs) / elapsed
+                calls = min(CALLS_PER_CONNECTION * concurrency, max(concurrency, int(rate * (seconds - elapsed))))
+            runs.append(_h2load([*command, f"-n{calls}"], work, seconds))
     cpu_after = server_cpu_seconds(server_pid)
     total, started, succeeded = (sum(getattr(run, key) for run in runs) for key in ("total", "started", "succeeded"))
     received = sum(run.data_bytes for run in runs)

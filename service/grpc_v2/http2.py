@@ -246,7 +246,7 @@ class GrpcOverHttp2:
         if scope["type"] != "http":
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        content_type = next((value for name, value in headers if name == b"content-type"), b"")
+        content_type, encoding, timeout = _call_headers(headers)
         if scope["method"] != "POST" or not content_type.startswith(b"application/grpc"):
             await _not_grpc(send)
             return
@@ -266,7 +266,7 @@ class GrpcOverHttp2:
             return
         self.calls += 1
         try:
-            await self._serve(found, headers, receive, call)
+            await self._serve(found, headers, (encoding, timeout), receive, call)
         finally:
             self.calls -= 1
 
@@ -274,21 +274,29 @@ class GrpcOverHttp2:
         self,
         found: tuple[Rpc, Callable[..., Awaitable[Any]]],
         headers: list[tuple[bytes, bytes]],
+        options: tuple[str, str | None],
         receive: Receive,
         call: Call,
     ) -> None:
         rpc, method = found
         context = CallContext(headers, call.write)
-        try:
-            encoding, timeout = _call_options(headers)
+
+        async def run() -> None:
             reader = MessageReader(receive, self.max_message_bytes, encoding)
-            async with asyncio.timeout(timeout):
-                if rpc.client_streaming:
-                    await method(_requests(reader, rpc.request, call), context)
-                    await call.finish(grpc.StatusCode.OK)
-                else:
-                    request = await _only_message(reader, rpc.request)
-                    await call.answer(await method(request, context))
+            if rpc.client_streaming:
+                await method(_requests(reader, rpc.request, call), context)
+                await call.finish(grpc.StatusCode.OK)
+            else:
+                request = await _only_message(reader, rpc.request)
+                await call.answer(await method(request, context))
+
+        try:
+            encoding, deadline = _checked_options(*options)
+            if deadline is None:
+                await run()
+            else:
+                async with asyncio.timeout(deadline):
+                    await run()
         except grpc.aio.AbortError:
             await call.finish(context.code, context.details)
         except CallEnded as ended:
@@ -301,18 +309,25 @@ class GrpcOverHttp2:
             call.gone = True
 
 
-def _call_options(headers: list[tuple[bytes, bytes]]) -> tuple[str, float | None]:
-    """The call's message encoding (identity, gzip or deflate) and its deadline in seconds (None: none)."""
-    encoding, timeout = "identity", None
+def _call_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str, str | None]:
+    """The call's content-type, message encoding (default identity) and grpc-timeout (None: none), in one pass."""
+    content_type, encoding, timeout = b"", "identity", None
     for name, value in headers:
-        if name == b"grpc-encoding":
+        if name == b"content-type":
+            content_type = value
+        elif name == b"grpc-encoding":
             encoding = value.decode("latin-1").strip()
-            if encoding != "identity" and encoding not in ZLIB_WINDOW:
-                message = f"grpc-encoding {encoding!r} is not supported; send identity, gzip or deflate"
-                raise CallEnded(grpc.StatusCode.UNIMPLEMENTED, message)
         elif name == b"grpc-timeout":
-            timeout = grpc_timeout(value.decode("latin-1"))
-    return encoding, timeout
+            timeout = value.decode("latin-1")
+    return content_type, encoding, timeout
+
+
+def _checked_options(encoding: str, timeout: str | None) -> tuple[str, float | None]:
+    """The encoding (identity, gzip or deflate) and the deadline in seconds; CallEnded for one not served."""
+    if encoding != "identity" and encoding not in ZLIB_WINDOW:
+        message = f"grpc-encoding {encoding!r} is not supported; send identity, gzip or deflate"
+        raise CallEnded(grpc.StatusCode.UNIMPLEMENTED, message)
+    return encoding, None if timeout is None else grpc_timeout(timeout)
 
 
 async def _only_message(reader: MessageReader, request: type[ProtoMessage]) -> ProtoMessage:
