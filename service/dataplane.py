@@ -58,10 +58,12 @@ class DataPlane:
         # What tells a request it is the only one in progress (then the batcher need not queue it): uvicorn's
         # set of HTTP request tasks — created as each request head is parsed, before any of them runs — set by
         # the server that serves this plane; the same set of the HTTP/2 gRPC server (its calls are uvicorn
-        # tasks too); and the grpcio server's inference calls in progress. Without the HTTP set (an app not run
+        # tasks too, less its open streams, whose requests are counted one by one); and the gRPC inference calls
+        # in progress (the grpcio server's calls, and every streamed request). Without the HTTP set (an app not run
         # by bnfold's server), no request counts as alone.
         self.http_requests: Sized | None = None
         self.grpc_requests: Sized = ()
+        self.grpc_stream_tasks = 0  # open streams among grpc_requests (their requests are in grpc_calls)
         self.grpc_calls = 0
 
     def wants_check(self) -> bool:
@@ -90,7 +92,8 @@ class DataPlane:
         calls together (the caller counts itself) are at most one."""
         if self.http_requests is None:
             return False
-        return len(self.http_requests) + len(self.grpc_requests) + self.grpc_calls <= 1
+        grpc_tasks = len(self.grpc_requests) - self.grpc_stream_tasks
+        return len(self.http_requests) + grpc_tasks + self.grpc_calls <= 1
 
     async def _run(self, model: ServedModel, variant: str, inputs: Tensors) -> Timed:
         start = time.perf_counter()

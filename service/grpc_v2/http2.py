@@ -43,7 +43,7 @@ from google.protobuf.message import Message as ProtoMessage
 from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 
 from bnfold.service.coalesced_writes import step_coalescing_protocol
-from bnfold.service.errors import BadRequestError, PayloadTooLargeError
+from bnfold.service.errors import BadRequestError, PayloadTooLargeError, ServiceError
 from bnfold.service.grpc_v2 import inference_pb2 as pb
 from bnfold.service.grpc_v2.servicer import InferenceServicer
 
@@ -56,6 +56,8 @@ SERVICE_PREFIX = "/inference.GRPCInferenceService/"
 FRAME_HEADER = 5
 STREAMS_PER_CONNECTION = 4000  # zttp 0.0.35 drops a connection at its 4096th stream (ENHANCE_YOUR_CALM)
 REFUSED_STREAM = 0x7
+PENDING_ANSWER_BYTES = 64 * 1024  # answer bytes a stream may have waiting for the client's window
+SEND_WINDOW = "bnfold.send_window"  # the scope extension carrying a call's SendWindow
 IDLE_SECONDS = 300  # an idle gRPC connection is closed (GOAWAY) after this; clients reconnect when they need to
 ACCEPTED_ENCODINGS = b"identity,deflate,gzip"
 RESPONSE_HEADERS = [(b"content-type", b"application/grpc")]
@@ -68,6 +70,7 @@ NOT_GRPC = (
     b"this port serves gRPC (inference.GRPCInferenceService over HTTP/2); send gRPC calls here, or V2 HTTP/REST "
     b"requests to the HTTP port\n"
 )
+STOPPING = "the server stopped before the call ended; send it again"
 GRPC_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
@@ -85,12 +88,14 @@ def service_methods() -> dict[str, Rpc]:
     return {m.name: Rpc(getattr(pb, m.input_type.name), m.client_streaming) for m in service.methods}
 
 
-class CallEnded(Exception):
-    """The call ends with this status (raised by the transport: size, encoding, framing, deadline)."""
+class CallEnded(ServiceError):
+    """The call ends with this status (raised by the transport: encoding, framing, deadline); a ServiceError, so
+    the servicer answers it with its own code inside a stream too."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.code, self.details = code, details
+        self.grpc_code = code.name
 
 
 class ClientGone(Exception):
@@ -162,6 +167,8 @@ class MessageReader:
             raise BadRequestError(f"a {self.encoding} message does not decompress ({error})") from None
         if len(data) > self.limit:
             raise PayloadTooLargeError(self._too_large(f"more than {self.limit} bytes decompressed"))
+        if not inflater.eof or inflater.unused_data:
+            raise BadRequestError(f"a {self.encoding} message is truncated or has bytes after its end; send it whole")
         return data
 
     def _too_large(self, size: str) -> str:
@@ -200,12 +207,30 @@ class CallContext:
         await self._write(message)
 
 
-class Call:
-    """One gRPC call's response: headers once, messages, then the status trailers."""
+class SendWindow:
+    """What a call waits on before it hands over more: the answer bytes zttp still holds for its stream because
+    the client's HTTP/2 window is closed (zttp parks them; uvicorn's send does not wait for the window)."""
 
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.started = False
+    def __init__(self, protocol: GrpcH2Protocol, stream: zttp.Stream, cycle: Any) -> None:
+        self.protocol, self.stream, self.cycle = protocol, stream, cycle
+
+    async def drain(self) -> None:
+        """Return once at most PENDING_ANSWER_BYTES wait for the client's window (or the stream is gone)."""
+        while (self.stream.pending_bytes or 0) > PENDING_ANSWER_BYTES and not self.cycle.disconnected:
+            if self.protocol.transport.is_closing():
+                return
+            opened = self.protocol.window_opened
+            opened.clear()
+            await opened.wait()
+
+
+class Call:
+    """One gRPC call's response: headers once, messages, then the status trailers; each message handed over
+    only while the client takes them (`SendWindow`)."""
+
+    def __init__(self, send: Send, window: SendWindow | None) -> None:
+        self.send, self.window = send, window
+        self.started = self.body_done = False
         self.gone = False
 
     async def write(self, message: ProtoMessage) -> None:
@@ -213,19 +238,26 @@ class Call:
             raise ClientGone
         await self._start()
         await self.send({"type": "http.response.body", "body": frame(message), "more_body": True})
+        if self.window is not None:
+            await self.window.drain()
 
     async def answer(self, message: ProtoMessage) -> None:
-        """A unary call's whole answer: headers, the message, status OK."""
+        """A unary call's whole answer: headers, the message, status OK (returns once the client takes it)."""
         self.started = True
         await self.send({"type": "http.response.start", "status": 200, "headers": RESPONSE_HEADERS, "trailers": True})
         await self.send({"type": "http.response.body", "body": frame(message)})
+        self.body_done = True
         await self.send({"type": "http.response.trailers", "headers": OK_TRAILERS})
+        if self.window is not None:
+            await self.window.drain()
 
     async def finish(self, code: grpc.StatusCode, details: str = "") -> None:
         if self.gone:
             return
         await self._start(RESPONSE_HEADERS if code == grpc.StatusCode.OK else ERROR_HEADERS)
-        await self.send({"type": "http.response.body", "body": b""})
+        if not self.body_done:
+            self.body_done = True
+            await self.send({"type": "http.response.body", "body": b""})
         await self.send({"type": "http.response.trailers", "headers": trailers(code, details)})
 
     async def _start(self, headers: list[tuple[bytes, bytes]] = RESPONSE_HEADERS) -> None:
@@ -250,7 +282,7 @@ class GrpcOverHttp2:
         if scope["method"] != "POST" or not content_type.startswith(b"application/grpc"):
             await _not_grpc(send)
             return
-        call = Call(send)
+        call = Call(send, scope["extensions"].get(SEND_WINDOW))
         path: str = scope["path"]
         found = self.methods.get(path[len(SERVICE_PREFIX) :]) if path.startswith(SERVICE_PREFIX) else None
         if found is None:
@@ -307,6 +339,9 @@ class GrpcOverHttp2:
             await call.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         except ClientGone:
             call.gone = True
+        except asyncio.CancelledError:  # the server is stopping and its grace period is over
+            await asyncio.shield(call.finish(grpc.StatusCode.UNAVAILABLE, STOPPING))
+            raise
 
 
 def _call_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str, str | None]:
@@ -372,27 +407,55 @@ def bind_grpc_socket(host: str, port: int, share_port: bool) -> socket.socket:
 
 
 class GrpcH2Protocol(ZttpH2Protocol):
-    """uvicorn's HTTP/2 protocol (prior knowledge only: gRPC clients never speak HTTP/1.1 to this port) that ends a
-    connection gracefully before zttp's per-connection stream cap: after STREAMS_PER_CONNECTION streams it sends
-    GOAWAY (NO_ERROR, last stream = that one), answers the streams already open, then closes. A stream the client
-    opened before it read the GOAWAY is refused with REFUSED_STREAM, which grpc clients retry on a new connection
-    (as they open one for the calls that follow)."""
+    """uvicorn's HTTP/2 protocol (prior knowledge only: gRPC clients never speak HTTP/1.1 to this port) that
+
+    - ends a connection gracefully before zttp's per-connection stream cap: once a client opens stream number
+      STREAMS_PER_CONNECTION (counted by stream id, so streams zttp refused count too) it sends GOAWAY
+      (NO_ERROR, last stream = that one), answers the streams already open, then closes;
+    - sends that GOAWAY at once when the server stops, so clients move new calls to another server instead of
+      getting uvicorn's 503;
+    - refuses a stream opened after its GOAWAY with REFUSED_STREAM, which grpc clients retry elsewhere;
+    - tells waiting calls when the client's window opens (`SendWindow`), and gives each call its SendWindow."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.streams_opened = 0
         self.goaway_sent = False
+        self.last_stream = 0
+        self.window_opened = asyncio.Event()
+
+    def events(self) -> Any:
+        for event in super().events():
+            if isinstance(event, zttp.WindowUpdate | zttp.RstStream):
+                self.window_opened.set()
+            yield event
 
     def handle_request(self, event: zttp.Request) -> None:
         if self.goaway_sent:
             self.conn.stream(event.stream_id).reset(REFUSED_STREAM)
             return
         super().handle_request(event)
-        self.streams_opened += 1
-        if self.streams_opened >= STREAMS_PER_CONNECTION:
-            self.conn.close(0, event.stream_id)
-            self.goaway_sent = True
-            self.shutdown_requested = True  # uvicorn closes the connection once its last stream is answered
+        self.last_stream = event.stream_id
+        cycle = self.cycles.get(event.stream_id)
+        if cycle is not None:
+            extensions: dict[str, Any] = cycle.scope["extensions"]
+            extensions[SEND_WINDOW] = SendWindow(self, cycle.stream, cycle)
+        if event.stream_id >= 2 * STREAMS_PER_CONNECTION - 1:  # client streams have the odd ids 1, 3, 5, ...
+            self._send_goaway()
+
+    def shutdown(self) -> None:
+        if not self.goaway_sent and not self.transport.is_closing():
+            self._send_goaway()
+            self.flush()
+        super().shutdown()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.window_opened.set()
+        super().connection_lost(exc)
+
+    def _send_goaway(self) -> None:
+        self.conn.close(0, self.last_stream)
+        self.goaway_sent = True
+        self.shutdown_requested = True  # uvicorn closes the connection once its last stream is answered
 
     def _close_connection(self) -> None:
         if self.goaway_sent and not self.transport.is_closing():
@@ -430,4 +493,8 @@ class Http2GrpcServer:
         await self.server.startup(sockets=[self.listener])
 
     async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, GOAWAY to every connection, let calls in progress finish for `grace` seconds (default
+        the server's graceful-shutdown time), then cancel the rest (answered UNAVAILABLE)."""
+        if grace is not None:
+            self.server.config.timeout_graceful_shutdown = max(1, round(grace))
         await self.server.shutdown(sockets=[self.listener])

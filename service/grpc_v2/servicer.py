@@ -86,8 +86,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService` on a data plane (the one the HTTP app serves)."""
 
     def __init__(self, plane: DataPlane, control: RepositoryControl, counts_calls: bool = True) -> None:
-        """`counts_calls`: count inference calls in `plane.grpc_calls` while they run (what tells a request it
-        is alone); off when the server's own set of call tasks is `plane.grpc_requests` (the HTTP/2 server)."""
+        """`counts_calls`: count ModelInfer calls in `plane.grpc_calls` while they run (what tells a request it
+        is alone); off when the server's own set of call tasks is `plane.grpc_requests` (the HTTP/2 server), where
+        a stream's task is discounted instead. Every request of a stream is counted on either."""
         self.plane, self.control = plane, control
         self.counts_calls = counts_calls
         self.token = expected_token(plane.settings.api_key)
@@ -136,23 +137,30 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @rpc()
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return await self._infer(request)
+        return await self._infer(request, self.counts_calls)
 
     @rpc()
     async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest], context: Any) -> None:
         """Every request of the stream answered on it (`streaming.answer_stream`); the bearer is checked once,
         when the stream opens."""
         in_flight = self.plane.settings.grpc_stream_in_flight
-        await answer_stream(requests, self._infer, context.write, _unexpected, in_flight)
+        stream_task = 0 if self.counts_calls else 1  # the stream's own task is in plane.grpc_requests: not a request
+        self.plane.grpc_stream_tasks += stream_task
+        try:
+            await answer_stream(
+                requests, lambda request: self._infer(request, True), context.write, _unexpected, in_flight
+            )
+        finally:
+            self.plane.grpc_stream_tasks -= stream_task
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, counted: bool) -> pb.ModelInferResponse:
+        """One inference; `counted`: it is in `plane.grpc_calls` while it runs (a streamed request always is)."""
         raw = len(request.raw_input_contents) > 0
 
         def respond(header: dict[str, Any], outputs: Any, wanted: Any) -> pb.ModelInferResponse:
             return infer_response(header, outputs, wanted, raw)
 
         version = request.model_version or None
-        counted = int(self.counts_calls)
         self.plane.grpc_calls += counted
         try:
             return await run_v2(

@@ -98,6 +98,10 @@ CASES: dict[str, tuple[str, bytes, list[tuple[bytes, bytes]], int, str]] = {
         "ServerLive", framed(b"not gzip", compressed=True), [(b"grpc-encoding", b"gzip")], 3,
         "a gzip message does not decompress (Error -3 while decompressing data: incorrect header check)",
     ),
+    "a truncated gzip message": (
+        "ServerLive", framed(gzip.compress(b"\x08\x01")[:-4], compressed=True), [(b"grpc-encoding", b"gzip")], 3,
+        "a gzip message is truncated or has bytes after its end; send it whole",
+    ),
     "a message over the limit": ("ServerLive", framed(bytes(LIMIT + 1)), [], 8, OVER.format(f"{LIMIT + 1} bytes")),
     "a decompression bomb": (
         "ServerLive", framed(gzip.compress(bytes(1 << 20)), compressed=True), [(b"grpc-encoding", b"gzip")], 8,
@@ -128,6 +132,22 @@ def test_what_grpc_clients_never_send_gets_a_status_and_a_message(served: Runnin
     answer = raw_call(served.grpc_address, method, body, headers)
     assert (answer.status, answer.grpc_status, answer.grpc_message, answer.body) == (200, status, message, b"")
     assert answer.headers[b"grpc-accept-encoding"] == b"identity,deflate,gzip"
+
+
+def test_a_transport_error_inside_a_stream_keeps_its_code_and_message(
+    served: RunningGrpcServer, repository: Path, rng: np.random.Generator
+) -> None:
+    """A message flagged compressed on an identity stream ends the stream at once with INTERNAL and the
+    transport's own message (not an unexpected-error message); the request before it, still waiting, is not
+    answered (unlike a message that does not parse, which waits for the answers before it)."""
+    x = rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32)
+    body = framed(infer_request(x, "first")) + framed(gzip.compress(infer_request(x)), compressed=True)
+    answer = raw_call(served.grpc_address, "ModelStreamInfer", body)
+    assert (answer.grpc_status, answer.grpc_message) == (
+        13,
+        "a message is flagged compressed but the call's grpc-encoding is identity",
+    )
+    assert answer.messages() == []
 
 
 def test_a_stream_that_goes_quiet_past_its_deadline(
