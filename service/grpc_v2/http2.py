@@ -9,7 +9,7 @@ stream semantics (`streaming.answer_stream`) — through a `CallContext` with th
 of grpc's context (`invocation_metadata`, `abort`, `write`).
 
 Why: grpcio's server runs its own poller thread and hands every call across threads to the event loop, where it
-contends for the GIL with everything else; a call on this path costs about a quarter of the CPU (bench/peers.py).
+contends for the GIL with everything else; a call on this path costs less than half the CPU (bench/peers.py).
 
 The rules grpc enforces itself are kept here:
 - a message over BNFOLD_MAX_BODY_BYTES (compressed or, after decompression, uncompressed) ends the call with
@@ -19,7 +19,8 @@ The rules grpc enforces itself are kept here:
 - `grpc-timeout` ends the call with DEADLINE_EXCEEDED when it passes;
 - an unknown method is UNIMPLEMENTED; a request that is not gRPC (not a POST of application/grpc) gets HTTP 415.
 Memory per call stays bounded: a stream's messages are read only while it has a free in-flight slot, and
-uvicorn stops reading a connection once a stream has 64 KiB unread.
+uvicorn stops reading a connection once a stream has 64 KiB unread; a call hands over its next answer only
+while at most PENDING_ANSWER_BYTES of its answers wait for the client's HTTP/2 window (`SendWindow`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ and `model_version`. A failed request does not end the stream. Every answer carr
 
 Up to `in_flight` requests of one stream are in progress at once (read and not yet answered): they run
 concurrently, so a model that runs off the event loop gets them batched; while that many are unanswered the
-stream's next request is not read and HTTP/2 flow control holds the client back. The stream ends once the
+stream's next request is not read and the client is held back (see http2.py). The stream ends once the
 client has closed its side and every request read has been answered; a client that cancels or goes away
 cancels the runs still waiting. A message that is not a ModelInferRequest ends the stream with
 INVALID_ARGUMENT once the requests before it are answered.
