@@ -16,7 +16,7 @@ import uvicorn
 from tritonclient.grpc import service_pb2
 
 from bench.peer_servers.floor_cli import floor_arguments
-from bnfold.service.grpc_v2.http2 import GRPC_PROTOCOL
+from bnfold.service.grpc_v2.http2_server import GRPC_PROTOCOL
 
 START = {
     "type": "http.response.start",

@@ -52,7 +52,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("ASGI layers (Starlette / FastAPI / uvicorn middleware)", r"starlette/|fastapi/|uvicorn/middleware"),
     (
         "HTTP protocol (uvicorn + httptools / zttp)",
-        r"uvicorn/protocols|httptools|HttpParser|HttpToolsProtocol|h11|zttp",
+        r"uvicorn/protocols|httptools|HttpParser|HttpToolsProtocol|h11|zttp|grpc_v2/http2_server",
     ),
     ("event loop (uvloop / asyncio)", r"uvloop|loop\.c|asyncio|_asynciomodule|uv_|uv__"),
 )

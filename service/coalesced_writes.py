@@ -65,12 +65,7 @@ class CoalescingTransport:
 
 def coalescing_protocol(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
     """`base` (uvicorn's H11Protocol or HttpToolsProtocol) writing through a `CoalescingTransport`."""
-
-    def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
-        base.connection_made(self, transport)
-        self.transport = CoalescingTransport(self.transport, self.loop)
-
-    return type(f"Coalescing{base.__name__}", (base,), {"connection_made": connection_made})
+    return _writing_through(base, CoalescingTransport, "Coalescing")
 
 
 class StepCoalescingTransport:
@@ -122,9 +117,14 @@ class StepCoalescingTransport:
 
 def step_coalescing_protocol(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
     """`base` (an HTTP/2 protocol of uvicorn's) writing through a `StepCoalescingTransport`."""
+    return _writing_through(base, StepCoalescingTransport, "StepCoalescing")
+
+
+def _writing_through(base: type[asyncio.Protocol], wrapper: type[Any], prefix: str) -> type[asyncio.Protocol]:
+    """A subclass of `base` whose connection writes through `wrapper(transport, loop)`."""
 
     def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
         base.connection_made(self, transport)
-        self.transport = StepCoalescingTransport(self.transport, self.loop)
+        self.transport = wrapper(self.transport, self.loop)
 
-    return type(f"StepCoalescing{base.__name__}", (base,), {"connection_made": connection_made})
+    return type(f"{prefix}{base.__name__}", (base,), {"connection_made": connection_made})

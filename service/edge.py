@@ -26,7 +26,7 @@ log = logging.getLogger("bnfold.service")
 
 
 class ClientGone(Exception):
-    """The client disconnected before its body arrived; nothing is answered."""
+    """The client disconnected (or reset its stream) before its answer could be sent; nothing is answered."""
 
 
 def check_bearer(authorizations: Sequence[str], expected: bytes | None) -> None:

@@ -20,16 +20,14 @@ The rules grpc enforces itself are kept here:
 - an unknown method is UNIMPLEMENTED; a request that is not gRPC (not a POST of application/grpc) gets HTTP 415.
 Memory per call stays bounded: a stream's messages are read only while it has a free in-flight slot, and
 uvicorn stops reading a connection once a stream has 64 KiB unread; a call hands over its next answer only
-while at most PENDING_ANSWER_BYTES of its answers wait for the client's HTTP/2 window (`SendWindow`).
+while its stream's `SendWindow` lets it. The server, its HTTP/2 protocol and those bounds are in http2_server.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import re
-import socket
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -37,29 +35,21 @@ from typing import Any
 from urllib.parse import quote
 
 import grpc
-import uvicorn
-import zttp
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
-from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 
-from bnfold.service.coalesced_writes import step_coalescing_protocol
+from bnfold.service.edge import GLOBAL_LIMIT_FIX, ClientGone
 from bnfold.service.errors import BadRequestError, PayloadTooLargeError, ServiceError
 from bnfold.service.grpc_v2 import inference_pb2 as pb
+from bnfold.service.grpc_v2.http2_server import SEND_WINDOW, SendWindow
 from bnfold.service.grpc_v2.servicer import InferenceServicer
 
-log = logging.getLogger("bnfold.service")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 SERVICE_PREFIX = "/inference.GRPCInferenceService/"
 FRAME_HEADER = 5
-STREAMS_PER_CONNECTION = 4000  # zttp 0.0.35 drops a connection at its 4096th stream (ENHANCE_YOUR_CALM)
-REFUSED_STREAM = 0x7
-PENDING_ANSWER_BYTES = 64 * 1024  # answer bytes a stream may have waiting for the client's window
-SEND_WINDOW = "bnfold.send_window"  # the scope extension carrying a call's SendWindow
-IDLE_SECONDS = 300  # an idle gRPC connection is closed (GOAWAY) after this; clients reconnect when they need to
 ACCEPTED_ENCODINGS = b"identity,deflate,gzip"
 RESPONSE_HEADERS = [(b"content-type", b"application/grpc")]
 ERROR_HEADERS = [*RESPONSE_HEADERS, (b"grpc-accept-encoding", ACCEPTED_ENCODINGS)]  # on a call that did not end OK
@@ -95,12 +85,7 @@ class CallEnded(ServiceError):
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
-        self.code, self.details = code, details
         self.grpc_code = code.name
-
-
-class ClientGone(Exception):
-    """The client reset the stream or closed the connection: nothing more can be sent."""
 
 
 def grpc_timeout(value: str) -> float:
@@ -173,10 +158,7 @@ class MessageReader:
         return data
 
     def _too_large(self, size: str) -> str:
-        return (
-            f"a message of {size} is over the limit of {self.limit} bytes; send a smaller batch or raise "
-            "BNFOLD_MAX_BODY_BYTES"
-        )
+        return f"a message of {size} is over the limit of {self.limit} bytes; {GLOBAL_LIMIT_FIX}"
 
 
 class CallContext:
@@ -185,7 +167,7 @@ class CallContext:
     def __init__(self, headers: list[tuple[bytes, bytes]], write: Callable[[ProtoMessage], Awaitable[None]]) -> None:
         self.headers = headers
         self.code, self.details = grpc.StatusCode.OK, ""
-        self._write = write
+        self.write = write
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         """The call's custom metadata (as grpcio gives it: `-bin` values base64-decoded, pseudo-headers left out)."""
@@ -203,26 +185,6 @@ class CallContext:
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         self.code, self.details = code, details
         raise grpc.aio.AbortError()
-
-    async def write(self, message: ProtoMessage) -> None:
-        await self._write(message)
-
-
-class SendWindow:
-    """What a call waits on before it hands over more: the answer bytes zttp still holds for its stream because
-    the client's HTTP/2 window is closed (zttp parks them; uvicorn's send does not wait for the window)."""
-
-    def __init__(self, protocol: GrpcH2Protocol, stream: zttp.Stream, cycle: Any) -> None:
-        self.protocol, self.stream, self.cycle = protocol, stream, cycle
-
-    async def drain(self) -> None:
-        """Return once at most PENDING_ANSWER_BYTES wait for the client's window (or the stream is gone)."""
-        while (self.stream.pending_bytes or 0) > PENDING_ANSWER_BYTES and not self.cycle.disconnected:
-            if self.protocol.transport.is_closing():
-                return
-            opened = self.protocol.window_opened
-            opened.clear()
-            await opened.wait()
 
 
 class Call:
@@ -332,9 +294,7 @@ class GrpcOverHttp2:
                     await run()
         except grpc.aio.AbortError:
             await call.finish(context.code, context.details)
-        except CallEnded as ended:
-            await call.finish(ended.code, ended.details)
-        except (BadRequestError, PayloadTooLargeError) as error:
+        except ServiceError as error:  # the transport's own: size, encoding, framing (CallEnded and the like)
             await call.finish(grpc.StatusCode[error.grpc_code], error.message)
         except TimeoutError:
             await call.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
@@ -399,103 +359,3 @@ async def _not_grpc(send: Send) -> None:
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(NOT_GRPC)).encode())]
     await send({"type": "http.response.start", "status": 415, "headers": headers})
     await send({"type": "http.response.body", "body": NOT_GRPC})
-
-
-def bind_grpc_socket(host: str, port: int, share_port: bool) -> socket.socket:
-    """A listening TCP socket on host:port; `share_port` sets SO_REUSEPORT (the workers of `--workers N`)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host.strip("[]"), port), family=family, reuse_port=share_port, backlog=2048)
-
-
-class GrpcH2Protocol(ZttpH2Protocol):
-    """uvicorn's HTTP/2 protocol (prior knowledge only: gRPC clients never speak HTTP/1.1 to this port) that
-
-    - ends a connection gracefully before zttp's per-connection stream cap: once a client opens stream number
-      STREAMS_PER_CONNECTION (counted by stream id, so streams zttp refused count too) it sends GOAWAY
-      (NO_ERROR, last stream = that one), answers the streams already open, then closes;
-    - sends that GOAWAY at once when the server stops, so clients move new calls to another server instead of
-      getting uvicorn's 503;
-    - refuses a stream opened after its GOAWAY with REFUSED_STREAM, which grpc clients retry elsewhere;
-    - tells waiting calls when the client's window opens (`SendWindow`), and gives each call its SendWindow."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.goaway_sent = False
-        self.last_stream = 0
-        self.window_opened = asyncio.Event()
-
-    def events(self) -> Any:
-        for event in super().events():
-            if isinstance(event, zttp.WindowUpdate | zttp.RstStream):
-                self.window_opened.set()
-            yield event
-
-    def handle_request(self, event: zttp.Request) -> None:
-        if self.goaway_sent:
-            self.conn.stream(event.stream_id).reset(REFUSED_STREAM)
-            return
-        super().handle_request(event)
-        self.last_stream = event.stream_id
-        cycle = self.cycles.get(event.stream_id)
-        if cycle is not None:
-            extensions: dict[str, Any] = cycle.scope["extensions"]
-            extensions[SEND_WINDOW] = SendWindow(self, cycle.stream, cycle)
-        if event.stream_id >= 2 * STREAMS_PER_CONNECTION - 1:  # client streams have the odd ids 1, 3, 5, ...
-            self._send_goaway()
-
-    def shutdown(self) -> None:
-        if not self.goaway_sent and not self.transport.is_closing():
-            self._send_goaway()
-            self.flush()
-        super().shutdown()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.window_opened.set()
-        super().connection_lost(exc)
-
-    def _send_goaway(self) -> None:
-        self.conn.close(0, self.last_stream)
-        self.goaway_sent = True
-        self.shutdown_requested = True  # uvicorn closes the connection once its last stream is answered
-
-    def _close_connection(self) -> None:
-        if self.goaway_sent and not self.transport.is_closing():
-            self.flush()
-            self.transport.close()
-            return
-        super()._close_connection()
-
-
-GRPC_PROTOCOL = step_coalescing_protocol(GrpcH2Protocol)  # one socket write per connection and event-loop step
-
-
-class Http2GrpcServer:
-    """The gRPC port as a uvicorn server of its own (HTTP/2, zttp) on the running event loop; `start()` and
-    `stop(grace)` as on grpc.aio.Server."""
-
-    def __init__(self, app: GrpcOverHttp2, listener: socket.socket, graceful_shutdown_s: int) -> None:
-        config = uvicorn.Config(
-            app,
-            http=GRPC_PROTOCOL,
-            lifespan="off",
-            proxy_headers=False,  # gRPC clients connect directly; uvicorn's X-Forwarded-* middleware costs per call
-            access_log=False,
-            log_config=None,  # leave the process's logging as `bnfold serve` set it up
-            timeout_keep_alive=IDLE_SECONDS,
-            timeout_graceful_shutdown=graceful_shutdown_s,
-        )
-        self.listener = listener
-        self.server = uvicorn.Server(config)
-
-    async def start(self) -> None:
-        config = self.server.config
-        config.load()
-        self.server.lifespan = config.lifespan_class(config)
-        await self.server.startup(sockets=[self.listener])
-
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, GOAWAY to every connection, let calls in progress finish for `grace` seconds (default
-        the server's graceful-shutdown time), then cancel the rest (answered UNAVAILABLE)."""
-        if grace is not None:
-            self.server.config.timeout_graceful_shutdown = max(1, round(grace))
-        await self.server.shutdown(sockets=[self.listener])

@@ -80,7 +80,8 @@ def _port_error(address: str) -> str:
 def _http2_server(plane: DataPlane, control: RepositoryControl, share_port: bool, address: str) -> GrpcServer:
     if importlib.util.find_spec("zttp") is None:
         raise GrpcPortError("BNFOLD_GRPC_TRANSPORT=http2 needs zttp (pip install zttp), or set it to grpcio")
-    from bnfold.service.grpc_v2.http2 import GrpcOverHttp2, Http2GrpcServer, bind_grpc_socket
+    from bnfold.service.grpc_v2.http2 import GrpcOverHttp2
+    from bnfold.service.grpc_v2.http2_server import Http2GrpcServer, bind_grpc_socket
 
     settings = plane.settings
     try:

@@ -22,13 +22,18 @@ def _pending(peer: socket.socket) -> bytes:
         return b""
 
 
-async def _pair() -> tuple[CoalescingTransport, socket.socket]:
+async def _raw_pair() -> tuple[asyncio.Transport, socket.socket]:
+    """A real transport over one end of a socket pair, and the other end (non-blocking) to read what it wrote."""
     ours, peer = socket.socketpair()
     peer.setblocking(False)
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    assert isinstance(transport, asyncio.WriteTransport)
-    return CoalescingTransport(transport, loop), peer
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(asyncio.Protocol, ours)
+    assert isinstance(transport, asyncio.Transport)
+    return transport, peer
+
+
+async def _pair() -> tuple[CoalescingTransport, socket.socket]:
+    transport, peer = await _raw_pair()
+    return CoalescingTransport(transport, asyncio.get_running_loop()), peer
 
 
 async def _one_step() -> None:
@@ -102,12 +107,8 @@ def test_close_writes_a_held_head_first_and_abort_drops_it() -> None:
 
 
 async def _step_pair() -> tuple[StepCoalescingTransport, socket.socket, asyncio.Transport]:
-    ours, peer = socket.socketpair()
-    peer.setblocking(False)
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    assert isinstance(transport, asyncio.Transport)
-    return StepCoalescingTransport(transport, loop), peer, transport
+    transport, peer = await _raw_pair()
+    return StepCoalescingTransport(transport, asyncio.get_running_loop()), peer, transport
 
 
 def test_the_writes_of_one_step_leave_together_in_order_at_its_end() -> None:

@@ -20,7 +20,8 @@ import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 
 from bnfold.service.grpc_v2 import inference_pb2 as pb
-from bnfold.service.grpc_v2.http2 import STREAMS_PER_CONNECTION
+from bnfold.service.grpc_v2.http2 import grpc_timeout
+from bnfold.service.grpc_v2.http2_server import STREAMS_PER_CONNECTION
 from bnfold.service.settings import Settings
 from tests.service.builders import write_entry
 from tests.service.grpc_server import RunningGrpcServer, running_grpc_server
@@ -166,7 +167,17 @@ def test_a_stream_that_goes_quiet_past_its_deadline(
     np.testing.assert_allclose(logits_of(response.infer_response.SerializeToString()), expected, 1e-5, 1e-6)
 
 
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("4999953u", 4.999953), ("100m", 0.1), ("2S", 2.0), ("1M", 60.0), ("1H", 3600.0), ("25000000n", 0.025)],
+)
+def test_grpc_timeout_headers_in_every_unit(header: str, seconds: float) -> None:
+    assert grpc_timeout(header) == pytest.approx(seconds)
+
+
 def test_a_call_with_a_grpcio_deadline_is_answered(served: RunningGrpcServer) -> None:
+    """grpcio's own grpc-timeout header (microseconds, e.g. 4999953u) is read: a malformed-deadline refusal
+    would end this call INVALID_ARGUMENT."""
     with grpc.insecure_channel(served.grpc_address) as channel:
         live = channel.unary_unary(
             "/inference.GRPCInferenceService/ServerLive",
