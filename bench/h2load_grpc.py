@@ -36,6 +36,7 @@ CALLS_PER_CONNECTION = 3500  # below the 4000 streams after which bnfold's HTTP/
 FIRST_CALLS_PER_CONNECTION = 100
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+SECOND_FRACTIONS = {"us": 1e6, "ms": 1e3, "s": 1.0}  # h2load's "finished in" units
 
 
 def h2load_binary() -> str:
@@ -122,12 +123,12 @@ def _h2load(command: list[str], work: Path, seconds: float) -> _Run:
     log = work / "requests.log"
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     summary = re.search(r"requests: (\d+) total, (\d+) started, \d+ done, (\d+) succeeded", result.stdout)
-    finished = re.search(r"finished in ([\d.]+)(m?s),", result.stdout)
+    finished = re.search(r"finished in ([\d.]+)(us|ms|s),", result.stdout)
     data = re.search(r"\((\d+)\) data", result.stdout)
     if result.returncode != 0 or summary is None or finished is None or data is None:
         raise RuntimeError(f"h2load failed ({result.returncode}): {result.stderr[-500:]} {result.stdout[-500:]}")
     rows = [line.split("\t") for line in log.read_text().splitlines() if line]
     log.unlink()
     counts = (int(summary[1]), int(summary[2]), int(summary[3]))
-    duration = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
+    duration = float(finished[1]) / SECOND_FRACTIONS[finished[2]]
     return _Run(*counts, int(data[1]), duration, rows)
