@@ -121,7 +121,10 @@ class Settings(BaseSettings):
         "(or idle), else for its body, is closed with 503 (or the new one is). Lowered to fit the open-file limit."
     )  # fmt: skip
     graceful_shutdown_s: int = Field(
-        10, ge=0, description="On SIGTERM, requests in progress get this long to finish; the rest are cancelled."
+        10,
+        ge=0,
+        description="On SIGTERM, HTTP requests and gRPC calls in progress get this long to finish (both ports stop "
+        "at once); the rest are cancelled.",
     )
     log_burst: int = Field(20, ge=1, description="Log lines of one kind allowed per log interval (rest counted).")
     log_interval_s: float = Field(10.0, gt=0, description="The interval of --log-burst.")

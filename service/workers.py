@@ -21,10 +21,11 @@ State that lives in one process stays per worker: a failed equivalence check deg
 worker that saw it (`bnfold_folded_degraded` is the maximum over live workers), `/v2/models/{m}/stats` are
 that worker's figures, and readiness is that worker's readiness.
 
-gRPC: each worker serves the gRPC port as well (`serve_grpc_too`): its grpc.aio server starts and stops with
-the worker app's lifespan and binds with `("grpc.so_reuseport", 1)` — Linux's SO_REUSEPORT lets the N
-processes bind one port and spreads connections between them. The single-process server keeps 0, so a port
-already in use is an error there.
+gRPC: each worker serves the gRPC port as well (`serve_grpc_too`): its gRPC server starts and stops with the
+worker app's lifespan and binds with SO_REUSEPORT, which lets the N processes bind one port and spreads
+connections between them. The single-process server does not share the port, so a port already in use is an
+error there. A worker's gRPC port stops when its lifespan ends, after uvicorn's graceful shutdown of HTTP, with
+BNFOLD_GRACEFUL_SHUTDOWN_S of its own (the single-process server stops both ports at once).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def worker_app() -> ASGIApp:
 
 def serve_grpc_too(app: FastAPI) -> None:
     """Run this worker's gRPC server (same data plane) with the app's lifespan, on the shared gRPC port."""
-    from bnfold.service.grpc_v2.server import STOP_GRACE_SECONDS, create_grpc_server
+    from bnfold.service.grpc_v2.server import create_grpc_server
 
     plane = app.state.plane
     http_lifespan = app.router.lifespan_context
@@ -119,7 +120,7 @@ def serve_grpc_too(app: FastAPI) -> None:
             async with http_lifespan(application) as state:
                 yield state
         finally:
-            await server.stop(STOP_GRACE_SECONDS)
+            await server.stop(plane.settings.graceful_shutdown_s)
 
     app.router.lifespan_context = lifespan
 

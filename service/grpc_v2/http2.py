@@ -301,8 +301,9 @@ class GrpcOverHttp2:
         except ClientGone:
             call.gone = True
         except asyncio.CancelledError:  # the server is stopping and its grace period is over
-            await asyncio.shield(call.finish(grpc.StatusCode.UNAVAILABLE, STOPPING))
-            raise
+            # The call ends here, answered: nothing is left to cancel above this task's own call, and letting
+            # the cancellation go on would make uvicorn log a traceback and reset the stream after the trailers.
+            await call.finish(grpc.StatusCode.UNAVAILABLE, STOPPING)
 
 
 def _call_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str, str | None]:

@@ -10,6 +10,7 @@ them; uvicorn's send does not wait). `GRPC_PROTOCOL` adds one socket write per c
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from typing import Any
 
@@ -23,6 +24,7 @@ STREAMS_PER_CONNECTION = 4000  # zttp 0.0.35 drops a connection at its 4096th st
 REFUSED_STREAM = 0x7
 PENDING_ANSWER_BYTES = 64 * 1024  # answer bytes a stream may have waiting for the client's window
 SEND_WINDOW = "bnfold.send_window"  # the scope extension carrying a call's SendWindow
+CANCELLED_CALLS_SECONDS = 1.0  # how long a stop waits for the calls it cancelled to send their trailers
 IDLE_SECONDS = 300  # an idle gRPC connection is closed (GOAWAY) after this; clients reconnect when they need to
 
 
@@ -139,5 +141,9 @@ class Http2GrpcServer:
         """Stop accepting, GOAWAY to every connection, let calls in progress finish for `grace` seconds (default
         the server's graceful-shutdown time), then cancel the rest (answered UNAVAILABLE)."""
         if grace is not None:
-            self.server.config.timeout_graceful_shutdown = max(1, round(grace))
+            self.server.config.timeout_graceful_shutdown = math.ceil(grace)
         await self.server.shutdown(sockets=[self.listener])
+        cancelled = set(self.server.server_state.tasks)  # uvicorn cancels them but does not wait for them
+        if cancelled:
+            await asyncio.wait(cancelled, timeout=CANCELLED_CALLS_SECONDS)
+            await asyncio.sleep(0)  # the step's coalesced writes (their UNAVAILABLE trailers) go out

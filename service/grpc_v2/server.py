@@ -9,6 +9,7 @@ or streams beyond BNFOLD_GRPC_MAX_CONCURRENT_RPCS in progress, with RESOURCE_EXH
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import socket
@@ -27,7 +28,6 @@ from bnfold.service.settings import Settings
 from bnfold.service.uvicorn_server import GuardedServer, server_parts
 
 log = logging.getLogger("bnfold.service")
-STOP_GRACE_SECONDS = 5.0
 
 
 class GrpcPortError(RuntimeError):
@@ -98,7 +98,8 @@ def _http2_server(plane: DataPlane, control: RepositoryControl, share_port: bool
 class HttpAndGrpcServer(GuardedServer):
     """The uvicorn server of `bnfold serve` (with the connection bounds of GuardedServer) that also serves gRPC on
     the same data plane, started and stopped with it (same event loop): `run()` / `serve()` / `should_exit` work
-    as on uvicorn.Server."""
+    as on uvicorn.Server. On shutdown both ports stop at once (the gRPC port sends GOAWAY while HTTP stops
+    accepting) and the calls and requests in progress on either get BNFOLD_GRACEFUL_SHUTDOWN_S to finish."""
 
     def __init__(
         self,
@@ -110,12 +111,13 @@ class HttpAndGrpcServer(GuardedServer):
     ) -> None:
         super().__init__(config, guard, limiter)
         self.plane, self.control = plane, control
+        self.grpc_server: GrpcServer | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         settings = self.plane.settings
-        grpc_server = create_grpc_server(self.plane, self.control) if settings.grpc_port else None
-        if grpc_server is not None:
-            await grpc_server.start()
+        if settings.grpc_port:
+            self.grpc_server = create_grpc_server(self.plane, self.control)
+            await self.grpc_server.start()
             log.info(
                 "gRPC (inference.GRPCInferenceService) on %s, served by %s",
                 grpc_address(settings.host, settings.grpc_port),
@@ -124,8 +126,15 @@ class HttpAndGrpcServer(GuardedServer):
         try:
             await super().serve(sockets)
         finally:
-            if grpc_server is not None:
-                await grpc_server.stop(STOP_GRACE_SECONDS)
+            await self._stop_grpc()  # when HTTP never reached its shutdown (its startup failed)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await asyncio.gather(super().shutdown(sockets), self._stop_grpc())
+
+    async def _stop_grpc(self) -> None:
+        server, self.grpc_server = self.grpc_server, None
+        if server is not None:
+            await server.stop(self.plane.settings.graceful_shutdown_s)
 
 
 def create_server(settings: Settings, *, limit_logs: bool = True, **config: Any) -> HttpAndGrpcServer:

@@ -4,6 +4,8 @@ unknown encodings, truncated bodies, two messages on a unary call, a malformed d
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -18,6 +20,9 @@ class RawAnswer:
     headers: dict[bytes, bytes] = field(default_factory=dict)
     body: bytes = b""
     trailers: dict[bytes, bytes] = field(default_factory=dict)
+    goaway: tuple[int, int] | None = None  # (error code, last stream id) of the server's GOAWAY, if it sent one
+    goaway_at: float = 0.0  # time.monotonic() of that GOAWAY, and of the stream's end
+    ended_at: float = 0.0
 
     @property
     def grpc_status(self) -> int:
@@ -49,9 +54,11 @@ def raw_call(
     close_request: bool = True,
     content_type: bytes = b"application/grpc",
     timeout: float = 10,
+    first_data: threading.Event | None = None,
 ) -> RawAnswer:
     """POST `body` (already framed) to /inference.GRPCInferenceService/<method>; the whole answer.
-    `close_request` False leaves the request side open (a stream that goes quiet)."""
+    `close_request` False leaves the request side open (a stream that goes quiet); `first_data` is set once
+    the answer's first DATA frame arrives."""
     host, port = address.rsplit(":", 1)
     connection = zttp.Connection(zttp.CLIENT, protocol=zttp.HTTP2)
     connection.initiate_connection()
@@ -82,8 +89,12 @@ def raw_call(
                     answer.headers = dict(_pairs(event.headers))
                 elif isinstance(event, zttp.Data) and event.stream_id == stream.stream_id:
                     answer.body += event.data
+                    if first_data is not None:
+                        first_data.set()
+                elif isinstance(event, zttp.GoAway):
+                    answer.goaway, answer.goaway_at = (event.error_code, event.last_stream_id), time.monotonic()
                 elif isinstance(event, zttp.EndOfMessage) and event.stream_id == stream.stream_id:
-                    answer.trailers = dict(_pairs(event.trailers))
+                    answer.trailers, answer.ended_at = dict(_pairs(event.trailers)), time.monotonic()
                     return answer
             pending = connection.data_to_send()
             if pending:

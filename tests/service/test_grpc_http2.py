@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import queue
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +22,7 @@ import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 
 from bnfold.service.grpc_v2 import inference_pb2 as pb
-from bnfold.service.grpc_v2.http2 import grpc_timeout
+from bnfold.service.grpc_v2.http2 import STOPPING, grpc_timeout
 from bnfold.service.grpc_v2.http2_server import STREAMS_PER_CONNECTION
 from bnfold.service.settings import Settings
 from tests.service.builders import write_entry
@@ -261,3 +263,33 @@ def test_more_calls_at_once_than_a_connection_carries(
     stacked = np.concatenate(inputs)
     expected = run_directly(repository / "digits", "folded", stacked)
     np.testing.assert_allclose(np.concatenate([r.as_numpy("logits") for r in results]), expected, 1e-5, 1e-6)
+
+
+def test_a_stream_open_at_shutdown_gets_goaway_then_unavailable_after_the_grace_period(
+    repository: Path, rng: np.random.Generator
+) -> None:
+    """The server stops while a stream is open (its client quiet, not closed): GOAWAY (NO_ERROR, last stream 1)
+    at once, the request already answered stays answered, and when BNFOLD_GRACEFUL_SHUTDOWN_S (1 s here) has
+    passed the stream ends UNAVAILABLE with the message that says to send it again."""
+    settings = Settings(repository=repository, grpc_transport="http2", equivalence_policy="off", graceful_shutdown_s=1)
+    x = rng.uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32)
+    answered = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        with running_grpc_server(settings) as running:
+            body = framed(infer_request(x, "before"))
+            call = pool.submit(
+                raw_call, running.grpc_address, "ModelStreamInfer", body, close_request=False, timeout=30,
+                first_data=answered,
+            )  # fmt: skip
+            assert answered.wait(10)
+            stopping = time.monotonic()
+        answer = call.result(timeout=30)
+    assert answer.goaway == (0, 1)
+    assert (answer.grpc_status, answer.grpc_message) == (14, STOPPING)
+    assert answer.goaway_at - stopping < 0.9  # before the grace period ends
+    assert 1.0 <= answer.ended_at - stopping < 3.0  # the setting's 1 s, not a grace period of its own
+    (message,) = answer.messages()
+    response = pb.ModelStreamInferResponse.FromString(message)
+    assert response.infer_response.id == "before"
+    expected = run_directly(repository / "digits", "folded", x)
+    np.testing.assert_allclose(logits_of(response.infer_response.SerializeToString()), expected, 1e-5, 1e-6)
