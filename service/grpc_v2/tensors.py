@@ -47,7 +47,10 @@ def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], mem
             f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; send one "
             "raw_input_contents entry per input, in the order of inputs"
         )
-    items = [_input_item(tensor, raw[index] if raw else None) for index, tensor in enumerate(request.inputs)]
+    if raw:
+        items = [_raw_item(tensor, contents) for tensor, contents in zip(request.inputs, raw, strict=True)]
+    else:
+        items = [_input_item(tensor) for tensor in request.inputs]
     document: dict[str, Any] = {"inputs": items, "parameters": parameter_values(request.parameters)}
     if request.id:
         document["id"] = request.id
@@ -55,19 +58,21 @@ def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], mem
         document["outputs"] = [
             {"name": output.name, "parameters": parameter_values(output.parameters)} for output in request.outputs
         ]
-    return document, memoryview(b"".join(raw))
+    return document, memoryview(raw[0] if len(raw) == 1 else b"".join(raw))
 
 
-def _input_item(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> dict[str, Any]:
+def _raw_item(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> dict[str, Any]:
+    if tensor.HasField("contents") and (given := tensor.contents.ListFields()):
+        raise BadRequestError(
+            f"input {tensor.name!r} has both contents.{given[0][0].name} and raw_input_contents; send one of them"
+        )
+    parameters = {"binary_data_size": len(raw)}
+    return {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape), "parameters": parameters}
+
+
+def _input_item(tensor: pb.ModelInferRequest.InferInputTensor) -> dict[str, Any]:
     item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
     given = [field.name for field, _ in tensor.contents.ListFields()] if tensor.HasField("contents") else []
-    if raw is not None:
-        if given:
-            raise BadRequestError(
-                f"input {tensor.name!r} has both contents.{given[0]} and raw_input_contents; send one of them"
-            )
-        item["parameters"] = {"binary_data_size": len(raw)}
-        return item
     field = CONTENTS_FIELD.get(tensor.datatype)
     if field is None and tensor.datatype == "FP16":
         raise BadRequestError(f"input {tensor.name!r} is FP16, which has no typed contents; send raw_input_contents")

@@ -256,6 +256,7 @@ def test_malformed_raw_and_typed_requests(stub: service_pb2_grpc.GRPCInferenceSe
         ),
         "input 'input' has datatype FP32, whose typed contents go in contents.fp32_contents, not "
         "contents.fp64_contents": _wrong_contents(x),
+        "input 'input' has both contents.fp32_contents and raw_input_contents; send one of them": _both_contents(x),
     }
     for message, request in cases.items():
         with pytest.raises(grpc.RpcError) as caught:
@@ -266,6 +267,12 @@ def test_malformed_raw_and_typed_requests(stub: service_pb2_grpc.GRPCInferenceSe
 def _raw_request(x: np.ndarray, raw: list[bytes]) -> pb.ModelInferRequest:
     tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape))
     return pb.ModelInferRequest(model_name="digits", inputs=[tensor], raw_input_contents=raw)
+
+
+def _both_contents(x: np.ndarray) -> pb.ModelInferRequest:
+    request = _raw_request(x, [x.tobytes()])
+    request.inputs[0].contents.fp32_contents.extend(x.reshape(-1).tolist())
+    return request
 
 
 def _wrong_contents(x: np.ndarray) -> pb.ModelInferRequest:
