@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         10,
         ge=0,
         description="On SIGTERM, HTTP requests and gRPC calls in progress get this long to finish (both ports stop "
-        "at once); the rest are cancelled.",
+        "at once; with --workers N a worker's gRPC port stops after its HTTP); the rest are cancelled.",
     )
     log_burst: int = Field(20, ge=1, description="Log lines of one kind allowed per log interval (rest counted).")
     log_interval_s: float = Field(10.0, gt=0, description="The interval of --log-burst.")

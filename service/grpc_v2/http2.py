@@ -195,6 +195,7 @@ class Call:
         self.send, self.window = send, window
         self.started = self.body_done = False
         self.gone = False
+        self.ended = False  # the trailers are sent
 
     async def write(self, message: ProtoMessage) -> None:
         if self.gone:
@@ -211,12 +212,14 @@ class Call:
         await self.send({"type": "http.response.body", "body": frame(message)})
         self.body_done = True
         await self.send({"type": "http.response.trailers", "headers": OK_TRAILERS})
+        self.ended = True
         if self.window is not None:
             await self.window.drain()
 
     async def finish(self, code: grpc.StatusCode, details: str = "") -> None:
-        if self.gone:
+        if self.gone or self.ended:  # gone, or answered and waiting for the client to take the answer
             return
+        self.ended = True
         await self._start(RESPONSE_HEADERS if code == grpc.StatusCode.OK else ERROR_HEADERS)
         if not self.body_done:
             self.body_done = True
@@ -300,9 +303,10 @@ class GrpcOverHttp2:
             await call.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         except ClientGone:
             call.gone = True
-        except asyncio.CancelledError:  # the server is stopping and its grace period is over
-            # The call ends here, answered: nothing is left to cancel above this task's own call, and letting
-            # the cancellation go on would make uvicorn log a traceback and reset the stream after the trailers.
+        except asyncio.CancelledError:  # the server is stopping: its grace period is over, or a batch under
+            # this call was cancelled. The call ends here, answered: nothing is left to cancel above this task's
+            # own call, and letting the cancellation go on would make uvicorn log a traceback and reset the
+            # stream after the trailers.
             await call.finish(grpc.StatusCode.UNAVAILABLE, STOPPING)
 
 

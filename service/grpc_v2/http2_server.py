@@ -147,3 +147,9 @@ class Http2GrpcServer:
         if cancelled:
             await asyncio.wait(cancelled, timeout=CANCELLED_CALLS_SECONDS)
             await asyncio.sleep(0)  # the step's coalesced writes (their UNAVAILABLE trailers) go out
+
+    def force_stop(self) -> None:
+        """End every call now (a stop in progress stops waiting for them): each is answered UNAVAILABLE."""
+        self.server.force_exit = True
+        for task in self.server.server_state.tasks:
+            task.cancel()

@@ -13,6 +13,7 @@ import asyncio
 import importlib.util
 import logging
 import socket
+from types import FrameType
 from typing import Any, Protocol
 
 import grpc
@@ -112,9 +113,13 @@ class HttpAndGrpcServer(GuardedServer):
         super().__init__(config, guard, limiter)
         self.plane, self.control = plane, control
         self.grpc_server: GrpcServer | None = None
+        self._grpc_stopping: asyncio.Future[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._grpc_forced: asyncio.Future[Any] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         settings = self.plane.settings
+        self._loop = asyncio.get_running_loop()
         if settings.grpc_port:
             self.grpc_server = create_grpc_server(self.plane, self.control)
             await self.grpc_server.start()
@@ -126,15 +131,33 @@ class HttpAndGrpcServer(GuardedServer):
         try:
             await super().serve(sockets)
         finally:
-            await self._stop_grpc()  # when HTTP never reached its shutdown (its startup failed)
+            await self._stop_grpc()  # HTTP's startup failed, or its shutdown raised: the gRPC stop still ends
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await asyncio.gather(super().shutdown(sockets), self._stop_grpc())
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """uvicorn's: the first SIGINT/SIGTERM stops gracefully, a second SIGINT forces the exit; forced, the gRPC
+        port ends its calls at once too (UNAVAILABLE)."""
+        super().handle_exit(sig, frame)
+        if self.force_exit and self._loop is not None and self.grpc_server is not None:
+            self._loop.call_soon_threadsafe(self._force_grpc_stop, self.grpc_server)
+
     async def _stop_grpc(self) -> None:
-        server, self.grpc_server = self.grpc_server, None
-        if server is not None:
-            await server.stop(self.plane.settings.graceful_shutdown_s)
+        """Stop the gRPC server once (every caller waits for that one stop), giving calls the grace period."""
+        if self.grpc_server is None:
+            return
+        if self._grpc_stopping is None:
+            grace = self.plane.settings.graceful_shutdown_s
+            self._grpc_stopping = asyncio.ensure_future(self.grpc_server.stop(grace))
+        await self._grpc_stopping
+
+    def _force_grpc_stop(self, server: GrpcServer) -> None:
+        force_stop = getattr(server, "force_stop", None)  # Http2GrpcServer's; grpc.aio's is stop(0)
+        if force_stop is not None:
+            force_stop()
+        else:
+            self._grpc_forced = asyncio.ensure_future(server.stop(0))
 
 
 def create_server(settings: Settings, *, limit_logs: bool = True, **config: Any) -> HttpAndGrpcServer:

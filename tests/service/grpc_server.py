@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from bnfold.service.grpc_v2.server import create_server
+from bnfold.service.grpc_v2.server import HttpAndGrpcServer, create_server
 from bnfold.service.settings import Settings
 from tests.load.serve_process import free_port
 from tests.service.server import wait_for
@@ -24,6 +24,7 @@ class RunningGrpcServer:
     url: str
     grpc_address: str
     client: httpx.Client
+    server: HttpAndGrpcServer
 
 
 @contextmanager
@@ -41,7 +42,7 @@ def running_grpc_server(settings: Settings, wait_ready: bool = True) -> Iterator
     with httpx.Client(base_url=url, timeout=30) as client:
         try:
             wait_for(client, "/v2/health/ready" if wait_ready else "/v2/health/live")
-            yield RunningGrpcServer(url, f"127.0.0.1:{grpc_port}", client)
+            yield RunningGrpcServer(url, f"127.0.0.1:{grpc_port}", client, server)
         finally:
             server.should_exit = True
             thread.join(timeout=15)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import queue
+import signal
 import threading
 import time
 import zlib
@@ -293,3 +294,26 @@ def test_a_stream_open_at_shutdown_gets_goaway_then_unavailable_after_the_grace_
     assert response.infer_response.id == "before"
     expected = run_directly(repository / "digits", "folded", x)
     np.testing.assert_allclose(logits_of(response.infer_response.SerializeToString()), expected, 1e-5, 1e-6)
+
+
+def test_a_second_sigint_ends_the_calls_in_progress_at_once(repository: Path, rng: np.random.Generator) -> None:
+    """SIGINT, then SIGINT again (uvicorn's forced exit) with a 30 s grace period: the open stream ends
+    UNAVAILABLE within seconds, not when the grace period ends."""
+    settings = Settings(repository=repository, grpc_transport="http2", equivalence_policy="off", graceful_shutdown_s=30)
+    x = rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32)
+    answered = threading.Event()
+    with ThreadPoolExecutor(1) as pool, running_grpc_server(settings) as running:
+        body = framed(infer_request(x, "before"))
+        call = pool.submit(
+            raw_call, running.grpc_address, "ModelStreamInfer", body, close_request=False, timeout=60,
+            first_data=answered,
+        )  # fmt: skip
+        assert answered.wait(10)
+        running.server.handle_exit(signal.SIGINT, None)
+        stopping = time.monotonic()
+        time.sleep(0.5)
+        running.server.handle_exit(signal.SIGINT, None)
+        answer = call.result(timeout=60)
+    assert (answer.goaway, answer.grpc_status, answer.grpc_message) == ((0, 1), 14, STOPPING)
+    assert answer.ended_at - stopping < 5.0
+    assert [pb.ModelStreamInferResponse.FromString(m).infer_response.id for m in answer.messages()] == ["before"]
