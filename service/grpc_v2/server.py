@@ -115,7 +115,7 @@ class HttpAndGrpcServer(GuardedServer):
         self.grpc_server: GrpcServer | None = None
         self._grpc_stopping: asyncio.Future[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._grpc_forced: asyncio.Future[Any] | None = None
+        self._grpc_forced: asyncio.Future[Any] | None = None  # grpc.aio's stop(0), referenced while it runs
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         settings = self.plane.settings

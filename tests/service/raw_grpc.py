@@ -21,8 +21,8 @@ class RawAnswer:
     body: bytes = b""
     trailers: dict[bytes, bytes] = field(default_factory=dict)
     goaway: tuple[int, int] | None = None  # (error code, last stream id) of the server's GOAWAY, if it sent one
-    goaway_at: float = 0.0  # time.monotonic() of that GOAWAY, and of the stream's end
-    ended_at: float = 0.0
+    goaway_at: float = 0.0  # time.monotonic() when that GOAWAY arrived
+    ended_at: float = 0.0  # time.monotonic() when the stream's trailers arrived
 
     @property
     def grpc_status(self) -> int:

@@ -12,7 +12,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,18 @@ def test_more_calls_at_once_than_a_connection_carries(
     np.testing.assert_allclose(np.concatenate([r.as_numpy("logits") for r in results]), expected, 1e-5, 1e-6)
 
 
+def quiet_stream_answered(pool: ThreadPoolExecutor, address: str, x: np.ndarray, request_id: str) -> Future[Any]:
+    """A ModelStreamInfer stream (in `pool`) that sends one request and then goes quiet without closing; returns
+    once that request's answer has arrived. The future's result is the whole RawAnswer, when the stream ends."""
+    answered = threading.Event()
+    body = framed(infer_request(x, request_id))
+    call = pool.submit(
+        raw_call, address, "ModelStreamInfer", body, close_request=False, timeout=60, first_data=answered
+    )
+    assert answered.wait(10)
+    return call
+
+
 def test_a_stream_open_at_shutdown_gets_goaway_then_unavailable_after_the_grace_period(
     repository: Path, rng: np.random.Generator
 ) -> None:
@@ -274,17 +286,11 @@ def test_a_stream_open_at_shutdown_gets_goaway_then_unavailable_after_the_grace_
     passed the stream ends UNAVAILABLE with the message that says to send it again."""
     settings = Settings(repository=repository, grpc_transport="http2", equivalence_policy="off", graceful_shutdown_s=1)
     x = rng.uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32)
-    answered = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         with running_grpc_server(settings) as running:
-            body = framed(infer_request(x, "before"))
-            call = pool.submit(
-                raw_call, running.grpc_address, "ModelStreamInfer", body, close_request=False, timeout=30,
-                first_data=answered,
-            )  # fmt: skip
-            assert answered.wait(10)
+            call = quiet_stream_answered(pool, running.grpc_address, x, "before")
             stopping = time.monotonic()
-        answer = call.result(timeout=30)
+        answer = call.result(timeout=60)
     assert answer.goaway == (0, 1)
     assert (answer.grpc_status, answer.grpc_message) == (14, STOPPING)
     assert answer.goaway_at - stopping < 0.9  # before the grace period ends
@@ -301,14 +307,8 @@ def test_a_second_sigint_ends_the_calls_in_progress_at_once(repository: Path, rn
     UNAVAILABLE within seconds, not when the grace period ends."""
     settings = Settings(repository=repository, grpc_transport="http2", equivalence_policy="off", graceful_shutdown_s=30)
     x = rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32)
-    answered = threading.Event()
     with ThreadPoolExecutor(1) as pool, running_grpc_server(settings) as running:
-        body = framed(infer_request(x, "before"))
-        call = pool.submit(
-            raw_call, running.grpc_address, "ModelStreamInfer", body, close_request=False, timeout=60,
-            first_data=answered,
-        )  # fmt: skip
-        assert answered.wait(10)
+        call = quiet_stream_answered(pool, running.grpc_address, x, "before")
         running.server.handle_exit(signal.SIGINT, None)
         stopping = time.monotonic()
         time.sleep(0.5)
