@@ -1,37 +1,35 @@
 """The gRPC floor of the HTTP/2 transport: the cheapest possible ModelInfer on the server `bnfold serve` runs its
-gRPC port on by default (uvicorn's HTTP/2 protocol on zttp as bnfold wraps it, uvloop, an ASGI app).
+gRPC port on by default (bnfold's HTTP/2 server on zttp, `Http2GrpcServer`, on uvloop).
 
     python -m bench.http2_grpc_floor --port 8001 --response FILE
 
-The app reads each call's body and answers the bytes of FILE (a serialised ModelInferResponse of the benchmarked
-model, so the answer is as long as bnfold's) as one gRPC message with grpc-status 0; ModelStreamInfer answers
-each whole message of the stream, as it arrives, with the ModelStreamInferResponse wrapping those bytes.
+The handler reads each call's body and answers the bytes of FILE (a serialised ModelInferResponse of the
+benchmarked model, so the answer is as long as bnfold's) as one gRPC message with grpc-status 0;
+ModelStreamInfer answers each whole message of the stream, as it arrives, with the ModelStreamInferResponse
+wrapping those bytes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
 
-import uvicorn
+import uvloop
 from tritonclient.grpc import service_pb2
 
 from bench.peer_servers.floor_cli import floor_arguments
-from bnfold.service.grpc_v2.http2_server import GRPC_PROTOCOL
+from bnfold.service.grpc_v2.http2_server import H2Stream, Http2GrpcServer
 
-START = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [(b"content-type", b"application/grpc")],
-    "trailers": True,
-}
-OK = {"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")]}
+HEAD = [(b"content-type", b"application/grpc")]
+OK = [(b"grpc-status", b"0")]
 
 
 def framed(payload: bytes) -> bytes:
     return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
 
-def floor_app(answer: bytes) -> Any:
+def floor_handler(answer: bytes) -> Callable[[H2Stream], Awaitable[None]]:
     unary = framed(answer)
     streamed = framed(
         service_pb2.ModelStreamInferResponse(
@@ -39,43 +37,34 @@ def floor_app(answer: bytes) -> Any:
         ).SerializeToString()
     )
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        if scope["path"].endswith("/ModelStreamInfer"):
-            await send(START)
-            pending, more = b"", True
-            while more:
-                message = await receive()
-                pending += message.get("body", b"")
-                more = message.get("more_body", False)
+    async def handler(stream: H2Stream) -> None:
+        if stream.path.endswith("/ModelStreamInfer"):
+            stream.send_head(200, HEAD)
+            pending = b""
+            while stream.more or stream.body:
+                pending += await stream.receive()
                 while len(pending) >= 5 and len(pending) >= 5 + (end := int.from_bytes(pending[1:5], "big")):
                     pending = pending[5 + end :]
-                    await send({"type": "http.response.body", "body": streamed, "more_body": True})
+                    stream.send_data(streamed)
+                    await stream.drain()
+            stream.end(OK)
         else:
-            more = True
-            while more:
-                more = (await receive()).get("more_body", False)
-            await send(START)
-            await send({"type": "http.response.body", "body": unary, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-        await send(OK)
+            while stream.more or stream.body:
+                await stream.receive()
+            stream.answer(200, HEAD, unary, OK)
 
-    return app
+    return handler
+
+
+async def serve(port: int, answer: bytes) -> None:
+    listener = socket.create_server(("127.0.0.1", port), backlog=2048)
+    server = Http2GrpcServer(floor_handler(answer), listener, graceful_shutdown_s=1)
+    await server.start()
+    await asyncio.Event().wait()  # until the process is stopped
 
 
 def main() -> None:
-    port, answer = floor_arguments(__doc__)
-    uvicorn.run(
-        floor_app(answer),
-        host="127.0.0.1",
-        port=port,
-        http=GRPC_PROTOCOL,  # bnfold's: uvicorn's HTTP/2, one write per step, GOAWAY before zttp's stream cap
-        loop="uvloop",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-    )
+    uvloop.run(serve(*floor_arguments(__doc__)))
 
 
 if __name__ == "__main__":

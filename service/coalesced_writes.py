@@ -1,4 +1,4 @@
-"""One socket write per small HTTP response instead of two (HTTP/1.1), or per event-loop step (HTTP/2).
+"""One socket write per small HTTP/1.1 response instead of two.
 
 uvicorn writes a response's status line and headers as soon as the app sends `http.response.start`, and its
 body on `http.response.body`: two `write` system calls on the connection (on this project's machines each
@@ -7,12 +7,7 @@ each connection a transport that holds a response head (bytes starting `HTTP/` a
 line) until the next write on that connection, then writes both at once; a head with nothing after it in
 the same event-loop step (a streamed response, `100 Continue`) is written by a callback at the end of the
 step. Bytes are never reordered, dropped or delayed past the step that wrote them; `close()` writes a held
-head first.
-
-HTTP/2 writes more pieces per response — HEADERS, DATA, trailing HEADERS, each written as the app sends it,
-and WINDOW_UPDATEs as requests arrive — and multiplexes many responses on one connection, so
-`step_coalescing_protocol(base)` gives each connection a transport that gathers every write of one event-loop
-step and writes them, in order, as one buffer at the end of the step.
+head first. (The gRPC port's HTTP/2 server gathers its writes itself: one per connection and event-loop step.)
 """
 
 from __future__ import annotations
@@ -66,58 +61,6 @@ class CoalescingTransport:
 def coalescing_protocol(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
     """`base` (uvicorn's H11Protocol or HttpToolsProtocol) writing through a `CoalescingTransport`."""
     return _writing_through(base, CoalescingTransport, "Coalescing")
-
-
-class StepCoalescingTransport:
-    """A transport wrapper that writes everything written during one event-loop step as one buffer, in order,
-    at the end of that step."""
-
-    def __init__(self, transport: asyncio.WriteTransport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
-
-    def writelines(self, pieces: Any) -> None:
-        for piece in pieces:
-            self.write(piece)
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def flush(self) -> None:
-        """Write what this step gathered (at the end of the step, or before closing)."""
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
-
-    def __getattr__(self, name: str) -> Any:  # every other transport method, unchanged
-        return getattr(self._transport, name)
-
-
-def step_coalescing_protocol(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
-    """`base` (an HTTP/2 protocol of uvicorn's) writing through a `StepCoalescingTransport`."""
-    return _writing_through(base, StepCoalescingTransport, "StepCoalescing")
 
 
 def _writing_through(base: type[asyncio.Protocol], wrapper: type[Any], prefix: str) -> type[asyncio.Protocol]:

@@ -1,4 +1,5 @@
-"""gRPC on uvicorn's own HTTP/2 (zttp), on the event loop: `inference.GRPCInferenceService` as an ASGI app.
+"""gRPC on bnfold's own HTTP/2 server (http2_server.py, on zttp), on the event loop: every request stream of the
+gRPC port answered as a call of `inference.GRPCInferenceService`.
 
 gRPC is HTTP/2 of a fixed shape: a POST to `/inference.GRPCInferenceService/<Method>` with
 `content-type: application/grpc`; a body of length-prefixed messages (one byte "compressed" flag, four bytes
@@ -18,9 +19,9 @@ The rules grpc enforces itself are kept here:
 - `grpc-encoding` identity, gzip and deflate are read (answers are never compressed); another is UNIMPLEMENTED;
 - `grpc-timeout` ends the call with DEADLINE_EXCEEDED when it passes;
 - an unknown method is UNIMPLEMENTED; a request that is not gRPC (not a POST of application/grpc) gets HTTP 415.
-Memory per call stays bounded: a stream's messages are read only while it has a free in-flight slot, and
-uvicorn stops reading a connection once a stream has 64 KiB unread; a call hands over its next answer only
-while its stream's `SendWindow` lets it. The server, its HTTP/2 protocol and those bounds are in http2_server.py.
+Memory per call stays bounded: a stream's messages are read only while it has a free in-flight slot, and the
+server stops reading a connection once a stream has 64 KiB unread; a call hands over its next answer only
+while its stream's `drain` lets it. The server, its HTTP/2 protocol and those bounds are in http2_server.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import asyncio
 import base64
 import re
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -41,12 +42,8 @@ from google.protobuf.message import Message as ProtoMessage
 from bnfold.service.edge import GLOBAL_LIMIT_FIX, ClientGone
 from bnfold.service.errors import BadRequestError, PayloadTooLargeError, ServiceError
 from bnfold.service.grpc_v2 import inference_pb2 as pb
-from bnfold.service.grpc_v2.http2_server import SEND_WINDOW, SendWindow
+from bnfold.service.grpc_v2.http2_server import H2Stream
 from bnfold.service.grpc_v2.servicer import InferenceServicer
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 SERVICE_PREFIX = "/inference.GRPCInferenceService/"
 FRAME_HEADER = 5
@@ -113,10 +110,9 @@ def frame(message: ProtoMessage) -> bytes:
 class MessageReader:
     """The messages of a request body, one at a time, as its chunks arrive (the framing of gRPC over HTTP/2)."""
 
-    def __init__(self, receive: Receive, limit: int, encoding: str) -> None:
-        self.receive, self.limit, self.encoding = receive, limit, encoding
+    def __init__(self, stream: H2Stream, limit: int, encoding: str) -> None:
+        self.stream, self.limit, self.encoding = stream, limit, encoding
         self.buffer = bytearray()
-        self.more = True
 
     async def next(self) -> bytes | None:
         """The next message's (decompressed) bytes, or None once the client has closed its side."""
@@ -130,15 +126,12 @@ class MessageReader:
                     compressed, payload = self.buffer[0], bytes(self.buffer[FRAME_HEADER:end])
                     del self.buffer[:end]
                     return self._decompress(payload) if compressed else payload
-            if not self.more:
+            stream = self.stream
+            if not stream.more and not stream.body:
                 if self.buffer:
                     raise BadRequestError(f"the request body ends inside a message ({len(self.buffer)} bytes left)")
                 return None
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            self.buffer += message.get("body", b"")
-            self.more = message.get("more_body", False)
+            self.buffer += await stream.receive()  # ClientGone once the client has reset the stream
 
     def _decompress(self, payload: bytes) -> bytes:
         window = ZLIB_WINDOW.get(self.encoding)
@@ -164,15 +157,15 @@ class MessageReader:
 class CallContext:
     """What the servicer uses of grpc's ServicerContext, for one call: its metadata, `abort` and `write`."""
 
-    def __init__(self, headers: list[tuple[bytes, bytes]], write: Callable[[ProtoMessage], Awaitable[None]]) -> None:
-        self.headers = headers
+    def __init__(self, stream: H2Stream, write: Callable[[ProtoMessage], Awaitable[None]]) -> None:
+        self.stream = stream
         self.code, self.details = grpc.StatusCode.OK, ""
         self.write = write
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         """The call's custom metadata (as grpcio gives it: `-bin` values base64-decoded, pseudo-headers left out)."""
         pairs: list[tuple[str, str | bytes]] = []
-        for raw_name, raw_value in self.headers:
+        for raw_name, raw_value in self.stream.headers():
             name = raw_name.decode("latin-1")
             if name.startswith(":"):
                 continue
@@ -188,147 +181,120 @@ class CallContext:
 
 
 class Call:
-    """One gRPC call's response: headers once, messages, then the status trailers; each message handed over
-    only while the client takes them (`SendWindow`)."""
+    """One gRPC call's answer on its stream: the head once, messages, then the status trailers; each message
+    handed over only while the client takes them (`H2Stream.drain`)."""
 
-    def __init__(self, send: Send, window: SendWindow | None) -> None:
-        self.send, self.window = send, window
-        self.started = self.body_done = False
+    def __init__(self, stream: H2Stream) -> None:
+        self.stream = stream
+        self.started = False
         self.gone = False
-        self.ended = False  # the trailers are sent
 
     async def write(self, message: ProtoMessage) -> None:
         if self.gone:
             raise ClientGone
-        await self._start()
-        await self.send({"type": "http.response.body", "body": frame(message), "more_body": True})
-        if self.window is not None:
-            await self.window.drain()
+        self._start()
+        self.stream.send_data(frame(message))
+        await self.stream.drain()
 
     async def answer(self, message: ProtoMessage) -> None:
-        """A unary call's whole answer: headers, the message, status OK (returns once the client takes it)."""
+        """A unary call's whole answer: head, the message, status OK (returns once the client takes it)."""
         self.started = True
-        await self.send({"type": "http.response.start", "status": 200, "headers": RESPONSE_HEADERS, "trailers": True})
-        await self.send({"type": "http.response.body", "body": frame(message)})
-        self.body_done = True
-        await self.send({"type": "http.response.trailers", "headers": OK_TRAILERS})
-        self.ended = True
-        if self.window is not None:
-            await self.window.drain()
+        self.stream.answer(200, RESPONSE_HEADERS, frame(message), OK_TRAILERS)
+        await self.stream.drain()
 
-    async def finish(self, code: grpc.StatusCode, details: str = "") -> None:
-        if self.gone or self.ended:  # gone, or answered and waiting for the client to take the answer
+    def finish(self, code: grpc.StatusCode, details: str = "") -> None:
+        if self.gone or self.stream.ended:  # gone, or answered and waiting for the client to take the answer
             return
-        self.ended = True
-        await self._start(RESPONSE_HEADERS if code == grpc.StatusCode.OK else ERROR_HEADERS)
-        if not self.body_done:
-            self.body_done = True
-            await self.send({"type": "http.response.body", "body": b""})
-        await self.send({"type": "http.response.trailers", "headers": trailers(code, details)})
+        self._start(RESPONSE_HEADERS if code == grpc.StatusCode.OK else ERROR_HEADERS)
+        self.stream.end(trailers(code, details))
 
-    async def _start(self, headers: list[tuple[bytes, bytes]] = RESPONSE_HEADERS) -> None:
+    def _start(self, headers: list[tuple[bytes, bytes]] = RESPONSE_HEADERS) -> None:
         if not self.started:
             self.started = True
-            await self.send({"type": "http.response.start", "status": 200, "headers": headers, "trailers": True})
+            self.stream.send_head(200, headers)
 
 
 class GrpcOverHttp2:
-    """The ASGI app of the gRPC port: every call of inference.GRPCInferenceService answered by `servicer`."""
+    """The handler of every request stream of the gRPC port: each call of inference.GRPCInferenceService
+    answered by `servicer`."""
 
     def __init__(self, servicer: InferenceServicer, max_message_bytes: int, max_calls: int) -> None:
-        self.methods = {name: (rpc, getattr(servicer, name)) for name, rpc in service_methods().items()}
+        self.methods = {
+            SERVICE_PREFIX + name: (rpc, getattr(servicer, name)) for name, rpc in service_methods().items()
+        }
         self.max_message_bytes, self.max_calls = max_message_bytes, max_calls
         self.calls = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+    async def __call__(self, stream: H2Stream) -> None:
+        content_type = stream.header(b"content-type") or b""
+        if stream.method != b"POST" or not content_type.startswith(b"application/grpc"):
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(NOT_GRPC))]
+            stream.answer(415, headers, NOT_GRPC, None)
             return
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        content_type, encoding, timeout = _call_headers(headers)
-        if scope["method"] != "POST" or not content_type.startswith(b"application/grpc"):
-            await _not_grpc(send)
-            return
-        call = Call(send, scope["extensions"].get(SEND_WINDOW))
-        path: str = scope["path"]
-        found = self.methods.get(path[len(SERVICE_PREFIX) :]) if path.startswith(SERVICE_PREFIX) else None
+        call = Call(stream)
+        found = self.methods.get(stream.path)
         if found is None:
-            message = f"{path} is not a method of inference.GRPCInferenceService, the service on this port"
-            await call.finish(grpc.StatusCode.UNIMPLEMENTED, message)
+            message = f"{stream.path} is not a method of inference.GRPCInferenceService, the service on this port"
+            call.finish(grpc.StatusCode.UNIMPLEMENTED, message)
             return
         if self.calls >= self.max_calls:
             message = (
                 f"{self.calls} gRPC calls and streams are in progress, the most BNFOLD_GRPC_MAX_CONCURRENT_RPCS "
                 "allows; retry later"
             )
-            await call.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            call.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
             return
         self.calls += 1
         try:
-            await self._serve(found, headers, (encoding, timeout), receive, call)
+            await self._serve(found, stream, call)
         finally:
             self.calls -= 1
 
-    async def _serve(
-        self,
-        found: tuple[Rpc, Callable[..., Awaitable[Any]]],
-        headers: list[tuple[bytes, bytes]],
-        options: tuple[str, str | None],
-        receive: Receive,
-        call: Call,
-    ) -> None:
+    async def _serve(self, found: tuple[Rpc, Callable[..., Awaitable[Any]]], stream: H2Stream, call: Call) -> None:
         rpc, method = found
-        context = CallContext(headers, call.write)
-
-        async def run() -> None:
-            reader = MessageReader(receive, self.max_message_bytes, encoding)
-            if rpc.client_streaming:
-                await method(_requests(reader, rpc.request, call), context)
-                await call.finish(grpc.StatusCode.OK)
-            else:
-                request = await _only_message(reader, rpc.request)
-                await call.answer(await method(request, context))
-
+        context = CallContext(stream, call.write)
         try:
-            encoding, deadline = _checked_options(*options)
+            encoding, deadline = _call_options(stream)
+            reader = MessageReader(stream, self.max_message_bytes, encoding)
             if deadline is None:
-                await run()
+                await _run(rpc, method, reader, context, call)
             else:
                 async with asyncio.timeout(deadline):
-                    await run()
+                    await _run(rpc, method, reader, context, call)
         except grpc.aio.AbortError:
-            await call.finish(context.code, context.details)
+            call.finish(context.code, context.details)
         except ServiceError as error:  # the transport's own: size, encoding, framing (CallEnded and the like)
-            await call.finish(grpc.StatusCode[error.grpc_code], error.message)
+            call.finish(grpc.StatusCode[error.grpc_code], error.message)
         except TimeoutError:
-            await call.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            call.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         except ClientGone:
             call.gone = True
         except asyncio.CancelledError:  # the server is stopping: its grace period is over, or a batch under
             # this call was cancelled. The call ends here, answered: nothing is left to cancel above this task's
-            # own call, and letting the cancellation go on would make uvicorn log a traceback and reset the
-            # stream after the trailers.
-            await call.finish(grpc.StatusCode.UNAVAILABLE, STOPPING)
+            # own call, and letting the cancellation go on would reset the stream instead of answering it.
+            call.finish(grpc.StatusCode.UNAVAILABLE, STOPPING)
 
 
-def _call_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str, str | None]:
-    """The call's content-type, message encoding (default identity) and grpc-timeout (None: none), in one pass."""
-    content_type, encoding, timeout = b"", "identity", None
-    for name, value in headers:
-        if name == b"content-type":
-            content_type = value
-        elif name == b"grpc-encoding":
-            encoding = value.decode("latin-1").strip()
-        elif name == b"grpc-timeout":
-            timeout = value.decode("latin-1")
-    return content_type, encoding, timeout
+async def _run(
+    rpc: Rpc, method: Callable[..., Awaitable[Any]], reader: MessageReader, context: CallContext, call: Call
+) -> None:
+    if rpc.client_streaming:
+        await method(_requests(reader, rpc.request, call), context)
+        call.finish(grpc.StatusCode.OK)
+    else:
+        request = await _only_message(reader, rpc.request)
+        await call.answer(await method(request, context))
 
 
-def _checked_options(encoding: str, timeout: str | None) -> tuple[str, float | None]:
-    """The encoding (identity, gzip or deflate) and the deadline in seconds; CallEnded for one not served."""
-    if encoding != "identity" and encoding not in ZLIB_WINDOW:
-        message = f"grpc-encoding {encoding!r} is not supported; send identity, gzip or deflate"
+def _call_options(stream: H2Stream) -> tuple[str, float | None]:
+    """The call's message encoding (identity unless grpc-encoding says gzip or deflate) and its deadline in
+    seconds from grpc-timeout (None: none); CallEnded for an encoding not served or a malformed timeout."""
+    encoding, timeout = stream.header(b"grpc-encoding"), stream.header(b"grpc-timeout")
+    name = "identity" if encoding is None else encoding.decode("latin-1").strip()
+    if name != "identity" and name not in ZLIB_WINDOW:
+        message = f"grpc-encoding {name!r} is not supported; send identity, gzip or deflate"
         raise CallEnded(grpc.StatusCode.UNIMPLEMENTED, message)
-    return encoding, None if timeout is None else grpc_timeout(timeout)
+    return name, None if timeout is None else grpc_timeout(timeout.decode("latin-1"))
 
 
 async def _only_message(reader: MessageReader, request: type[ProtoMessage]) -> ProtoMessage:
@@ -358,9 +324,3 @@ async def _requests(reader: MessageReader, request: type[ProtoMessage], call: Ca
         if data is None:
             return
         yield request.FromString(data)
-
-
-async def _not_grpc(send: Send) -> None:
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(NOT_GRPC)).encode())]
-    await send({"type": "http.response.start", "status": 415, "headers": headers})
-    await send({"type": "http.response.body", "body": NOT_GRPC})

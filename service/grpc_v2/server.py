@@ -2,7 +2,7 @@
 
 The gRPC server shares the app's data plane — registry, batchers, equivalence policy, metrics, limits — so a
 request is batched with HTTP requests for the same model and counted in the same metrics. It is, as
-BNFOLD_GRPC_TRANSPORT says, a second uvicorn server speaking HTTP/2 (`http2.Http2GrpcServer`, the default) or
+BNFOLD_GRPC_TRANSPORT says, bnfold's own HTTP/2 server on zttp (`http2_server.Http2GrpcServer`, the default) or
 grpc's own grpc.aio server (`grpcio`). Either refuses messages larger than BNFOLD_MAX_BODY_BYTES, and calls
 or streams beyond BNFOLD_GRPC_MAX_CONCURRENT_RPCS in progress, with RESOURCE_EXHAUSTED before they are parsed.
 """
@@ -92,7 +92,7 @@ def _http2_server(plane: DataPlane, control: RepositoryControl, share_port: bool
     servicer = InferenceServicer(plane, control, counts_calls=False)
     app = GrpcOverHttp2(servicer, settings.max_body_bytes, settings.grpc_max_concurrent_rpcs)
     server = Http2GrpcServer(app, listener, settings.graceful_shutdown_s)
-    plane.grpc_requests = server.server.server_state.tasks  # its calls, created as their headers arrive
+    plane.grpc_requests = server.tasks  # its calls, created as their headers arrive
     return server
 
 
@@ -126,7 +126,7 @@ class HttpAndGrpcServer(GuardedServer):
             log.info(
                 "gRPC (inference.GRPCInferenceService) on %s, served by %s",
                 grpc_address(settings.host, settings.grpc_port),
-                "uvicorn's HTTP/2 (zttp)" if settings.grpc_transport == "http2" else "grpcio",
+                "bnfold's HTTP/2 (zttp)" if settings.grpc_transport == "http2" else "grpcio",
             )
         try:
             await super().serve(sockets)

@@ -1,6 +1,5 @@
-"""The coalescing transports on a real loopback socket pair. HTTP/1.1's: a response head waits for the write
-that follows it (then both leave in one write), or for the end of the event-loop step; other bytes pass at once.
-HTTP/2's: everything written in one event-loop step leaves as one write at its end, in order."""
+"""The coalescing transport on a real loopback socket pair: a response head waits for the write that follows it
+(then both leave in one write), or for the end of the event-loop step; other bytes pass at once."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import socket
 
 import pytest
 
-from bnfold.service.coalesced_writes import CoalescingTransport, StepCoalescingTransport
+from bnfold.service.coalesced_writes import CoalescingTransport
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
 
@@ -104,48 +103,3 @@ def test_close_writes_a_held_head_first_and_abort_drops_it() -> None:
     closed, aborted = asyncio.run(scenario())
     assert closed == HEAD
     assert aborted == b""
-
-
-async def _step_pair() -> tuple[StepCoalescingTransport, socket.socket, asyncio.Transport]:
-    transport, peer = await _raw_pair()
-    return StepCoalescingTransport(transport, asyncio.get_running_loop()), peer, transport
-
-
-def test_the_writes_of_one_step_leave_together_in_order_at_its_end() -> None:
-    """Three pieces of one step (an HTTP/2 response's HEADERS, DATA and trailers) are one socket write when
-    the step ends; a write in the next step is another."""
-
-    async def scenario() -> tuple[bytes, bytes, bytes]:
-        transport, peer, raw = await _step_pair()
-        writes: list[bytes] = []
-        write = raw.write
-        raw.write = lambda data: (writes.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
-        for piece in (b"headers|", bytearray(b"data|"), memoryview(b"trailers")):
-            transport.write(piece)
-        during = _pending(peer)
-        await _one_step()
-        first = _pending(peer)
-        transport.write(b"next")
-        await _one_step()
-        second = _pending(peer)
-        transport.close()
-        peer.close()
-        return during, first + b"/" + second, b"/".join(writes)
-
-    during, received, written = asyncio.run(scenario())
-    assert during == b""
-    assert received == b"headers|data|trailers/next"
-    assert written == b"headers|data|trailers/next"  # two socket writes
-
-
-def test_close_writes_what_the_step_gathered() -> None:
-    async def scenario() -> bytes:
-        transport, peer, _ = await _step_pair()
-        transport.write(b"goaway")
-        transport.close()
-        await _one_step()
-        got = _pending(peer)
-        peer.close()
-        return got
-
-    assert asyncio.run(scenario()) == b"goaway"
