@@ -14,11 +14,12 @@ V2 binary) from the same load generator (wrk, one thread, keep-alive; bench.wrk_
     bnfold             `bnfold serve` on the whole repository: as shipped (log level info, so an access log line
                        per request; equivalence policy sample 1 %), and with log level warning and policy off
                        over V2 JSON, V2 binary and V2 gRPC
-                       (gRPC on its default transport, uvicorn's HTTP/2, and on BNFOLD_GRPC_TRANSPORT=grpcio)
-    gRPC floor         bench.http2_grpc_floor: an ASGI app on uvicorn's HTTP/2 (zttp) and uvloop, what bnfold's
-                       gRPC port runs on, answering fixed bytes as long as bnfold's answer; the same on
-                       grpcio's asyncio server on uvloop (bench.grpc_floor) and on grpclib, the other Python
-                       gRPC server (pure-Python HTTP/2; bench.peer_servers.grpclib_floor, own virtualenv)
+                       (gRPC on its default transport, bnfold's HTTP/2 server, and on BNFOLD_GRPC_TRANSPORT=grpcio)
+    gRPC floor         bench.http2_grpc_floor: a handler on bnfold's HTTP/2 server (zttp) and uvloop, what
+                       bnfold's gRPC port runs on, answering fixed bytes as long as bnfold's answer; the same as
+                       an ASGI app on uvicorn's HTTP/2 (bench.asgi_grpc_floor), on grpcio's asyncio server on
+                       uvloop (bench.grpc_floor) and on grpclib, the other Python gRPC server (pure-Python HTTP/2;
+                       bench.peer_servers.grpclib_floor, own virtualenv)
 
 The gRPC rows get the same tensor as raw_input_contents from h2load (Debian package nghttp2-client; a C client
 like wrk, one HTTP/2 connection per request in flight; bench.h2load_grpc), which checks every answer's length.
@@ -157,8 +158,13 @@ def expected_output(setup: Setup) -> np.ndarray:
 
 
 def _http2_grpc_floor(setup: Setup) -> AbstractContextManager[Server]:
-    """bench.http2_grpc_floor (uvicorn HTTP/2 on zttp) answering what bnfold answers."""
+    """bench.http2_grpc_floor (bnfold's HTTP/2 server on zttp) answering what bnfold answers."""
     return grpc_floor(_bnfold_like_answer(setup), (sys.executable, "-m", "bench.http2_grpc_floor"))
+
+
+def _asgi_grpc_floor(setup: Setup) -> AbstractContextManager[Server]:
+    """bench.asgi_grpc_floor (an ASGI app on uvicorn's HTTP/2) answering what bnfold answers."""
+    return grpc_floor(_bnfold_like_answer(setup), (sys.executable, "-m", "bench.asgi_grpc_floor"))
 
 
 def _grpc_floor(setup: Setup) -> AbstractContextManager[Server]:
@@ -246,12 +252,13 @@ PEERS: tuple[Peer, ...] = (
     Peer("bnfold serve as shipped (access log, policy sample 1 %), V2 JSON", _bnfold_as_shipped, "json"),
     Peer("bnfold serve, no access log, policy off, V2 JSON", _bnfold, "json"),
     Peer("bnfold serve, no access log, policy off, V2 binary", _bnfold, "binary"),
-    GrpcPeer("bare gRPC floor (uvicorn HTTP/2 via zttp, uvloop, fixed answer), gRPC", _http2_grpc_floor),
+    GrpcPeer("bare gRPC floor (bnfold's HTTP/2 server on zttp, uvloop, fixed answer), gRPC", _http2_grpc_floor),
+    GrpcPeer("bare gRPC floor (ASGI app on uvicorn's HTTP/2 via zttp, uvloop, fixed answer), gRPC", _asgi_grpc_floor),
     GrpcPeer("bare gRPC floor (grpcio asyncio server on uvloop, fixed answer), gRPC", _grpc_floor),
     GrpcPeer(f"bare gRPC floor on grpclib {GRPCLIB} (pure-Python HTTP/2, uvloop, fixed answer), gRPC", _grpclib_floor),
     GrpcPeer("bnfold serve, no access log, policy off, V2 gRPC", _bnfold),
     GrpcPeer("bnfold serve, no access log, policy off, V2 gRPC on grpcio", _bnfold_on_grpcio),
-    GrpcStreamPeer("bare gRPC floor (uvicorn HTTP/2 via zttp, as above), gRPC ModelStreamInfer", _http2_grpc_floor),
+    GrpcStreamPeer("bare gRPC floor (bnfold's HTTP/2 server, as above), gRPC ModelStreamInfer", _http2_grpc_floor),
     GrpcStreamPeer("bare gRPC floor (grpcio, as above), gRPC ModelStreamInfer", _grpc_floor),
     GrpcStreamPeer("bnfold serve, no access log, policy off, V2 gRPC ModelStreamInfer", _bnfold),
 )
