@@ -58,7 +58,7 @@ def floor_handler(answer: bytes) -> Callable[[H2Stream], Awaitable[None]]:
 
 async def serve(port: int, answer: bytes) -> None:
     listener = socket.create_server(("127.0.0.1", port), backlog=2048)
-    server = Http2GrpcServer(floor_handler(answer), listener, graceful_shutdown_s=1)
+    server = Http2GrpcServer(floor_handler(answer), listener, graceful_shutdown_s=1, max_unread_bytes=64 << 20)
     await server.start()
     await asyncio.Event().wait()  # until the process is stopped
 

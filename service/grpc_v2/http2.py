@@ -229,7 +229,7 @@ class GrpcOverHttp2:
         content_type = stream.header(b"content-type") or b""
         if stream.method != b"POST" or not content_type.startswith(b"application/grpc"):
             headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(NOT_GRPC))]
-            stream.answer(415, headers, NOT_GRPC, None)
+            stream.answer(415, headers, b"" if stream.method == b"HEAD" else NOT_GRPC, None)
             return
         call = Call(stream)
         found = self.methods.get(stream.path)

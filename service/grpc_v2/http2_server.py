@@ -11,13 +11,20 @@ What `GrpcH2Protocol` does for every connection (prior knowledge only: gRPC clie
   stop waits for;
 - every byte zttp queues on the connection during one event-loop step goes out in one socket write at the end
   of the step (headers, DATA, trailers and WINDOW_UPDATEs of every stream answered in that step);
-- reading the connection pauses while one of its streams has more than MAX_UNREAD_BYTES of body its call has
-  not taken, and resumes once none has; a call waits (`H2Stream.drain`) while more than PENDING_ANSWER_BYTES of
-  its answer wait for the client's HTTP/2 window, or while the socket's write buffer is full;
+- zttp returns HTTP/2 flow-control credit as request data arrives, so the bound on unread requests is the
+  socket: reading the connection pauses while one of its streams has more than MAX_UNREAD_BYTES of body its
+  call has not taken, and resumes once none has;
+- a call waits (`H2Stream.drain`) while more than PENDING_ANSWER_BYTES of its answer wait for the client's
+  HTTP/2 window, or while the socket's write buffer is full. A call waiting for the window needs the client's
+  WINDOW_UPDATE, so reading resumes while one waits (else a stream that has both its requests and its answers
+  backed up would hold its connection forever); meanwhile a stream that gets more than `max_unread_bytes`
+  ahead of its call (the largest message the port accepts) is reset with ENHANCE_YOUR_CALM;
 - before zttp's per-connection stream cap it ends the connection gracefully: once a client opens stream number
   STREAMS_PER_CONNECTION it sends GOAWAY (NO_ERROR, last stream = that one), answers the streams already open,
   then closes; at stop it sends that GOAWAY at once; a stream opened after a GOAWAY is refused with
-  REFUSED_STREAM (which grpc clients retry elsewhere); an idle connection is closed after IDLE_SECONDS;
+  REFUSED_STREAM (which grpc clients retry elsewhere); an idle connection is closed after IDLE_SECONDS. A
+  connection closes only once zttp holds no answer bytes for it (the client's window took them all), or when
+  the server stops;
 - a stream the client resets, or a connection lost, marks its calls gone (their sends do nothing) and wakes
   them; a frame that breaks HTTP/2 closes the connection (logged as a warning);
 - a handler that raises (a bug: the gRPC layer answers every error it knows) resets its stream with
@@ -27,10 +34,12 @@ What `GrpcH2Protocol` does for every connection (prior knowledge only: gRPC clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import cast
+from urllib.parse import unquote
 
 import zttp
 
@@ -38,8 +47,10 @@ from bnfold.service.edge import ClientGone
 
 log = logging.getLogger("bnfold.service")
 
-STREAMS_PER_CONNECTION = 4000  # zttp 0.0.35 drops a connection at its 4096th stream (ENHANCE_YOUR_CALM)
-PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM = 0x1, 0x2, 0x7  # HTTP/2 error codes (RFC 9113 §7)
+# zttp 0.0.35 drops a connection at its 4096th stream (ENHANCE_YOUR_CALM), refused ones included, and lets a client
+# have 128 open at once: a client that has 128 in flight when the GOAWAY reaches it opens at most that many more.
+STREAMS_PER_CONNECTION = 4096 - 128 - 68
+PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM, ENHANCE_YOUR_CALM = 0x1, 0x2, 0x7, 0xB  # RFC 9113 §7
 MAX_UNREAD_BYTES = 64 * 1024  # request body a stream may hold that its call has not taken
 PENDING_ANSWER_BYTES = 64 * 1024  # answer bytes a stream may have waiting for the client's window
 CANCELLED_CALLS_SECONDS = 1.0  # how long a stop waits for the calls it cancelled to send their trailers
@@ -59,7 +70,8 @@ class H2Stream:
         self.protocol = protocol
         self.h2: zttp.Stream = protocol.conn.stream(request.stream_id)
         self.method: bytes = request.method
-        self.path: str = request.path.decode("ascii")
+        path = request.path.decode("ascii")
+        self.path: str = unquote(path) if "%" in path else path
         self._headers = request.headers
         self.body = bytearray()  # arrived, not yet taken by `receive`
         self.more = not request.end_stream  # the client may still send body
@@ -112,34 +124,33 @@ class H2Stream:
 
     def end(self, trailers: Headers | None) -> None:
         """End the answer, with `trailers` (or none)."""
-        self.ended = True
         if not self.gone:
             self.h2.end_message(trailers)
             self.protocol.flush_soon()
+        self.ended = True
 
     def answer(self, status: int, headers: Headers, data: bytes, trailers: Headers | None) -> None:
         """The whole answer at once: head, `data` and `trailers`."""
-        self.ended = True
         if not self.gone:
             h2 = self.h2
             h2.send_response(status, headers)
             h2.send_data(data)
             h2.end_message(trailers)
             self.protocol.flush_soon()
+        self.ended = True
 
     async def drain(self) -> None:
         """Return once at most PENDING_ANSWER_BYTES of this stream's answer wait for the client's window and the
         socket takes more (or the stream is gone): what a call awaits before it hands over more."""
         protocol = self.protocol
-        while not self.gone:
+        while not self.gone and not protocol.closing:
             if protocol.write_paused:
-                event = protocol.writable
+                protocol.writable.clear()
+                await protocol.writable.wait()
             elif (self.h2.pending_bytes or 0) > PENDING_ANSWER_BYTES:
-                event = protocol.window_opened
+                await protocol.window_wait()
             else:
                 return
-            event.clear()
-            await event.wait()
 
     def arrived(self, data: bytes) -> None:
         self.body += data
@@ -178,9 +189,13 @@ class GrpcH2Protocol(asyncio.Protocol):
         self.close_when_idle = False  # a GOAWAY went either way: close once the last stream is answered
         self.flush_scheduled = False
         self.reading_paused = False
+        self.window_waiters = 0  # calls waiting for the client's window (reading must go on meanwhile)
         self.write_paused = False
+        self.closing = False  # close() was called: nothing more is sent
+        self.close_when_sent = False  # idle after a GOAWAY, but zttp still holds answer bytes for the window
         self.window_opened = asyncio.Event()  # the client sent WINDOW_UPDATE or RST_STREAM
         self.writable = asyncio.Event()  # the socket's write buffer drained
+        self.max_unread_bytes = server.max_unread_bytes
         self.idle_timer: asyncio.TimerHandle | None = None
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------------------
@@ -192,7 +207,8 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.closing = True
+        self.server.connection_gone(self)
         self._cancel_idle_timer()
         for stream in self.streams.values():
             stream.lost()
@@ -216,7 +232,12 @@ class GrpcH2Protocol(asyncio.Protocol):
                 self._handle(event)
         except zttp.RemoteProtocolError as error:
             log.warning("a gRPC client broke HTTP/2 (%s); its connection is closed", error)
+            self.goaway_sent = True  # zttp queued its GOAWAY with the error's code
             self.close()
+            return
+        if self.close_when_sent:
+            self.flush()  # what the client's new window released
+            self._close_once_sent()
             return
         self.flush_soon()
         if not self.streams:
@@ -233,9 +254,13 @@ class GrpcH2Protocol(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             if stream is not None and not stream.gone:
                 stream.arrived(event.data)
-                if len(stream.body) > MAX_UNREAD_BYTES and not self.reading_paused and self.transport is not None:
-                    self.reading_paused = True
-                    self.transport.pause_reading()
+                unread = len(stream.body)
+                if unread > MAX_UNREAD_BYTES:
+                    if self.window_waiters == 0:
+                        self._pause_reading()
+                    elif unread > self.max_unread_bytes:  # read on only for the window, and it floods meanwhile
+                        stream.h2.reset(ENHANCE_YOUR_CALM)
+                        stream.lost()
         elif kind is zttp.EndOfMessage:
             assert isinstance(event, zttp.EndOfMessage)
             stream = self.streams.get(event.stream_id)
@@ -244,7 +269,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         elif kind is zttp.Request:
             assert isinstance(event, zttp.Request)
             self._open(event)
-        elif kind is zttp.WindowUpdate:
+        elif kind is zttp.WindowUpdate or kind is zttp.Settings:  # a new initial window size opens windows too
             self.window_opened.set()
         elif kind is zttp.RstStream:
             assert isinstance(event, zttp.RstStream)
@@ -256,8 +281,8 @@ class GrpcH2Protocol(asyncio.Protocol):
         elif kind is zttp.GoAway:
             self.close_when_idle = True
             if not self.streams:
-                self.close()
-        # SETTINGS and PING need nothing here: zttp applies and acknowledges them, and flush writes the answer.
+                self._close_once_sent()
+        # PING needs nothing here: zttp answers it, and flush writes the answer.
 
     def _open(self, request: zttp.Request) -> None:
         if self.goaway_sent:
@@ -280,7 +305,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         try:
             await self.server.handler(stream)
         except Exception:
-            log.exception("unexpected error in the gRPC call %s; its stream is reset", stream.path)
+            log.exception("unexpected error in the gRPC call %s", stream.path)
         finally:
             if not stream.ended and not stream.gone:
                 stream.h2.reset(INTERNAL_ERROR)
@@ -289,12 +314,12 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     def _stream_done(self, stream: H2Stream) -> None:
         self.streams.pop(stream.h2.stream_id, None)
-        if self.transport is None or self.transport.is_closing():
+        if self.closing:
             return
         self.resume_reading_if_drained()
         if not self.streams:
             if self.close_when_idle:
-                self.close()
+                self._close_once_sent()
             else:
                 self._arm_idle_timer()
 
@@ -308,14 +333,32 @@ class GrpcH2Protocol(asyncio.Protocol):
     def flush(self) -> None:
         self.flush_scheduled = False
         data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
+        if data and self.transport is not None and not self.closing:
             self.transport.write(data)
+
+    async def window_wait(self) -> None:
+        """Wait for the client's WINDOW_UPDATE (or a reset, a new SETTINGS, the connection's end), reading the
+        connection meanwhile even if a stream holds its unread limit."""
+        self.window_waiters += 1
+        try:
+            self._resume_reading()
+            self.window_opened.clear()
+            await self.window_opened.wait()
+        finally:
+            self.window_waiters -= 1
 
     def resume_reading_if_drained(self) -> None:
         """Read the connection again once no stream holds more than MAX_UNREAD_BYTES its call has not taken."""
-        if not self.reading_paused or self.transport is None:
-            return
-        if all(len(stream.body) <= MAX_UNREAD_BYTES for stream in self.streams.values()):
+        if self.reading_paused and all(len(s.body) <= MAX_UNREAD_BYTES for s in self.streams.values()):
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closing:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closing:
             self.reading_paused = False
             self.transport.resume_reading()
 
@@ -328,26 +371,41 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """The server stops: GOAWAY now; close at once when idle, else once the last stream is answered."""
-        if self.transport is None or self.transport.is_closing():
+        if self.closing or self.transport is None:
             return
         self.send_goaway()
         self.flush()
         if not self.streams:
+            self._close_once_sent()
+
+    def _close_once_sent(self) -> None:
+        """Close now, or once the client's window has taken the answer bytes zttp still holds."""
+        if self.conn.has_pending_send():
+            self.close_when_sent = True
+            self._resume_reading()  # the WINDOW_UPDATEs that release them must be read
+        else:
             self.close()
 
     def close(self) -> None:
         """Write what is queued (with a GOAWAY, if none went yet) and close the connection."""
         self._cancel_idle_timer()
-        if self.transport is None or self.transport.is_closing():
+        if self.closing or self.transport is None:
             return
         if not self.goaway_sent:
             self.conn.close()
             self.goaway_sent = True
         self.flush()
+        self.closing = True
         self.transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection now (the server stopped and its client does not take what is left)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
     def _arm_idle_timer(self) -> None:
-        if self.idle_timer is None and self.transport is not None and not self.transport.is_closing():
+        if self.idle_timer is None and self.transport is not None and not self.closing:
             self.idle_timer = self.loop.call_later(IDLE_SECONDS, self.close)
 
     def _cancel_idle_timer(self) -> None:
@@ -364,26 +422,36 @@ def bind_grpc_socket(host: str, port: int, share_port: bool) -> socket.socket:
 
 class Http2GrpcServer:
     """The gRPC port on the running event loop: `handler` runs once per request stream. `start()` and
-    `stop(grace)` as on grpc.aio.Server; `tasks` holds the calls in progress."""
+    `stop(grace)` as on grpc.aio.Server; `tasks` holds the calls in progress. `max_unread_bytes`: how far a
+    stream may get ahead of its call while the connection is read for a call waiting for the window."""
 
-    def __init__(self, handler: Handler, listener: socket.socket, graceful_shutdown_s: float) -> None:
+    def __init__(
+        self, handler: Handler, listener: socket.socket, graceful_shutdown_s: float, max_unread_bytes: int
+    ) -> None:
         self.handler, self.listener, self.graceful_shutdown_s = handler, listener, graceful_shutdown_s
+        self.max_unread_bytes = max_unread_bytes
         self.connections: set[GrpcH2Protocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._all_closed: asyncio.Event | None = None  # set when the last connection goes (or a force_stop)
+        self.forced = False  # force_stop was called
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: GrpcH2Protocol(self), sock=self.listener)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, GOAWAY to every connection, let calls in progress finish for `grace` seconds (default
-        the server's graceful-shutdown time), then cancel the rest (each is answered UNAVAILABLE) and close."""
+        """Stop accepting and send GOAWAY to every connection; let calls in progress finish, and connections hand
+        their clients the answer bytes the clients' windows still hold back, for `grace` seconds (default the
+        server's graceful-shutdown time). Then cancel the calls left (each is answered UNAVAILABLE), close the
+        connections left, and drop any whose client takes nothing within CANCELLED_CALLS_SECONDS."""
+        loop = asyncio.get_running_loop()
+        grace = self.graceful_shutdown_s if grace is None else grace
+        deadline = loop.time() + grace
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
             connection.shutdown()
-        grace = self.graceful_shutdown_s if grace is None else grace
         if self.tasks and grace > 0:
             await asyncio.wait(set(self.tasks), timeout=grace)
         cancelled = set(self.tasks)
@@ -392,10 +460,33 @@ class Http2GrpcServer:
         if cancelled:
             await asyncio.wait(cancelled, timeout=CANCELLED_CALLS_SECONDS)
             await asyncio.sleep(0)  # the step's writes (the cancelled calls' UNAVAILABLE trailers) go out
+        if await self._all_close_within(0 if self.forced else deadline - loop.time()):
+            return
         for connection in list(self.connections):
             connection.close()
+        if not await self._all_close_within(CANCELLED_CALLS_SECONDS):
+            for connection in list(self.connections):
+                connection.abort()
+
+    async def _all_close_within(self, seconds: float) -> bool:
+        """Whether every connection has closed within `seconds` (each closes once its last answer is sent; a
+        force_stop ends the wait early)."""
+        self._all_closed = closed = asyncio.Event()
+        if self.connections and seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closed.wait(), seconds)
+        return not self.connections
+
+    def connection_gone(self, connection: GrpcH2Protocol) -> None:
+        self.connections.discard(connection)
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
 
     def force_stop(self) -> None:
-        """End every call now (a stop in progress stops waiting for them): each is answered UNAVAILABLE."""
+        """End every call now (a stop in progress stops waiting for them): each is answered UNAVAILABLE, and
+        the connections are closed without waiting for their clients' windows."""
+        self.forced = True
         for task in self.tasks:
             task.cancel()
+        if self._all_closed is not None:
+            self._all_closed.set()  # a stop waiting for connections to close goes on to close them

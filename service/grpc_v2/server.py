@@ -81,7 +81,7 @@ def _port_error(address: str) -> str:
 def _http2_server(plane: DataPlane, control: RepositoryControl, share_port: bool, address: str) -> GrpcServer:
     if importlib.util.find_spec("zttp") is None:
         raise GrpcPortError("BNFOLD_GRPC_TRANSPORT=http2 needs zttp (pip install zttp), or set it to grpcio")
-    from bnfold.service.grpc_v2.http2 import GrpcOverHttp2
+    from bnfold.service.grpc_v2.http2 import FRAME_HEADER, GrpcOverHttp2
     from bnfold.service.grpc_v2.http2_server import Http2GrpcServer, bind_grpc_socket
 
     settings = plane.settings
@@ -91,7 +91,7 @@ def _http2_server(plane: DataPlane, control: RepositoryControl, share_port: bool
         raise GrpcPortError(_port_error(address)) from None
     servicer = InferenceServicer(plane, control, counts_calls=False)
     app = GrpcOverHttp2(servicer, settings.max_body_bytes, settings.grpc_max_concurrent_rpcs)
-    server = Http2GrpcServer(app, listener, settings.graceful_shutdown_s)
+    server = Http2GrpcServer(app, listener, settings.graceful_shutdown_s, settings.max_body_bytes + FRAME_HEADER)
     plane.grpc_requests = server.tasks  # its calls, created as their headers arrive
     return server
 

@@ -18,6 +18,7 @@ import zttp
 from bnfold.service.edge import ClientGone
 from bnfold.service.grpc_v2 import http2_server
 from bnfold.service.grpc_v2.http2_server import (
+    ENHANCE_YOUR_CALM,
     INTERNAL_ERROR,
     MAX_UNREAD_BYTES,
     PENDING_ANSWER_BYTES,
@@ -28,6 +29,7 @@ from bnfold.service.grpc_v2.http2_server import (
 )
 
 HEAD = [(b"content-type", b"application/grpc")]
+DATA_FRAME = 0x0
 OK = [(b"grpc-status", b"0")]
 Handler = Callable[[H2Stream], Awaitable[None]]
 
@@ -57,6 +59,7 @@ class Client:
         self.goaway: tuple[int, int] | None = None
         self.closed = False
         self.settled = False  # the server's SETTINGS arrived
+        self.unparsed = bytearray()  # bytes of a frame not yet whole (take_answers False)
         self.send()
 
     @classmethod
@@ -84,9 +87,10 @@ class Client:
         if data:
             self.writer.write(data)
 
-    async def pump(self, until: Callable[[], bool], timeout: float = 10) -> None:
+    async def pump(self, until: Callable[[], bool], timeout: float = 10, take_answers: bool = True) -> None:
         """Read what the server sends (and send what zttp answers) until `until()` holds; TimeoutError after
-        `timeout` seconds."""
+        `timeout` seconds. `take_answers` False drops the server's DATA frames unseen, so the client never
+        returns window for them (a client that stops reading its answers but goes on sending)."""
         async with asyncio.timeout(timeout):
             while not until():
                 data = await self.reader.read(65536)
@@ -95,10 +99,21 @@ class Client:
                     if until():
                         return
                     raise ConnectionError("the server closed the connection")
+                if not take_answers:
+                    self.unparsed += data
+                    data = b"".join(f for f in self._whole_frames() if f[3] != DATA_FRAME)
                 self.conn.receive_data(data)
                 while (event := self.conn.next_event()) is not zttp.NEED_DATA:
                     self._record(event)
                 self.send()
+
+    def _whole_frames(self) -> list[bytes]:
+        """The complete frames at the start of `unparsed` (taken out of it)."""
+        found = []
+        while len(self.unparsed) >= 9 and len(self.unparsed) >= 9 + (n := int.from_bytes(self.unparsed[:3], "big")):
+            found.append(bytes(self.unparsed[: 9 + n]))
+            del self.unparsed[: 9 + n]
+        return found
 
     def _record(self, event: Any) -> None:
         if isinstance(event, zttp.Settings):
@@ -118,9 +133,9 @@ class Client:
         self.writer.close()
 
 
-async def started(handler: Handler, grace: float = 5) -> tuple[Http2GrpcServer, int]:
+async def started(handler: Handler, grace: float = 5, max_unread_bytes: int = 8 << 20) -> tuple[Http2GrpcServer, int]:
     listener = socket.create_server(("127.0.0.1", 0))
-    server = Http2GrpcServer(handler, listener, grace)
+    server = Http2GrpcServer(handler, listener, grace, max_unread_bytes)
     await server.start()
     return server, listener.getsockname()[1]
 
@@ -290,7 +305,7 @@ def test_a_handler_that_raises_resets_its_stream(caplog: pytest.LogCaptureFixtur
     assert (boom.reset, boom.trailers) == (INTERNAL_ERROR, None)
     assert (bytes(fine.body), fine.trailers) == (b"2", OK)
     (record,) = [r for r in caplog.records if "/boom" in r.getMessage()]
-    assert record.getMessage() == "unexpected error in the gRPC call /boom; its stream is reset"
+    assert record.getMessage() == "unexpected error in the gRPC call /boom"
     assert record.exc_info is not None and str(record.exc_info[1]) == "a bug"
 
 
@@ -368,3 +383,169 @@ def test_bytes_that_are_not_http2_close_the_connection(caplog: pytest.LogCapture
     assert (bytes(answer.body), answer.trailers) == (b"3", OK)
     (record,) = [r for r in caplog.records if "broke HTTP/2" in r.getMessage()]
     assert record.levelno == logging.WARNING
+
+
+def frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (type, payload) of every HTTP/2 frame in `data` (9-byte headers: length, type, flags, stream)."""
+    found = []
+    while len(data) >= 9:
+        length = int.from_bytes(data[:3], "big")
+        found.append((data[3], data[9 : 9 + length]))
+        data = data[9 + length :]
+    return found
+
+
+def test_a_broken_connection_gets_one_goaway_with_the_protocol_error() -> None:
+    """After the server's SETTINGS, exactly one GOAWAY, with PROTOCOL_ERROR (1): not a second, NO_ERROR one."""
+    goaway = 0x7
+
+    async def scenario() -> bytes:
+        server, port = await started(echo_length)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            received = await reader.read()
+        writer.close()
+        await server.stop(1)
+        return received
+
+    found = frames(asyncio.run(scenario()))
+    codes = [int.from_bytes(payload[4:8], "big") for kind, payload in found if kind == goaway]
+    assert codes == [1]
+
+
+def test_a_stream_backed_up_both_ways_does_not_hold_its_connection() -> None:
+    """A call that writes 200 KiB before it reads its 1 MiB body (a stream whose in-flight slots are full):
+    the body stops the server reading at its unread limit while the answer waits for the client's window. The
+    server reads on for the client's WINDOW_UPDATE, so both complete."""
+    answer_bytes, body_bytes = 200 * 1024, 1 << 20
+
+    async def writes_first(stream: H2Stream) -> None:
+        stream.send_head(200, HEAD)
+        stream.send_data(bytes(answer_bytes))
+        await stream.drain()
+        total = 0
+        while stream.more or stream.body:
+            total += len(await stream.receive())
+        stream.send_data(str(total).encode())
+        stream.end(OK)
+
+    async def scenario() -> Answer:
+        server, port = await started(writes_first)
+        client = await Client.connect(port)
+        stream_id = client.request("/x", bytes(body_bytes)).stream_id
+        await client.pump(lambda: client.answers[stream_id].done)
+        client.close()
+        await server.stop(1)
+        return client.answers[stream_id]
+
+    answer = asyncio.run(scenario())
+    assert (bytes(answer.body[answer_bytes:]), answer.trailers) == (str(body_bytes).encode(), OK)
+    assert len(answer.body) == answer_bytes + len(str(body_bytes))
+
+
+def test_an_answer_longer_than_the_window_is_sent_whole_after_goaway() -> None:
+    """A stop while a call is about to answer 150,000 bytes (more than the client's 64 KiB window): the
+    connection stays open until the client's window has taken every byte, then closes."""
+    gate = asyncio.Event()
+    size = 150_000
+
+    async def big(stream: H2Stream) -> None:
+        await gate.wait()
+        stream.send_head(200, HEAD)
+        stream.send_data(bytes(size))
+        await stream.drain()
+        stream.end(OK)
+
+    async def scenario() -> tuple[int, list[tuple[bytes, bytes]] | None, bool]:
+        server, port = await started(big)
+        client = await Client.connect(port)
+        stream_id = client.request("/x", b"a").stream_id
+        await asyncio.sleep(0.05)
+        stopping = asyncio.ensure_future(server.stop(10))
+        await client.pump(lambda: client.goaway is not None)
+        gate.set()
+        await client.pump(lambda: client.answers[stream_id].done and client.closed)
+        await stopping
+        client.close()
+        answer = client.answers[stream_id]
+        return len(answer.body), answer.trailers, client.closed
+
+    assert asyncio.run(scenario()) == (size, OK, True)
+
+
+def test_a_lost_connection_wakes_the_call_waiting_for_its_body() -> None:
+    outcome: list[str] = []
+
+    async def waiting(stream: H2Stream) -> None:
+        try:
+            await stream.receive()
+        except ClientGone:
+            outcome.append("gone")
+
+    async def scenario() -> int:
+        server, port = await started(waiting)
+        client = await Client.connect(port)
+        client.request("/wait", end=False)
+        await asyncio.sleep(0.05)
+        client.close()
+        deadline = time.monotonic() + 5
+        while (server.tasks or server.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        left = len(server.tasks) + len(server.connections)
+        await server.stop(1)
+        return left
+
+    assert asyncio.run(scenario()) == 0
+    assert outcome == ["gone"]
+
+
+def test_a_client_goaway_lets_the_open_call_finish_then_closes() -> None:
+    gate = asyncio.Event()
+
+    async def gated(stream: H2Stream) -> None:
+        await gate.wait()
+        await echo_length(stream)
+
+    async def scenario() -> tuple[Answer, bool]:
+        server, port = await started(gated)
+        client = await Client.connect(port)
+        stream_id = client.request("/x", b"abcdef").stream_id
+        client.conn.close()  # the client's GOAWAY
+        client.send()
+        await asyncio.sleep(0.05)
+        gate.set()
+        await client.pump(lambda: client.answers[stream_id].done and client.closed)
+        client.close()
+        await server.stop(1)
+        return client.answers[stream_id], client.closed
+
+    answer, closed = asyncio.run(scenario())
+    assert (bytes(answer.body), answer.trailers, closed) == (b"6", OK, True)
+
+
+def test_a_stream_that_floods_while_its_answers_are_not_taken_is_reset() -> None:
+    """A client that takes none of its answer (no window returned) but goes on sending body: while the call
+    waits for the window the server reads on, and once the stream is more than max_unread_bytes (256 KiB here)
+    ahead of its call it is reset with ENHANCE_YOUR_CALM; what it held is dropped and the call ends."""
+    ended: list[str] = []
+
+    async def writes_first(stream: H2Stream) -> None:
+        stream.send_head(200, HEAD)
+        stream.send_data(bytes(200 * 1024))
+        await stream.drain()  # returns once the stream is gone
+        ended.append("gone" if stream.gone else "drained")
+
+    async def scenario() -> tuple[Answer, int, int]:
+        server, port = await started(writes_first, max_unread_bytes=256 * 1024)
+        client = await Client.connect(port)
+        stream_id = client.request("/x", bytes(4 << 20)).stream_id
+        await client.pump(lambda: client.answers[stream_id].done, take_answers=False)
+        streams = len(only_connection(server).streams)
+        client.close()
+        await server.stop(1)
+        return client.answers[stream_id], streams, len(server.tasks)
+
+    answer, streams, tasks = asyncio.run(scenario())
+    assert (answer.reset, answer.trailers) == (ENHANCE_YOUR_CALM, None)
+    assert (ended, streams, tasks) == (["gone"], 0, 0)

@@ -1,4 +1,4 @@
-"""The gRPC port on uvicorn's HTTP/2 (BNFOLD_GRPC_TRANSPORT=http2): the rules grpc's own server would enforce —
+"""The gRPC port on bnfold's HTTP/2 server (BNFOLD_GRPC_TRANSPORT=http2): the rules grpc's own server would enforce —
 message size before and after decompression, compressed messages, deadlines, unknown methods and encodings,
 framing — with their exact statuses and messages, and a long stream from tritonclient answered in order."""
 
