@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     grpc_transport: GrpcTransport = Field(
         "http2",
         description="What serves the gRPC port: http2 (bnfold's own HTTP/2 server on the event loop, on zttp; "
-        "about a quarter of grpcio's CPU per call) or grpcio (grpc's asyncio server, with its own poller thread).",
+        "about a fifth of grpcio's CPU per call) or grpcio (grpc's asyncio server, with its own poller thread).",
     )
     grpc_stream_in_flight: int = Field(
         64,
