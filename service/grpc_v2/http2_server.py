@@ -17,14 +17,16 @@ What `GrpcH2Protocol` does for every connection (prior knowledge only: gRPC clie
 - a call waits (`H2Stream.drain`) while more than PENDING_ANSWER_BYTES of its answer wait for the client's
   HTTP/2 window, or while the socket's write buffer is full. A call waiting for the window needs the client's
   WINDOW_UPDATE, so reading resumes while one waits (else a stream that has both its requests and its answers
-  backed up would hold its connection forever); meanwhile a stream that gets more than `max_unread_bytes`
-  ahead of its call (the largest message the port accepts) is reset with ENHANCE_YOUR_CALM;
+  backed up would hold its connection forever); meanwhile, once the connection's streams hold more than
+  `max_unread_bytes` unread together (the largest message the port accepts), the one holding the most is
+  reset with ENHANCE_YOUR_CALM;
 - before zttp's per-connection stream cap it ends the connection gracefully: once a client opens stream number
   STREAMS_PER_CONNECTION it sends GOAWAY (NO_ERROR, last stream = that one), answers the streams already open,
   then closes; at stop it sends that GOAWAY at once; a stream opened after a GOAWAY is refused with
   REFUSED_STREAM (which grpc clients retry elsewhere); an idle connection is closed after IDLE_SECONDS. A
-  connection closes only once zttp holds no answer bytes for it (the client's window took them all), or when
-  the server stops;
+  connection closes only once zttp holds no answer bytes for it (the client's window took them all), at the
+  latest IDLE_SECONDS after its last stream ended, or when the server stops; a closed connection whose client
+  does not take its last bytes is dropped after CLOSING_SECONDS;
 - a stream the client resets, or a connection lost, marks its calls gone (their sends do nothing) and wakes
   them; a frame that breaks HTTP/2 closes the connection (logged as a warning);
 - a handler that raises (a bug: the gRPC layer answers every error it knows) resets its stream with
@@ -55,6 +57,7 @@ MAX_UNREAD_BYTES = 64 * 1024  # request body a stream may hold that its call has
 PENDING_ANSWER_BYTES = 64 * 1024  # answer bytes a stream may have waiting for the client's window
 CANCELLED_CALLS_SECONDS = 1.0  # how long a stop waits for the calls it cancelled to send their trailers
 IDLE_SECONDS = 300  # an idle gRPC connection is closed (GOAWAY) after this; clients reconnect when they need to
+CLOSING_SECONDS = 10  # a closed connection whose client does not take its last bytes is dropped after this
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -161,10 +164,12 @@ class H2Stream:
         self._wake()
 
     def lost(self) -> None:
-        """The client reset the stream, or the connection is gone."""
+        """The client reset the stream (or the server did), or the connection is gone: wake the call, wherever it
+        waits."""
         self.gone = True
         self.body.clear()
         self._wake()
+        self.protocol.window_opened.set()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -193,6 +198,8 @@ class GrpcH2Protocol(asyncio.Protocol):
         self.write_paused = False
         self.closing = False  # close() was called: nothing more is sent
         self.close_when_sent = False  # idle after a GOAWAY, but zttp still holds answer bytes for the window
+        self.close_deadline: asyncio.TimerHandle | None = None  # close (or, once closing, abort) at the latest
+        self.lost_connection = False
         self.window_opened = asyncio.Event()  # the client sent WINDOW_UPDATE or RST_STREAM
         self.writable = asyncio.Event()  # the socket's write buffer drained
         self.max_unread_bytes = server.max_unread_bytes
@@ -204,10 +211,15 @@ class GrpcH2Protocol(asyncio.Protocol):
         self.server.connections.add(self)
         self.conn.initiate_connection()
         self.flush()
+        if self.server.stopping:  # accepted as the server stopped: GOAWAY at once, as on the others
+            self.shutdown()
+            return
         self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self.closing = self.lost_connection = True
+        if self.close_deadline is not None:
+            self.close_deadline.cancel()
         self.server.connection_gone(self)
         self._cancel_idle_timer()
         for stream in self.streams.values():
@@ -254,13 +266,11 @@ class GrpcH2Protocol(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             if stream is not None and not stream.gone:
                 stream.arrived(event.data)
-                unread = len(stream.body)
-                if unread > MAX_UNREAD_BYTES:
+                if len(stream.body) > MAX_UNREAD_BYTES:
                     if self.window_waiters == 0:
                         self._pause_reading()
-                    elif unread > self.max_unread_bytes:  # read on only for the window, and it floods meanwhile
-                        stream.h2.reset(ENHANCE_YOUR_CALM)
-                        stream.lost()
+                    else:  # read on only for the window: the connection's streams together stay bounded
+                        self._reset_if_flooded()
         elif kind is zttp.EndOfMessage:
             assert isinstance(event, zttp.EndOfMessage)
             stream = self.streams.get(event.stream_id)
@@ -283,6 +293,15 @@ class GrpcH2Protocol(asyncio.Protocol):
             if not self.streams:
                 self._close_once_sent()
         # PING needs nothing here: zttp answers it, and flush writes the answer.
+
+    def _reset_if_flooded(self) -> None:
+        """While reading goes on for a call waiting for the window: once the connection's streams hold more than
+        `max_unread_bytes` unread together, reset the one that holds the most (ENHANCE_YOUR_CALM)."""
+        streams = self.streams.values()
+        if sum(len(s.body) for s in streams) > self.max_unread_bytes:
+            largest = max(streams, key=lambda s: len(s.body))
+            largest.h2.reset(ENHANCE_YOUR_CALM)
+            largest.lost()
 
     def _open(self, request: zttp.Request) -> None:
         if self.goaway_sent:
@@ -379,16 +398,24 @@ class GrpcH2Protocol(asyncio.Protocol):
             self._close_once_sent()
 
     def _close_once_sent(self) -> None:
-        """Close now, or once the client's window has taken the answer bytes zttp still holds."""
-        if self.conn.has_pending_send():
-            self.close_when_sent = True
-            self._resume_reading()  # the WINDOW_UPDATEs that release them must be read
-        else:
+        """With no stream left: close now, or once the client's window has taken the answer bytes zttp still
+        holds (at the latest after IDLE_SECONDS)."""
+        if self.streams:
+            return  # the last one to end calls this again
+        if not self.conn.has_pending_send():
             self.close()
+            return
+        if not self.close_when_sent:
+            self.close_when_sent = True
+            self.close_deadline = self.loop.call_later(IDLE_SECONDS, self.close)
+        self._resume_reading()  # the WINDOW_UPDATEs that release them must be read
 
     def close(self) -> None:
-        """Write what is queued (with a GOAWAY, if none went yet) and close the connection."""
+        """Write what is queued (with a GOAWAY, if none went yet) and close the connection; drop it if the client
+        has not taken that within CLOSING_SECONDS."""
         self._cancel_idle_timer()
+        if self.close_deadline is not None:
+            self.close_deadline.cancel()
         if self.closing or self.transport is None:
             return
         if not self.goaway_sent:
@@ -397,11 +424,12 @@ class GrpcH2Protocol(asyncio.Protocol):
         self.flush()
         self.closing = True
         self.transport.close()
+        self.close_deadline = self.loop.call_later(CLOSING_SECONDS, self.abort)
 
     def abort(self) -> None:
-        """Drop the connection now (the server stopped and its client does not take what is left)."""
+        """Drop the connection now (its client does not take what is left)."""
         self.closing = True
-        if self.transport is not None:
+        if self.transport is not None and not self.lost_connection:
             self.transport.abort()
 
     def _arm_idle_timer(self) -> None:
@@ -435,6 +463,7 @@ class Http2GrpcServer:
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None  # set when the last connection goes (or a force_stop)
         self.forced = False  # force_stop was called
+        self.stopping = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -448,11 +477,12 @@ class Http2GrpcServer:
         loop = asyncio.get_running_loop()
         grace = self.graceful_shutdown_s if grace is None else grace
         deadline = loop.time() + grace
+        self.stopping = True
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
             connection.shutdown()
-        if self.tasks and grace > 0:
+        if self.tasks and grace > 0 and not self.forced:
             await asyncio.wait(set(self.tasks), timeout=grace)
         cancelled = set(self.tasks)
         for task in cancelled:

@@ -29,7 +29,7 @@ from bnfold.service.grpc_v2.http2_server import (
 )
 
 HEAD = [(b"content-type", b"application/grpc")]
-DATA_FRAME = 0x0
+DATA_FRAME, PING_FRAME = 0x0, 0x6
 OK = [(b"grpc-status", b"0")]
 Handler = Callable[[H2Stream], Awaitable[None]]
 
@@ -87,10 +87,13 @@ class Client:
         if data:
             self.writer.write(data)
 
-    async def pump(self, until: Callable[[], bool], timeout: float = 10, take_answers: bool = True) -> None:
+    async def pump(
+        self, until: Callable[[], bool], timeout: float = 10, take_answers: bool = True, pinged: bool = False
+    ) -> None:
         """Read what the server sends (and send what zttp answers) until `until()` holds; TimeoutError after
         `timeout` seconds. `take_answers` False drops the server's DATA frames unseen, so the client never
-        returns window for them (a client that stops reading its answers but goes on sending)."""
+        returns window for them (a client that stops reading its answers but goes on sending); `pinged` drops
+        the PING acknowledgements of `ping()`, which zttp did not send."""
         async with asyncio.timeout(timeout):
             while not until():
                 data = await self.reader.read(65536)
@@ -101,7 +104,8 @@ class Client:
                     raise ConnectionError("the server closed the connection")
                 if not take_answers:
                     self.unparsed += data
-                    data = b"".join(f for f in self._whole_frames() if f[3] != DATA_FRAME)
+                    dropped = {DATA_FRAME, PING_FRAME} if pinged else {DATA_FRAME}
+                    data = b"".join(f for f in self._whole_frames() if f[3] not in dropped)
                 self.conn.receive_data(data)
                 while (event := self.conn.next_event()) is not zttp.NEED_DATA:
                     self._record(event)
@@ -128,6 +132,10 @@ class Client:
             self.answers[event.stream_id].reset = event.error_code
         elif isinstance(event, zttp.GoAway):
             self.goaway = (event.error_code, event.last_stream_id)
+
+    def ping(self) -> None:
+        """A PING frame, written raw (zttp's client cannot send one)."""
+        self.writer.write(bytes([0, 0, 8, PING_FRAME, 0, 0, 0, 0, 0]) + b"bnfold!!")
 
     def close(self) -> None:
         self.writer.close()
@@ -549,3 +557,68 @@ def test_a_stream_that_floods_while_its_answers_are_not_taken_is_reset() -> None
     answer, streams, tasks = asyncio.run(scenario())
     assert (answer.reset, answer.trailers) == (ENHANCE_YOUR_CALM, None)
     assert (ended, streams, tasks) == (["gone"], 0, 0)
+
+
+def test_a_flooding_stream_that_then_goes_quiet_is_reset_and_its_call_ends() -> None:
+    """The flood above, but the client stops sending as soon as the stream is over the limit and never returns
+    window: the reset itself wakes the call waiting for the window, and it ends."""
+    limit = 256 * 1024
+
+    async def writes_first(stream: H2Stream) -> None:
+        stream.send_head(200, HEAD)
+        stream.send_data(bytes(200 * 1024))
+        await stream.drain()
+
+    async def scenario() -> tuple[int | None, int]:
+        server, port = await started(writes_first, max_unread_bytes=limit)
+        client = await Client.connect(port)
+        stream_id = client.request("/x", bytes(limit + 1), end=False).stream_id
+        await client.pump(lambda: client.answers[stream_id].done, take_answers=False)
+        deadline = time.monotonic() + 2
+        while server.tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        tasks = len(server.tasks)
+        client.close()
+        await server.stop(1)
+        return client.answers[stream_id].reset, tasks
+
+    assert asyncio.run(scenario()) == (ENHANCE_YOUR_CALM, 0)
+
+
+def test_a_connection_whose_client_never_takes_its_last_answer_closes_after_the_idle_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a GOAWAY the last answer is still held back by a client that returns no window but keeps the
+    connection busy (a PING every 0.1 s): the connection waits for it at most IDLE_SECONDS (0.3 s here), not
+    until the stop's 10 s grace period ends."""
+    monkeypatch.setattr(http2_server, "IDLE_SECONDS", 0.3)
+
+    async def big(stream: H2Stream) -> None:
+        stream.send_head(200, HEAD)
+        stream.send_data(bytes(100_000))  # 34,465 bytes over the 64 KiB window: the call ends
+        await stream.drain()
+        stream.end(OK)
+
+    async def scenario() -> tuple[bool, float]:
+        server, port = await started(big)
+        client = await Client.connect(port)
+        client.request("/x", b"a")
+        await asyncio.sleep(0.05)  # answered as far as the client's window lets it
+        stopping = time.monotonic()
+        stop = asyncio.ensure_future(server.stop(10))
+
+        async def pings() -> None:
+            while True:
+                await asyncio.sleep(0.1)
+                client.ping()
+
+        pinging = asyncio.ensure_future(pings())
+        await client.pump(lambda: client.closed, take_answers=False, pinged=True)
+        pinging.cancel()
+        await stop
+        client.close()
+        return client.closed, time.monotonic() - stopping
+
+    closed, seconds = asyncio.run(scenario())
+    assert closed
+    assert 0.25 <= seconds < 3
