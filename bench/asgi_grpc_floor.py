@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import uvicorn
-from tritonclient.grpc import service_pb2
 from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 
+from bench.http2_grpc_floor import framed_answers
 from bench.peer_servers.floor_cli import floor_arguments
 
 START = {
@@ -28,17 +28,8 @@ START = {
 OK = {"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")]}
 
 
-def framed(payload: bytes) -> bytes:
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
-
-
 def floor_app(answer: bytes) -> Any:
-    unary = framed(answer)
-    streamed = framed(
-        service_pb2.ModelStreamInferResponse(
-            infer_response=service_pb2.ModelInferResponse.FromString(answer)
-        ).SerializeToString()
-    )
+    unary, streamed = framed_answers(answer)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -29,13 +29,15 @@ def framed(payload: bytes) -> bytes:
     return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
 
+def framed_answers(answer: bytes) -> tuple[bytes, bytes]:
+    """The gRPC frames every floor answers: ModelInfer's (the serialised ModelInferResponse `answer`) and each
+    ModelStreamInfer message's (the ModelStreamInferResponse wrapping it)."""
+    wrapped = service_pb2.ModelStreamInferResponse(infer_response=service_pb2.ModelInferResponse.FromString(answer))
+    return framed(answer), framed(wrapped.SerializeToString())
+
+
 def floor_handler(answer: bytes) -> Callable[[H2Stream], Awaitable[None]]:
-    unary = framed(answer)
-    streamed = framed(
-        service_pb2.ModelStreamInferResponse(
-            infer_response=service_pb2.ModelInferResponse.FromString(answer)
-        ).SerializeToString()
-    )
+    unary, streamed = framed_answers(answer)
 
     async def handler(stream: H2Stream) -> None:
         if stream.path.endswith("/ModelStreamInfer"):

@@ -187,10 +187,9 @@ class Call:
     def __init__(self, stream: H2Stream) -> None:
         self.stream = stream
         self.started = False
-        self.gone = False
 
     async def write(self, message: ProtoMessage) -> None:
-        if self.gone:
+        if self.stream.gone:
             raise ClientGone
         self._start()
         self.stream.send_data(frame(message))
@@ -203,7 +202,7 @@ class Call:
         await self.stream.drain()
 
     def finish(self, code: grpc.StatusCode, details: str = "") -> None:
-        if self.gone or self.stream.ended:  # gone, or answered and waiting for the client to take the answer
+        if self.stream.gone or self.stream.ended:  # or answered, and waiting for the client to take the answer
             return
         self._start(RESPONSE_HEADERS if code == grpc.StatusCode.OK else ERROR_HEADERS)
         self.stream.end(trailers(code, details))
@@ -268,7 +267,7 @@ class GrpcOverHttp2:
         except TimeoutError:
             call.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         except ClientGone:
-            call.gone = True
+            pass  # the stream is gone: nobody is left to answer
         except asyncio.CancelledError:  # the server is stopping: its grace period is over, or a batch under
             # this call was cancelled. The call ends here, answered: nothing is left to cancel above this task's
             # own call, and letting the cancellation go on would reset the stream instead of answering it.
@@ -279,7 +278,7 @@ async def _run(
     rpc: Rpc, method: Callable[..., Awaitable[Any]], reader: MessageReader, context: CallContext, call: Call
 ) -> None:
     if rpc.client_streaming:
-        await method(_requests(reader, rpc.request, call), context)
+        await method(_requests(reader, rpc.request), context)
         call.finish(grpc.StatusCode.OK)
     else:
         request = await _only_message(reader, rpc.request)
@@ -312,15 +311,14 @@ def _parse(request: type[ProtoMessage], data: bytes) -> ProtoMessage:
         raise BadRequestError(f"the message is not a {request.DESCRIPTOR.name} ({error})") from None
 
 
-async def _requests(reader: MessageReader, request: type[ProtoMessage], call: Call) -> AsyncIterator[ProtoMessage]:
+async def _requests(reader: MessageReader, request: type[ProtoMessage]) -> AsyncIterator[ProtoMessage]:
     """A stream's requests as they arrive; DecodeError for a message that is not one (answer_stream's rule);
     the client's going away ends the call (grpc's CANCELLED, which nobody receives)."""
     while True:
         try:
             data = await reader.next()
         except ClientGone:
-            call.gone = True
-            raise grpc.aio.AbortError() from None
+            raise grpc.aio.AbortError() from None  # answered by nothing: the stream is gone
         if data is None:
             return
         yield request.FromString(data)

@@ -200,7 +200,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         self.close_when_sent = False  # idle after a GOAWAY, but zttp still holds answer bytes for the window
         self.close_deadline: asyncio.TimerHandle | None = None  # close (or, once closing, abort) at the latest
         self.lost_connection = False
-        self.window_opened = asyncio.Event()  # the client sent WINDOW_UPDATE or RST_STREAM
+        self.window_opened = asyncio.Event()  # WINDOW_UPDATE, SETTINGS or RST_STREAM came, or a stream is gone
         self.writable = asyncio.Event()  # the socket's write buffer drained
         self.max_unread_bytes = server.max_unread_bytes
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -260,9 +260,7 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     # ---- events --------------------------------------------------------------------------------------------
     def _handle(self, event: object) -> None:
-        kind = type(event)
-        if kind is zttp.Data:
-            assert isinstance(event, zttp.Data)
+        if isinstance(event, zttp.Data):
             stream = self.streams.get(event.stream_id)
             if stream is not None and not stream.gone:
                 stream.arrived(event.data)
@@ -271,24 +269,21 @@ class GrpcH2Protocol(asyncio.Protocol):
                         self._pause_reading()
                     else:  # read on only for the window: the connection's streams together stay bounded
                         self._reset_if_flooded()
-        elif kind is zttp.EndOfMessage:
-            assert isinstance(event, zttp.EndOfMessage)
+        elif isinstance(event, zttp.EndOfMessage):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.client_ended()
-        elif kind is zttp.Request:
-            assert isinstance(event, zttp.Request)
+        elif isinstance(event, zttp.Request):
             self._open(event)
-        elif kind is zttp.WindowUpdate or kind is zttp.Settings:  # a new initial window size opens windows too
+        elif isinstance(event, zttp.WindowUpdate | zttp.Settings):  # a new initial window size opens windows too
             self.window_opened.set()
-        elif kind is zttp.RstStream:
-            assert isinstance(event, zttp.RstStream)
+        elif isinstance(event, zttp.RstStream):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                stream.lost()
+                stream.lost()  # wakes the call, and window waiters
                 self.resume_reading_if_drained()
             self.window_opened.set()
-        elif kind is zttp.GoAway:
+        elif isinstance(event, zttp.GoAway):
             self.close_when_idle = True
             if not self.streams:
                 self._close_once_sent()
@@ -450,8 +445,9 @@ def bind_grpc_socket(host: str, port: int, share_port: bool) -> socket.socket:
 
 class Http2GrpcServer:
     """The gRPC port on the running event loop: `handler` runs once per request stream. `start()` and
-    `stop(grace)` as on grpc.aio.Server; `tasks` holds the calls in progress. `max_unread_bytes`: how far a
-    stream may get ahead of its call while the connection is read for a call waiting for the window."""
+    `stop(grace)` as on grpc.aio.Server; `tasks` holds the calls in progress. `max_unread_bytes`: how much
+    request body a connection's streams may hold unread together while it is read for a call waiting for the
+    window."""
 
     def __init__(
         self, handler: Handler, listener: socket.socket, graceful_shutdown_s: float, max_unread_bytes: int

@@ -48,6 +48,16 @@ class Answer:
         return self.trailers is not None or self.reset is not None
 
 
+def split_frames(data: bytes) -> tuple[list[bytes], bytes]:
+    """The whole HTTP/2 frames at the start of `data`, each with its 9-byte header (length, type, flags,
+    stream), and the bytes of a frame not yet whole."""
+    found = []
+    while len(data) >= 9 and len(data) >= 9 + (length := int.from_bytes(data[:3], "big")):
+        found.append(data[: 9 + length])
+        data = data[9 + length :]
+    return found, data
+
+
 class Client:
     """A zttp HTTP/2 client on an asyncio connection; `pump` reads and answers until a condition holds."""
 
@@ -59,7 +69,7 @@ class Client:
         self.goaway: tuple[int, int] | None = None
         self.closed = False
         self.settled = False  # the server's SETTINGS arrived
-        self.unparsed = bytearray()  # bytes of a frame not yet whole (take_answers False)
+        self.unparsed = b""  # bytes of a frame not yet whole (take_answers False)
         self.send()
 
     @classmethod
@@ -103,21 +113,13 @@ class Client:
                         return
                     raise ConnectionError("the server closed the connection")
                 if not take_answers:
-                    self.unparsed += data
+                    whole, self.unparsed = split_frames(self.unparsed + data)
                     dropped = {DATA_FRAME, PING_FRAME} if pinged else {DATA_FRAME}
-                    data = b"".join(f for f in self._whole_frames() if f[3] not in dropped)
+                    data = b"".join(f for f in whole if f[3] not in dropped)
                 self.conn.receive_data(data)
                 while (event := self.conn.next_event()) is not zttp.NEED_DATA:
                     self._record(event)
                 self.send()
-
-    def _whole_frames(self) -> list[bytes]:
-        """The complete frames at the start of `unparsed` (taken out of it)."""
-        found = []
-        while len(self.unparsed) >= 9 and len(self.unparsed) >= 9 + (n := int.from_bytes(self.unparsed[:3], "big")):
-            found.append(bytes(self.unparsed[: 9 + n]))
-            del self.unparsed[: 9 + n]
-        return found
 
     def _record(self, event: Any) -> None:
         if isinstance(event, zttp.Settings):
@@ -317,6 +319,18 @@ def test_a_handler_that_raises_resets_its_stream(caplog: pytest.LogCaptureFixtur
     assert record.exc_info is not None and str(record.exc_info[1]) == "a bug"
 
 
+async def stopping_with_a_call_open(handler: Handler) -> tuple[Client, int, asyncio.Future[None]]:
+    """A server running `handler`, a client whose call (body b"abcde") the handler holds, and the server's
+    stop(10) begun: returns once the client has the GOAWAY, with the call's stream id and the stop's future."""
+    server, port = await started(handler)
+    client = await Client.connect(port)
+    stream_id = client.request("/x", b"abcde").stream_id
+    await asyncio.sleep(0.05)
+    stopping = asyncio.ensure_future(server.stop(10))
+    await client.pump(lambda: client.goaway is not None)
+    return client, stream_id, stopping
+
+
 def test_a_stop_sends_goaway_refuses_new_streams_and_answers_the_open_one() -> None:
     """stop(grace) while stream 1 waits: GOAWAY (NO_ERROR, last stream 1) at once, stream 3 opened after it is
     refused (REFUSED_STREAM), stream 1 is answered when its call goes on, and then the connection closes."""
@@ -327,12 +341,7 @@ def test_a_stop_sends_goaway_refuses_new_streams_and_answers_the_open_one() -> N
         await echo_length(stream)
 
     async def scenario() -> tuple[tuple[int, int] | None, Answer, Answer, bool]:
-        server, port = await started(gated)
-        client = await Client.connect(port)
-        first = client.request("/x", b"abcde").stream_id
-        await asyncio.sleep(0.05)
-        stopping = asyncio.ensure_future(server.stop(10))
-        await client.pump(lambda: client.goaway is not None)
+        client, first, stopping = await stopping_with_a_call_open(gated)
         late = client.request("/x", b"z").stream_id
         await client.pump(lambda: client.answers[late].done)
         gate.set()
@@ -368,8 +377,10 @@ def test_an_idle_connection_is_closed_with_goaway(monkeypatch: pytest.MonkeyPatc
     assert 0.25 <= idle < 3
 
 
-def test_bytes_that_are_not_http2_close_the_connection(caplog: pytest.LogCaptureFixture) -> None:
-    """An HTTP/1.1 request on the gRPC port: the connection is closed, with a warning; the server serves on."""
+def test_bytes_that_are_not_http2_close_the_connection_with_one_goaway(caplog: pytest.LogCaptureFixture) -> None:
+    """An HTTP/1.1 request on the gRPC port: the server's SETTINGS, then exactly one GOAWAY, with PROTOCOL_ERROR
+    (1; not a second, NO_ERROR one), then EOF, with a warning in the log; the server serves on."""
+    goaway = 0x7
 
     async def scenario() -> tuple[bytes, Answer]:
         server, port = await started(echo_length)
@@ -387,39 +398,13 @@ def test_bytes_that_are_not_http2_close_the_connection(caplog: pytest.LogCapture
 
     with caplog.at_level(logging.WARNING, logger="bnfold.service"):
         received, answer = asyncio.run(scenario())
-    assert received.startswith(b"\x00")  # the server's SETTINGS frame, then EOF (no HTTP/1.1 answer)
+    whole, rest = split_frames(received)
+    assert rest == b""
+    codes = [int.from_bytes(f[13:17], "big") for f in whole if f[3] == goaway]  # payload: last stream, code
+    assert codes == [1]
     assert (bytes(answer.body), answer.trailers) == (b"3", OK)
     (record,) = [r for r in caplog.records if "broke HTTP/2" in r.getMessage()]
     assert record.levelno == logging.WARNING
-
-
-def frames(data: bytes) -> list[tuple[int, bytes]]:
-    """The (type, payload) of every HTTP/2 frame in `data` (9-byte headers: length, type, flags, stream)."""
-    found = []
-    while len(data) >= 9:
-        length = int.from_bytes(data[:3], "big")
-        found.append((data[3], data[9 : 9 + length]))
-        data = data[9 + length :]
-    return found
-
-
-def test_a_broken_connection_gets_one_goaway_with_the_protocol_error() -> None:
-    """After the server's SETTINGS, exactly one GOAWAY, with PROTOCOL_ERROR (1): not a second, NO_ERROR one."""
-    goaway = 0x7
-
-    async def scenario() -> bytes:
-        server, port = await started(echo_length)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        async with asyncio.timeout(5):
-            received = await reader.read()
-        writer.close()
-        await server.stop(1)
-        return received
-
-    found = frames(asyncio.run(scenario()))
-    codes = [int.from_bytes(payload[4:8], "big") for kind, payload in found if kind == goaway]
-    assert codes == [1]
 
 
 def test_a_stream_backed_up_both_ways_does_not_hold_its_connection() -> None:
@@ -466,12 +451,7 @@ def test_an_answer_longer_than_the_window_is_sent_whole_after_goaway() -> None:
         stream.end(OK)
 
     async def scenario() -> tuple[int, list[tuple[bytes, bytes]] | None, bool]:
-        server, port = await started(big)
-        client = await Client.connect(port)
-        stream_id = client.request("/x", b"a").stream_id
-        await asyncio.sleep(0.05)
-        stopping = asyncio.ensure_future(server.stop(10))
-        await client.pump(lambda: client.goaway is not None)
+        client, stream_id, stopping = await stopping_with_a_call_open(big)
         gate.set()
         await client.pump(lambda: client.answers[stream_id].done and client.closed)
         await stopping
